@@ -1,0 +1,303 @@
+"""Convert an official release into two Hub-ready repos: Parquet (``BIOSCAN-5M``) and WebDataset
+(``BIOSCAN-5M-wds``), each with a manifest and a dataset card.
+
+The work is: validate the CSV into a memory-mapped Arrow table, locate every image, plan the shards
+(:mod:`bioscan5m_hf.plan`), write the shards in parallel (:mod:`bioscan5m_hf.writers`), then write the
+manifests and cards. Each shard is a pure function of the release and the options, so the output is
+byte-identical for any number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import __version__, card, plan, schema, writers
+from ._progress import progress
+from .parallel import imap_ordered
+from .release import (ImageReader, ImageRef, ReleaseError, find_metadata_csv, load_metadata, missing_message,
+                      open_image_source, open_metadata, vocabularies)
+
+WORK_DIR = ".bioscan5m-work"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What to convert and how; everything here but ``workers`` and ``show_progress`` shapes the output."""
+
+    packages: tuple[str, ...] = (schema.DEFAULT_PACKAGE,)
+    splits: tuple[str, ...] = schema.SPLITS
+    formats: tuple[str, ...] = schema.FORMATS
+    shard_bytes: int = plan.DEFAULT_SHARD_BYTES
+    shard_records: int | None = None
+    seed: int = 0
+    allow_missing: bool = False
+    image_source: str = "auto"
+    workers: int = field(default=1, compare=False)
+    show_progress: bool = field(default=True, compare=False)
+
+    def __post_init__(self):
+        for p in self.packages:
+            if p not in schema.PACKAGES:
+                raise ValueError(f"unknown image package {p!r}; choose from {', '.join(schema.PACKAGES)}")
+        for s in self.splits:
+            if s not in schema.SPLITS:
+                raise ValueError(f"unknown split {s!r}; choose from {', '.join(schema.SPLITS)}")
+        for f in self.formats:
+            if f not in schema.FORMATS:
+                raise ValueError(f"unknown format {f!r}; choose from {', '.join(schema.FORMATS)}")
+        if self.image_source not in ("auto", "folders", "zips"):
+            raise ValueError(f"unknown image source {self.image_source!r}; choose from auto, folders, zips")
+
+    def recorded(self) -> dict:
+        """The options that decide the output, as recorded in the manifests."""
+        keep = ("packages", "splits", "formats", "shard_bytes", "shard_records", "seed", "allow_missing")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
+
+
+@dataclass
+class ShardTask:
+    """Everything a worker needs to write one shard in each requested format."""
+
+    shard: plan.Shard
+    formats: tuple[str, ...]
+    repos: dict[str, str]
+    metadata_ipc: str
+    refs: list[ImageRef] | None = None
+    archives: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker side
+
+_tables: dict[str, pa.Table] = {}
+_readers: dict[tuple[str, ...], ImageReader] = {}
+
+
+def write_shard(task: ShardTask) -> list[dict]:
+    """Write one shard (runs in a worker); returns its manifest entries, one per format."""
+    table = _tables.get(task.metadata_ipc)
+    if table is None:
+        table = _tables[task.metadata_ipc] = open_metadata(task.metadata_ipc)
+    rows = table.take(pa.array(task.shard.rows, pa.int64()))
+    images = None
+    if task.refs is not None:
+        reader = _readers.get(task.archives)
+        if reader is None:
+            reader = _readers[task.archives] = ImageReader(task.archives)
+        pids = rows.column("processid").to_pylist()
+        images = [reader.read(ref, pid) for ref, pid in zip(task.refs, pids)]
+    entries = []
+    s = task.shard
+    for fmt in task.formats:
+        rel = schema.shard_relpath(fmt, s.config, s.split, s.index)
+        path = Path(task.repos[fmt]) / rel
+        if fmt == "parquet":
+            writers.write_parquet(path, writers.parquet_table(rows, images), images is not None)
+        else:
+            writers.write_tar(path, rows.to_pylist(), images)
+        entries.append({"format": fmt, "config": s.config, "split": s.split, "path": rel,
+                        "num_records": len(s), "num_bytes": path.stat().st_size,
+                        "sha256": writers.sha256_file(path)})
+    return entries
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning (main process)
+
+
+def split_rows(table: pa.Table, seed: int) -> dict[str, np.ndarray]:
+    """Rows of each split, in the split's seeded shuffled order."""
+    codes = pc.index_in(table.column("split"), value_set=pa.array(schema.SPLITS)).to_numpy(zero_copy_only=False)
+    out = {}
+    for code, split in enumerate(schema.SPLITS):
+        rows = np.flatnonzero(codes == code)
+        pids = table.column("processid").take(pa.array(rows)).to_pylist()
+        out[split] = rows[plan.shuffled_order(pids, seed)]
+    return out
+
+
+def locate_images(table: pa.Table, package: str, split: str, rows: np.ndarray, source) -> tuple[
+        np.ndarray, list[ImageRef], np.ndarray, list[str]]:
+    """Find each record's image; returns kept rows, their refs and sizes, and the missing processids."""
+    pids = table.column("processid").take(pa.array(rows)).to_pylist()
+    chunks = table.column("chunk").take(pa.array(rows)).to_pylist()
+    kept, refs, sizes, missing = [], [], [], []
+    for row, pid, chunk in zip(rows.tolist(), pids, chunks):
+        found = source.locate(schema.image_relpath(package, split, chunk, pid))
+        if found is None:
+            missing.append(pid)
+            continue
+        kept.append(row)
+        refs.append(found[0])
+        sizes.append(found[1])
+    return np.array(kept, dtype=np.int64), refs, np.array(sizes, dtype=np.int64), missing
+
+
+def plan_tasks(table: pa.Table, release: Path, repos: dict[str, Path], ipc: Path,
+               options: ConvertOptions) -> tuple[list[ShardTask], dict[str, dict[str, list[str]]]]:
+    """All shard tasks of the conversion, in a fixed order, and the records skipped per package."""
+    ordered = split_rows(table, options.seed)
+    meta_bytes = max(1, table.nbytes // max(1, table.num_rows))
+    tasks: list[ShardTask] = []
+    skipped: dict[str, dict[str, list[str]]] = {}
+    for package in options.packages:
+        source = open_image_source(release, package, options.image_source)
+        for split in options.splits:
+            rows, refs, sizes, missing = locate_images(table, package, split, ordered[split], source)
+            if missing:
+                if not options.allow_missing:
+                    raise ReleaseError(missing_message(package, source, missing, len(ordered[split])))
+                skipped.setdefault(package, {})[split] = sorted(missing)
+            start = 0  # shards are consecutive runs of `rows`
+            for shard in plan.plan_split(package, split, rows, sizes + meta_bytes, options.shard_bytes,
+                                         options.shard_records):
+                tasks.append(ShardTask(shard, options.formats, {f: str(repos[f]) for f in options.formats},
+                                       str(ipc), refs[start:start + len(shard)], source.archives))
+                start += len(shard)
+    if "parquet" in options.formats:
+        for split in schema.SPLITS:  # the metadata config always holds every split
+            rows = ordered[split]
+            for shard in plan.plan_split(schema.METADATA_CONFIG, split, rows, np.full(len(rows), meta_bytes),
+                                         options.shard_bytes, options.shard_records):
+                tasks.append(ShardTask(shard, ("parquet",), {"parquet": str(repos["parquet"])}, str(ipc)))
+    return tasks, skipped
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifests
+
+
+def file_md5(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_manifest(fmt: str, entries: list[dict], options: ConvertOptions, source: dict,
+                   vocab: dict[str, list[str]], skipped: dict) -> dict:
+    configs: dict[str, dict[str, dict]] = {}
+    for e in entries:
+        if e["format"] != fmt:
+            continue
+        split = configs.setdefault(e["config"], {}).setdefault(e["split"], {"num_records": 0, "num_bytes": 0,
+                                                                           "shards": []})
+        split["num_records"] += e["num_records"]
+        split["num_bytes"] += e["num_bytes"]
+        split["shards"].append({k: e[k] for k in ("path", "num_records", "num_bytes", "sha256")})
+    # Configs and splits in canonical order.
+    order = [*schema.PACKAGES, schema.METADATA_CONFIG]
+    configs = {c: {s: configs[c][s] for s in schema.SPLITS if s in configs[c]}
+               for c in sorted(configs, key=order.index)}
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "format": fmt,
+        "repo": schema.FORMAT_REPOS[fmt],
+        "converter": {"name": "bioscan5m-hf", "version": __version__},
+        "options": options.recorded(),
+        "source": source,
+        "configs": configs,
+        "skipped": {p: {s: skipped[p][s] for s in schema.SPLITS if s in skipped[p]} for p in sorted(skipped)},
+        "vocabularies": vocab,
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _check_existing(repo: Path, options: ConvertOptions, overwrite: bool) -> None:
+    manifest = repo / schema.MANIFEST
+    if not manifest.is_file():
+        return
+    if overwrite:
+        shutil.rmtree(repo)
+        return
+    previous = json.loads(manifest.read_text(encoding="utf-8")).get("options")
+    if previous != options.recorded():
+        raise ReleaseError(f"{repo} holds a conversion made with other options ({previous}); "
+                           "pass --overwrite to replace it")
+
+
+def _remove_strays(repo: Path, manifest: dict) -> None:
+    """Delete shards of ours that an earlier conversion left and this one did not write."""
+    keep = {s["path"] for splits in manifest["configs"].values() for sp in splits.values() for s in sp["shards"]}
+    suffix = schema.FORMAT_SUFFIX[manifest["format"]]
+    for path in repo.glob(f"*/*/bioscan5m-*.{suffix}"):
+        if path.relative_to(repo).as_posix() not in keep:
+            path.unlink()
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+@dataclass
+class ConvertResult:
+    repos: dict[str, Path]
+    manifests: dict[str, dict]
+    num_records: int
+
+    def split_records(self, fmt: str, config: str) -> dict[str, int]:
+        return {s: v["num_records"] for s, v in self.manifests[fmt]["configs"].get(config, {}).items()}
+
+
+def convert(release: str | os.PathLike, out: str | os.PathLike, options: ConvertOptions = ConvertOptions(),
+            *, overwrite: bool = False) -> ConvertResult:
+    """Convert the release at ``release`` into ``out/BIOSCAN-5M`` and ``out/BIOSCAN-5M-wds``.
+
+    Parameters
+    ----------
+    release : path
+        Folder holding the metadata CSV and, per image package, the extracted images or the zips.
+    out : path
+        Output folder; one repo folder per format is written inside it.
+    options : ConvertOptions
+        Packages, splits, formats, shard sizes, seed, worker count.
+    overwrite : bool
+        Replace an existing conversion made with other options (otherwise refused).
+    """
+    release, out = Path(release), Path(out)
+    repos = {fmt: out / schema.FORMAT_REPOS[fmt] for fmt in options.formats}
+    for repo in repos.values():
+        _check_existing(repo, options, overwrite)
+    csv_path = find_metadata_csv(release)
+    work = out / WORK_DIR
+    ipc = work / "metadata.arrow"
+    table = load_metadata(csv_path, ipc)
+    vocab = vocabularies(table)
+    tasks, skipped = plan_tasks(table, release, repos, ipc, options)
+    source = {"metadata_csv": schema.METADATA_CSV_NAME, "md5": file_md5(csv_path), "num_records": table.num_rows}
+
+    entries: list[dict] = []
+    bar = progress(total=sum(len(t.shard) for t in tasks), desc="convert", unit="rec",
+                   disable=not options.show_progress)
+    for task, result in zip(tasks, imap_ordered(write_shard, tasks, options.workers)):
+        entries.extend(result)
+        bar.update(len(task.shard))
+    bar.close()
+
+    manifests = {}
+    for fmt, repo in repos.items():
+        manifest = build_manifest(fmt, entries, options, source, vocab, skipped)
+        _remove_strays(repo, manifest)
+        write_json(repo / schema.MANIFEST, manifest)
+        card.write_card(repo, manifest)
+        manifests[fmt] = manifest
+    del table
+    shutil.rmtree(work, ignore_errors=True)
+    return ConvertResult(repos, manifests, source["num_records"])
