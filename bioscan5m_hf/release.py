@@ -315,7 +315,7 @@ def open_image_source(root: str | os.PathLike, package: str, prefer: str = "auto
     return ImageSource(package, "zips", root, tuple(str(p) for p in zips), members)
 
 
-_LOCAL_HEADER = struct.Struct("<4s26xHH")
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, 22 bytes of fields, name and extra lengths
 
 
 class ImageReader:
@@ -357,6 +357,6 @@ class ImageReader:
 
 
 def missing_message(package: str, source: ImageSource, missing: Sequence[str], total: int) -> str:
-    shown = ", ".join(missing[:5])
+    shown = ", ".join(sorted(missing)[:5])
     return (f"{len(missing)} of {total} records have no {package!r} image in {source.describe()}; "
             f"first missing: {shown} (pass --allow-missing to skip them and list them in the manifest)")

@@ -1,0 +1,130 @@
+"""The ``bioscan5m-hf`` command: a thin shell over the library."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+from . import __version__, schema
+from .release import ReleaseError
+
+
+def _csv_list(choices: Sequence[str] | None = None):
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(x.strip() for x in text.split(",") if x.strip())
+        if choices is not None:
+            bad = [x for x in items if x not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
+        return items
+    return parse
+
+
+def _splits(text: str) -> tuple[str, ...]:
+    try:
+        return schema.explode_split("+".join(x.strip() for x in text.split(",")))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512MB, 1GB, 1000000)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bioscan5m-hf", description="BIOSCAN-5M as a native Hugging Face dataset.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="write a synthetic release in the official layout")
+    p.add_argument("out", help="release folder to write")
+    p.add_argument("--records", type=_positive, default=None, help="number of records (default 400)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--packages", type=_csv_list(schema.PACKAGES), default=(schema.DEFAULT_PACKAGE,),
+                   help="comma-separated image packages (default cropped_256)")
+    p.add_argument("--no-images", action="store_true", help="write the metadata CSV only")
+    p.add_argument("--layout", type=_csv_list(("folders", "zips")), default=("folders", "zips"),
+                   help="image folders, official zips, or both (default folders,zips)")
+    p.add_argument("--image-size", type=_positive, default=None, help="shorter image side for every package")
+    p.add_argument("--workers", type=_positive, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("convert", help="convert a release into Parquet and WebDataset repos")
+    p.add_argument("release", help="release folder (metadata CSV + image folders or zips)")
+    p.add_argument("out", help="output folder; BIOSCAN-5M/ and BIOSCAN-5M-wds/ are written inside")
+    p.add_argument("--packages", type=_csv_list(schema.PACKAGES), default=(schema.DEFAULT_PACKAGE,),
+                   help="comma-separated image packages (default cropped_256)")
+    p.add_argument("--splits", type=_splits, default=schema.SPLITS,
+                   help="comma-separated splits or metasplits for the image configs (default all)")
+    p.add_argument("--formats", type=_csv_list(schema.FORMATS), default=schema.FORMATS,
+                   help="parquet, webdataset or both (default both)")
+    p.add_argument("--workers", type=_positive, default=1, help="worker processes writing shards")
+    p.add_argument("--shard-records", type=_positive, default=None, help="at most this many records per shard")
+    p.add_argument("--shard-bytes", type=_bytes, default=None, help="at most about this size per shard (default 256MB)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the record order within each split")
+    p.add_argument("--image-source", choices=("auto", "folders", "zips"), default="auto",
+                   help="read images from the extracted folders or the zips (default: folders when present)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="skip records without an image and list them in the manifest")
+    p.add_argument("--overwrite", action="store_true", help="replace an output converted with other options")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("demo", help="sample -> convert -> load every config, and print a summary")
+    p.add_argument("workdir", nargs="?", default="bioscan5m-demo", help="folder for the demo's files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "sample":
+            from .sample import DEFAULT_RECORDS, write_sample
+
+            info = write_sample(args.out, args.records or DEFAULT_RECORDS, args.seed, args.packages,
+                                images=not args.no_images, layout=args.layout, image_size=args.image_size,
+                                workers=args.workers, show_progress=not args.quiet)
+            counts = ", ".join(f"{s} {n:,}" for s, n in info.split_counts.items())
+            print(f"wrote {info.records:,} records to {info.root} ({counts}); "
+                  f"{info.images:,} images, {len(info.zips)} zips")
+        elif args.command == "convert":
+            from .convert import ConvertOptions, convert
+            from .plan import DEFAULT_SHARD_BYTES
+
+            options = ConvertOptions(packages=args.packages, splits=args.splits, formats=args.formats,
+                                     shard_bytes=args.shard_bytes or DEFAULT_SHARD_BYTES,
+                                     shard_records=args.shard_records, seed=args.seed,
+                                     allow_missing=args.allow_missing, image_source=args.image_source,
+                                     workers=args.workers, show_progress=not args.quiet)
+            result = convert(args.release, args.out, options, overwrite=args.overwrite)
+            for fmt, repo in result.repos.items():
+                manifest = result.manifests[fmt]
+                shards = sum(len(v["shards"]) for c in manifest["configs"].values() for v in c.values())
+                print(f"{repo}: {len(manifest['configs'])} configs, {shards} shards")
+                for package, splits in manifest["skipped"].items():
+                    print(f"  skipped (no {package} image): {sum(map(len, splits.values()))} records")
+        elif args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(args.workdir, show_progress=not args.quiet)
+    except (ReleaseError, ValueError, FileNotFoundError) as e:
+        print(f"bioscan5m-hf: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Shared fixtures: releases made with the project's own sample generator, and their conversions.
+
+No test touches the network: the Hub is switched off before `datasets` is imported.
+"""
+
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bioscan5m-hf-cache-"))
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import pytest  # noqa: E402
+
+from bioscan5m_hf.convert import ConvertOptions, convert  # noqa: E402
+from bioscan5m_hf.sample import write_sample  # noqa: E402
+
+RECORDS = 240
+SEED = 7
+PACKAGES = ("cropped_256", "original_256")
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory):
+    """A release with two packages, as folders and as official zips."""
+    root = tmp_path_factory.mktemp("release")
+    write_sample(root, RECORDS, SEED, PACKAGES, image_size=48, show_progress=False)
+    return root
+
+
+def options(**kw):
+    base = dict(packages=PACKAGES, shard_records=40, show_progress=False)
+    base.update(kw)
+    return ConvertOptions(**base)
+
+
+@pytest.fixture(scope="session")
+def converted_zips(release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out-zips")
+    return convert(release, out, options(image_source="zips"))
+
+
+@pytest.fixture(scope="session")
+def converted_folders(release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out-folders")
+    return convert(release, out, options(image_source="folders", workers=2))
