@@ -13,7 +13,7 @@ from .release import ReleaseError
 
 def _csv_list(choices: Sequence[str] | None = None):
     def parse(text: str) -> tuple[str, ...]:
-        items = tuple(x.strip() for x in text.split(",") if x.strip())
+        items = tuple(x.strip() for x in text.split(",") if x.strip() and x.strip() != "none")
         if choices is not None:
             bad = [x for x in items if x not in choices]
             if bad:
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release", help="release folder (metadata CSV + image folders or zips)")
     p.add_argument("out", help="output folder; BIOSCAN-5M/ and BIOSCAN-5M-wds/ are written inside")
     p.add_argument("--packages", type=_csv_list(schema.PACKAGES), default=(schema.DEFAULT_PACKAGE,),
-                   help="comma-separated image packages (default cropped_256)")
+                   help="comma-separated image packages, or none for the metadata table alone (default cropped_256)")
     p.add_argument("--splits", type=_splits, default=schema.SPLITS,
                    help="comma-separated splits or metasplits for the image configs (default all)")
     p.add_argument("--formats", type=_csv_list(schema.FORMATS), default=schema.FORMATS,

@@ -272,7 +272,11 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
         Replace an existing conversion made with other options (otherwise refused).
     """
     release, out = Path(release), Path(out)
-    repos = {fmt: out / schema.FORMAT_REPOS[fmt] for fmt in options.formats}
+    # With no image package there are no tars to write: the Parquet repo's metadata config is all.
+    formats = [f for f in options.formats if options.packages or f == "parquet"]
+    if not formats:
+        raise ValueError("nothing to convert: no image package, and the metadata table is Parquet only")
+    repos = {fmt: out / schema.FORMAT_REPOS[fmt] for fmt in formats}
     for repo in repos.values():
         _check_existing(repo, options, overwrite)
     csv_path = find_metadata_csv(release)

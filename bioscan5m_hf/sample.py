@@ -18,6 +18,7 @@ duplicates, and images whose colour and shape depend on order, family, genus and
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -292,6 +293,8 @@ def metadata_rows(plan: SamplePlan, start: int, stop: int, prefixes: Sequence[st
     scale = rng.uniform(1.0, 3.5, size=n)
     inferred = rng.choice([0, 0, 0, 0, 1, 2, 3], size=n)
     bioscan1m = np.where(rng.random(n) < 0.2, rng.integers(0, 1_128_313, size=n), -1)
+    barcodes = functools.lru_cache(maxsize=1 << 16)(
+        lambda species, haplotype: haplotype_barcode(prototypes, plan.seed, species, haplotype))
     rows = []
     for j in range(n):
         i = start + j
@@ -302,7 +305,7 @@ def metadata_rows(plan: SamplePlan, start: int, stop: int, prefixes: Sequence[st
         ranks = ["Arthropoda", t.class_, t.order, t.family, t.subfamily, t.genus, t.species]
         ranks = [r if k < depth else None for k, r in enumerate(ranks)]
         taxon = next((r for r in reversed(ranks) if r and not r.startswith("unassigned")), None)
-        barcode = haplotype_barcode(prototypes, plan.seed, int(plan.species[i]), int(plan.haplotype[i]))
+        barcode = barcodes(int(plan.species[i]), int(plan.haplotype[i]))
         barcode += "N" * int(plan.trailing_n[i])
         country, lat, lon, provinces, _ = COUNTRIES[country_i[j]]
         missing = u[j]

@@ -49,3 +49,12 @@ def test_demo_runs_end_to_end(tmp_path):
     for config in ("cropped_256", "metadata"):
         assert config in out
     assert "MISMATCH" not in out
+
+
+def test_metadata_only_conversion(tmp_path):
+    assert main(["sample", str(tmp_path / "rel"), "--records", "50", "--no-images", "--quiet"]) == 0
+    assert main(["convert", str(tmp_path / "rel"), str(tmp_path / "out"), "--packages", "none", "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "out" / schema.PARQUET_REPO / "manifest.json").read_text())
+    assert list(manifest["configs"]) == ["metadata"]
+    assert sum(v["num_records"] for v in manifest["configs"]["metadata"].values()) == 50
+    assert not (tmp_path / "out" / schema.WDS_REPO).exists()
