@@ -187,7 +187,7 @@ def file_md5(path: Path, block: int = 1 << 20) -> str:
 
 
 def build_manifest(fmt: str, entries: list[dict], options: ConvertOptions, source: dict,
-                   vocab: dict[str, list[str]], skipped: dict) -> dict:
+                   vocab: dict[str, list[str]], skipped: dict, files: dict) -> dict:
     configs: dict[str, dict[str, dict]] = {}
     for e in entries:
         if e["format"] != fmt:
@@ -209,6 +209,7 @@ def build_manifest(fmt: str, entries: list[dict], options: ConvertOptions, sourc
         "options": options.recorded(),
         "source": source,
         "configs": configs,
+        "files": files,
         "skipped": {p: {s: skipped[p][s] for s in schema.SPLITS if s in skipped[p]} for p in sorted(skipped)},
         "vocabularies": vocab,
     }
@@ -297,7 +298,10 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
 
     manifests = {}
     for fmt, repo in repos.items():
-        manifest = build_manifest(fmt, entries, options, source, vocab, skipped)
+        order = repo / schema.CSV_ORDER
+        writers.write_csv_order(order, table.column("processid"))
+        files = {schema.CSV_ORDER: {"num_bytes": order.stat().st_size, "sha256": writers.sha256_file(order)}}
+        manifest = build_manifest(fmt, entries, options, source, vocab, skipped, files)
         _remove_strays(repo, manifest)
         write_json(repo / schema.MANIFEST, manifest)
         card.write_card(repo, manifest)

@@ -191,6 +191,9 @@ def package_of_zip(name: str) -> str | None:
 PARQUET_REPO = "BIOSCAN-5M"
 WDS_REPO = "BIOSCAN-5M-wds"
 MANIFEST = "manifest.json"
+#: ``processid`` of every record in the official CSV's row order (the official loader's row order,
+#: which ``reduce_repeated_barcodes`` depends on); shards hold records in a shuffled order.
+CSV_ORDER = "csv-order.parquet"
 CARD = "README.md"
 FORMATS: tuple[str, ...] = ("parquet", "webdataset")
 FORMAT_REPOS: dict[str, str] = {"parquet": PARQUET_REPO, "webdataset": WDS_REPO}

@@ -96,6 +96,14 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool) ->
                        write_page_index=True, store_schema=True)
 
 
+def write_csv_order(path: str | os.PathLike, processids: pa.ChunkedArray) -> None:
+    """The ``processid`` column in the CSV's row order (see :data:`schema.CSV_ORDER`)."""
+    table = pa.table({"processid": processids})
+    with _atomic(path) as tmp:
+        pq.write_table(table, tmp, compression=PARQUET_COMPRESSION, row_group_size=1 << 20, store_schema=True,
+                       write_page_index=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # WebDataset tar
 

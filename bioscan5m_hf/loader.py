@@ -1,0 +1,215 @@
+"""``make_loader``: batches of tensors for GPU training, straight from the shards, checkpointable.
+
+Workers read and shuffle undecoded records, then decode images (resize + centre-crop to uint8) and
+collate: images ``B x 3 x S x S`` uint8, barcodes as k-mer token ids with an attention mask, and one
+int64 label tensor per requested rank. With ``device="cuda"`` batches come from pinned memory with
+non-blocking copies on a side stream, one batch ahead, so the copy overlaps the model's compute.
+
+The loader's ``state_dict`` is ``(epoch, batches yielded)``: from it and the pure partition math
+(:func:`partition.loader_batches_per_worker`) each worker's exact resume point follows, and the
+workers learn it (and the epoch, also with persistent workers) through a small shared array.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import partition, schema
+from .dataset import BIOSCAN5M, DNA_MODALITIES
+from .transforms import KmerTokenizer, decode_image, normalize
+
+
+class SharedPosition:
+    """Epoch and per-worker resume points, written by the main process, read by the workers."""
+
+    def __init__(self, num_workers: int):
+        self.array = multiprocessing.get_context("fork").Array("q", 1 + max(1, num_workers), lock=False)
+
+    def write(self, epoch: int, done: Sequence[int]) -> None:
+        self.array[0] = epoch
+        for w, d in enumerate(done):
+            self.array[1 + w] = d
+
+    def read(self, worker: int) -> tuple[int, int]:
+        return int(self.array[0]), int(self.array[1 + worker])
+
+
+class ImageTransform:
+    """The loader's image transform: a lazily opened PIL image -> ``3 x size x size`` uint8 array."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image) -> np.ndarray:
+        return decode_image(image, self.size)
+
+
+class Collate:
+    """List of dict samples -> dict of tensors (runs in the workers)."""
+
+    def __init__(self, modality: Sequence[str], target_type: Sequence[str], tokenizer: KmerTokenizer | None):
+        self.modality = list(modality)
+        self.target_type = list(target_type)
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch: dict = {"processid": [s["processid"] for s in samples]}
+        for m in self.modality:
+            if m == "image":
+                batch["image"] = torch.from_numpy(np.stack([s["image"] for s in samples]))
+            elif m in DNA_MODALITIES:
+                ids, mask = self.tokenizer([s[m] for s in samples])
+                batch["dna"] = torch.from_numpy(ids)
+                batch["dna_mask"] = torch.from_numpy(mask)
+            elif m != "processid":
+                values = [s[m] for s in samples]
+                batch[m] = torch.tensor(values) if all(isinstance(v, (int, float)) for v in values) else values
+        for t in self.target_type:
+            batch[t] = torch.tensor([s[f"{t}_index"] for s in samples], dtype=torch.int64)
+        return batch
+
+
+class Loader:
+    """An iterable of batches over epochs, with ``set_epoch``, ``state_dict`` and ``load_state_dict``."""
+
+    def __init__(self, dataset: BIOSCAN5M, *, batch_size: int, num_workers: int, collate: Collate,
+                 device: str | torch.device | None, normalize_images: bool, drop_last: bool,
+                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.drop_last = drop_last
+        self.device = torch.device(device) if device is not None else None
+        self.normalize_images = normalize_images
+        if pin_memory is None:
+            pin_memory = self.device is not None and self.device.type == "cuda"
+        self._shared = SharedPosition(num_workers)
+        dataset._shared = self._shared
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
+            drop_last=drop_last, prefetch_factor=prefetch_factor if num_workers else None,
+            persistent_workers=persistent_workers and num_workers > 0,
+            multiprocessing_context="fork" if num_workers else None)
+        self.epoch = dataset.epoch
+        self.batches = 0
+
+    # -- epochs and checkpoints -------------------------------------------------------------------
+
+    def _worker_counts(self) -> list[int]:
+        return self.dataset.worker_counts(self.num_workers)
+
+    def __len__(self) -> int:
+        counts = self._worker_counts()
+        return sum((c // self.batch_size) if self.drop_last else -(-c // self.batch_size) for c in counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batches = int(epoch), 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": self.batches, "batch_size": self.batch_size,
+                "num_workers": self.num_workers, "drop_last": self.drop_last,
+                "dataset": self.dataset._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = {"batch_size": self.batch_size, "num_workers": self.num_workers, "drop_last": self.drop_last,
+                "dataset": self.dataset._fingerprint()}
+        differ = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if differ:
+            raise ValueError(f"state_dict was taken from a differently configured loader: {differ}")
+        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
+
+    # -- iteration ----------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict]:
+        counts = self._worker_counts()
+        if self.batches >= len(self):  # a checkpoint taken right at the end of an epoch
+            self.epoch, self.batches = self.epoch + 1, 0
+        per_worker = partition.loader_batches_per_worker(counts, self.batch_size, self.batches, self.drop_last)
+        self._shared.write(self.epoch, [min(c, b * self.batch_size) for c, b in zip(counts, per_worker)])
+        for batch in self._to_device(iter(self.loader)):
+            self.batches += 1
+            yield batch
+        self.epoch, self.batches = self.epoch + 1, 0
+
+    def _move(self, batch: dict) -> dict:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if k == "image" and self.normalize_images:
+                    v = normalize(v)
+            out[k] = v
+        return out
+
+    def _to_device(self, batches: Iterator[dict]) -> Iterator[dict]:
+        if self.device is None:
+            yield from batches
+            return
+        if self.device.type != "cuda":
+            for batch in batches:
+                yield self._move(batch)
+            return
+        stream = torch.cuda.Stream(self.device)
+        ahead = None
+        for batch in batches:
+            with torch.cuda.stream(stream):
+                moved = self._move(batch)
+            if ahead is not None:
+                yield ahead
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            for v in moved.values():
+                if isinstance(v, torch.Tensor):
+                    v.record_stream(torch.cuda.current_stream(self.device))
+            ahead = moved
+        if ahead is not None:
+            yield ahead
+
+
+def make_loader(root, split: str = "train", *, batch_size: int = 256, num_workers: int = 2, image_size: int = 256,
+                modality: Sequence[str] = ("image", "dna"), target_type: str | Sequence[str] = "species",
+                k: int = 4, max_nucleotides: int = 660, device: str | torch.device | None = None,
+                normalize: bool = False, shuffle: bool = True, drop_last: bool = False, prefetch_factor: int = 4,
+                persistent_workers: bool = True, pin_memory: bool | None = None, **dataset_kwargs) -> Loader:
+    """A DataLoader of tensor batches over a converted BIOSCAN-5M repo, for training.
+
+    Parameters
+    ----------
+    root, split
+        As for :class:`BIOSCAN5M`; any other :class:`BIOSCAN5M` keyword (``seed``, ``buffer_size``,
+        ``rank``, ``world_size``, ``even``, ``image_package``, ``reduce_repeated_barcodes``) is passed on.
+    batch_size, num_workers
+        Samples per batch; worker processes (each reads its own part of the shards).
+    image_size : int
+        Images come as uint8 ``B x 3 x image_size x image_size`` (shorter side resized, centre crop).
+    modality : sequence of str
+        ``"image"`` and/or ``"dna"``, plus any metadata column. Without ``"image"`` no image bytes are read.
+    target_type : str or sequence of str
+        Ranks (or ``"dna_bin"``) returned as int64 tensors under their own name; ``-1`` is missing.
+    k, max_nucleotides
+        k-mer size and padded length of the DNA token ids (``batch["dna"]``, ``batch["dna_mask"]``).
+    device : str or torch.device, optional
+        Move batches there (``"cuda"``: pinned memory, non-blocking copies overlapped with compute).
+    normalize : bool
+        Return float images normalised with the dataset's RGB mean/std (after the move to ``device``).
+    shuffle, drop_last, prefetch_factor, persistent_workers, pin_memory
+        As for :class:`torch.utils.data.DataLoader` (shuffle: seeded shard order + buffer).
+    """
+    modality = list(modality)
+    targets = [target_type] if isinstance(target_type, str) else list(target_type)
+    wants_dna = any(m in DNA_MODALITIES for m in modality)
+    dataset = BIOSCAN5M(
+        root, split, modality=["processid", *[m for m in modality if m != "processid"]], target_type=targets,
+        output_format="dict", max_nucleotides=max_nucleotides,
+        transform=ImageTransform(image_size) if "image" in modality else None, shuffle=shuffle, **dataset_kwargs)
+    collate = Collate(modality, dataset.target_type, KmerTokenizer(k, max_nucleotides) if wants_dna else None)
+    return Loader(dataset, batch_size=batch_size, num_workers=num_workers, collate=collate, device=device,
+                  normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
+                  persistent_workers=persistent_workers, pin_memory=pin_memory)
+
+
+__all__ = ["make_loader", "Loader", "schema"]

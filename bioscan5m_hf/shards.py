@@ -1,0 +1,191 @@
+"""Read converted repos: the manifest, and records from Parquet or tar shards, undecoded.
+
+Readers yield plain dicts (metadata values, and the image's JPEG bytes when asked for) for given row
+offsets of a shard, reading only what they need: Parquet reads just the requested columns and the row
+groups holding the rows; a tar is scanned sequentially, reading only the wanted members' data.
+Nothing read from a shard is ever unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from . import schema
+
+
+class ShardError(RuntimeError):
+    """A shard is unreadable or does not hold what its manifest says; the message names it."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard of a split, as listed in the manifest."""
+
+    path: str
+    fmt: str
+    split: str
+    num_records: int
+    num_bytes: int
+    sha256: str
+
+
+@dataclass
+class Repo:
+    """A converted repo folder (``BIOSCAN-5M`` or ``BIOSCAN-5M-wds``) and its manifest."""
+
+    root: Path
+    manifest: dict
+
+    @property
+    def fmt(self) -> str:
+        return self.manifest["format"]
+
+    @property
+    def configs(self) -> dict:
+        return self.manifest["configs"]
+
+    def shards(self, config: str, splits: Sequence[str]) -> list[ShardInfo]:
+        """Shards of ``config`` for ``splits``, in split order then shard order."""
+        if config not in self.configs:
+            raise ValueError(f"{self.root}: no config {config!r} (have {', '.join(self.configs)})")
+        out = []
+        for split in splits:
+            for s in self.configs[config].get(split, {}).get("shards", []):
+                out.append(ShardInfo(str(self.root / s["path"]), self.fmt, split, s["num_records"], s["num_bytes"],
+                                     s["sha256"]))
+        return out
+
+    @property
+    def csv_order(self) -> Path:
+        return self.root / schema.CSV_ORDER
+
+
+def open_repo(path: str | os.PathLike) -> Repo:
+    root = Path(path)
+    manifest_path = root / schema.MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{root}: not a converted repo (no {schema.MANIFEST})") from None
+    return Repo(root, manifest)
+
+
+def open_repos(root: str | os.PathLike) -> dict[str, Repo]:
+    """The converted repos under ``root``: the ``OUT`` folder of ``convert``, or one repo folder."""
+    root = Path(os.path.expanduser(str(root)))
+    if (root / schema.MANIFEST).is_file():
+        repo = open_repo(root)
+        return {repo.fmt: repo}
+    repos = {fmt: open_repo(root / name) for fmt, name in schema.FORMAT_REPOS.items()
+             if (root / name / schema.MANIFEST).is_file()}
+    if not repos:
+        raise FileNotFoundError(f"{root}: no converted repo ({schema.PARQUET_REPO}/ or {schema.WDS_REPO}/ with a "
+                                f"{schema.MANIFEST}, or a {schema.MANIFEST} here)")
+    return repos
+
+
+# --------------------------------------------------------------------------------------------------
+# Readers
+
+
+def read_parquet(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[str], image: bool) -> Iterator[dict]:
+    """Rows ``offsets`` (ascending) of a Parquet shard: the metadata ``columns`` and, if ``image``, the
+    JPEG bytes under ``"image"``."""
+    if len(offsets) == 0:
+        return
+    try:
+        f = pq.ParquetFile(shard.path)
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{shard.path}: not a readable Parquet shard ({e})") from None
+    wanted = list(columns) + ([schema.IMAGE_COLUMN] if image else [])
+    starts = np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
+    groups = np.searchsorted(starts, offsets, side="right") - 1
+    for g in np.unique(groups):
+        table = f.read_row_group(int(g), columns=wanted)
+        local = offsets[groups == g] - starts[g]
+        cols = {name: table.column(name).to_pylist() for name in columns}
+        images = table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes").to_pylist() if image else None
+        for k in local.tolist():
+            record = {name: cols[name][k] for name in columns}
+            if image:
+                record["image"] = images[k]
+            yield record
+
+
+def read_tar(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[str], image: bool) -> Iterator[dict]:
+    """Samples ``offsets`` (ascending) of a WebDataset tar shard, scanning it once."""
+    if len(offsets) == 0:
+        return
+    wanted = set(offsets.tolist())
+    last = int(offsets[-1])
+    try:
+        tar = tarfile.open(shard.path, mode="r:")
+    except (OSError, tarfile.TarError) as e:
+        raise ShardError(f"{shard.path}: not a readable tar shard ({e})") from None
+    with tar:
+        index, key, sample = -1, None, {}
+        for member in _members(tar, shard):
+            stem, _, ext = member.name.partition(".")
+            if stem != key:
+                if key is not None and index in wanted:
+                    yield _tar_record(sample, columns, image, shard, key)
+                index, key, sample = index + 1, stem, {}
+                if index > last:
+                    return
+            if index in wanted and (ext == schema.METADATA_EXTENSION or (image and ext == schema.IMAGE_EXTENSION)):
+                if ext in sample:
+                    raise ShardError(f"{shard.path}: member {member.name}: sample {stem!r} has it twice")
+                sample[ext] = tar.extractfile(member).read()
+        if key is not None and index in wanted:
+            yield _tar_record(sample, columns, image, shard, key)
+
+
+def _members(tar: tarfile.TarFile, shard: ShardInfo) -> Iterator[tarfile.TarInfo]:
+    try:
+        for member in tar:
+            if not member.isfile():
+                raise ShardError(f"{shard.path}: member {member.name}: not a regular file")
+            yield member
+    except tarfile.TarError as e:
+        raise ShardError(f"{shard.path}: damaged tar ({e})") from None
+
+
+def _tar_record(sample: dict, columns: Sequence[str], image: bool, shard: ShardInfo, key: str) -> dict:
+    if schema.METADATA_EXTENSION not in sample:
+        raise ShardError(f"{shard.path}: sample {key!r} has no .{schema.METADATA_EXTENSION} member")
+    if image and schema.IMAGE_EXTENSION not in sample:
+        raise ShardError(f"{shard.path}: sample {key!r} has no .{schema.IMAGE_EXTENSION} member")
+    try:
+        meta = json.loads(sample[schema.METADATA_EXTENSION])
+    except ValueError as e:
+        raise ShardError(f"{shard.path}: member {key}.{schema.METADATA_EXTENSION}: invalid JSON ({e})") from None
+    record = {name: meta.get(name) for name in columns}
+    if image:
+        record["image"] = sample[schema.IMAGE_EXTENSION]
+    return record
+
+
+def read_records(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[str], image: bool) -> Iterator[dict]:
+    reader = read_parquet if shard.fmt == "parquet" else read_tar
+    yield from reader(shard, offsets, columns, image)
+
+
+def read_column(shard: ShardInfo, column: str) -> list:
+    """One metadata column of a whole shard, in shard order."""
+    return [r[column] for r in read_records(shard, np.arange(shard.num_records), [column], image=False)]
+
+
+def open_image(data: bytes):
+    """A PIL image from JPEG bytes (lazy, like ``PIL.Image.open`` on a file)."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
