@@ -215,12 +215,13 @@ class BIOSCAN5M(IterableDataset):
             raise ValueError(f"state_dict was taken from a differently configured dataset: {differ}")
         self.epoch, self._yielded = int(state["epoch"]), int(state["yielded"])
 
-    def _position(self, worker: int, num_workers: int) -> tuple[int, int]:
+    def _position(self, worker: int, num_workers: int) -> tuple[int, int, int]:
+        """(epoch, logical worker, samples already yielded) for a starting iteration."""
         if self._shared is not None:
             return self._shared.read(worker)
         if num_workers > 1:
-            return self.epoch, 0
-        return self.epoch, self._yielded
+            return self.epoch, worker, 0
+        return self.epoch, worker, self._yielded
 
     # ---------------------------------------------------------------------------------------------
     # Iteration
@@ -228,7 +229,7 @@ class BIOSCAN5M(IterableDataset):
     def __iter__(self) -> Iterator:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch, done = self._position(worker, num_workers)
+        epoch, worker, done = self._position(worker, num_workers)
         plan = self.plan(worker, num_workers, epoch)
         in_main = info is None and self._shared is None
         raw = self._records(plan, done)

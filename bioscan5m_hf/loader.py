@@ -6,7 +6,7 @@ int64 label tensor per requested rank. With ``device="cuda"`` batches come from 
 non-blocking copies on a side stream, one batch ahead, so the copy overlaps the model's compute.
 
 The loader's ``state_dict`` is ``(epoch, batches yielded)``: from it and the pure partition math
-(:func:`partition.loader_batches_per_worker`) each worker's exact resume point follows, and the
+(:func:`partition.loader_progress`) each worker's exact resume point follows, and the
 workers learn it (and the epoch, also with persistent workers) through a small shared array.
 """
 
@@ -25,18 +25,22 @@ from .transforms import KmerTokenizer, decode_image, normalize
 
 
 class SharedPosition:
-    """Epoch and per-worker resume points, written by the main process, read by the workers."""
+    """Epoch, worker rotation and per-worker resume points: written by the main process at the start
+    of each epoch, read by the workers when they start iterating (persistent workers included)."""
 
     def __init__(self, num_workers: int):
-        self.array = multiprocessing.get_context("fork").Array("q", 1 + max(1, num_workers), lock=False)
+        self.num_workers = max(1, num_workers)
+        self.array = multiprocessing.get_context("fork").Array("q", 2 + self.num_workers, lock=False)
 
-    def write(self, epoch: int, done: Sequence[int]) -> None:
-        self.array[0] = epoch
+    def write(self, epoch: int, rotation: int, done: Sequence[int]) -> None:
+        self.array[0], self.array[1] = epoch, rotation
         for w, d in enumerate(done):
-            self.array[1 + w] = d
+            self.array[2 + w] = d
 
-    def read(self, worker: int) -> tuple[int, int]:
-        return int(self.array[0]), int(self.array[1 + worker])
+    def read(self, worker: int) -> tuple[int, int, int]:
+        """(epoch, the logical worker this DataLoader worker plays, samples it already yielded)."""
+        logical = (worker + int(self.array[1])) % self.num_workers
+        return int(self.array[0]), logical, int(self.array[2 + logical])
 
 
 class ImageTransform:
@@ -129,8 +133,8 @@ class Loader:
         counts = self._worker_counts()
         if self.batches >= len(self):  # a checkpoint taken right at the end of an epoch
             self.epoch, self.batches = self.epoch + 1, 0
-        per_worker = partition.loader_batches_per_worker(counts, self.batch_size, self.batches, self.drop_last)
-        self._shared.write(self.epoch, [min(c, b * self.batch_size) for c, b in zip(counts, per_worker)])
+        per_worker, rotation = partition.loader_progress(counts, self.batch_size, self.batches, self.drop_last)
+        self._shared.write(self.epoch, rotation, [min(c, b * self.batch_size) for c, b in zip(counts, per_worker)])
         for batch in self._to_device(iter(self.loader)):
             self.batches += 1
             yield batch

@@ -150,22 +150,25 @@ def resume_point(emission: np.ndarray, done: int) -> tuple[int, np.ndarray]:
     return start, np.sort(yielded[yielded >= start])
 
 
-def loader_batches_per_worker(worker_counts: Sequence[int], batch_size: int, batches: int,
-                              drop_last: bool = False) -> list[int]:
-    """Batches each worker had delivered once a DataLoader yielded ``batches`` batches.
+def loader_progress(worker_counts: Sequence[int], batch_size: int, batches: int,
+                    drop_last: bool = False) -> tuple[list[int], int]:
+    """Where each worker stands once a DataLoader yielded ``batches`` batches, and who is next.
 
     PyTorch's DataLoader asks its workers in turn (0, 1, ..., 0, 1, ...) and yields their batches in
-    that order, passing over workers that have run out; this replays that to map a batch count to
-    each worker's progress.
+    that order, passing over workers that have run out. This replays that: it returns the batches
+    each worker had delivered, and the worker whose batch would come next (a resumed DataLoader
+    starts its turns at worker 0, so the resumed workers are rotated to start with that one).
     """
     per_worker = [(c // batch_size) if drop_last else math.ceil(c / batch_size) for c in worker_counts]
+    if batches > sum(per_worker):
+        raise ValueError(f"{batches} batches is more than the epoch holds ({sum(per_worker)})")
     done = [0] * len(per_worker)
+    last = -1
     left = batches
     while left > 0:
-        active = [w for w, n in enumerate(per_worker) if done[w] < n]
-        if not active:
-            raise ValueError(f"{batches} batches is more than the epoch holds ({sum(per_worker)})")
-        for w in active[:left]:
-            done[w] += 1
-        left -= min(left, len(active))
-    return done
+        for w, n in enumerate(per_worker):
+            if left and done[w] < n:
+                done[w] += 1
+                last = w
+                left -= 1
+    return done, (last + 1) % max(1, len(per_worker))

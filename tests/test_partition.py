@@ -110,18 +110,19 @@ def test_rank_block_rejects_bad_arguments():
         partition.rank_block(10, 0, 2, "round")
 
 
-@pytest.mark.parametrize("counts, bs, batches, drop_last, expected", [
-    ([10, 10], 4, 0, False, [0, 0]),
-    ([10, 10], 4, 3, False, [2, 1]),
-    ([10, 9], 4, 6, False, [3, 3]),
-    ([5, 3], 4, 3, False, [2, 1]),   # worker 1 ran out after one batch
-    ([9, 3], 4, 4, False, [3, 1]),
-    ([9, 3], 4, 2, True, [2, 0]),    # drop_last: worker 1 has no full batch
+@pytest.mark.parametrize("counts, bs, batches, drop_last, expected, next_worker", [
+    ([10, 10], 4, 0, False, [0, 0], 0),
+    ([10, 10], 4, 3, False, [2, 1], 1),
+    ([10, 9], 4, 6, False, [3, 3], 0),
+    ([5, 3], 4, 3, False, [2, 1], 1),   # worker 1 ran out after one batch: its turn yields nothing
+    ([9, 3], 4, 4, False, [3, 1], 1),
+    ([9, 3], 4, 2, True, [2, 0], 1),    # drop_last: worker 1 has no full batch
+    ([4, 4, 4], 2, 4, False, [2, 1, 1], 1),
 ])
-def test_loader_batches_per_worker(counts, bs, batches, drop_last, expected):
-    assert partition.loader_batches_per_worker(counts, bs, batches, drop_last) == expected
+def test_loader_progress(counts, bs, batches, drop_last, expected, next_worker):
+    assert partition.loader_progress(counts, bs, batches, drop_last) == (expected, next_worker)
 
 
-def test_loader_batches_past_the_epoch_is_an_error():
+def test_loader_progress_past_the_epoch_is_an_error():
     with pytest.raises(ValueError, match="more than the epoch"):
-        partition.loader_batches_per_worker([4, 4], 4, 3)
+        partition.loader_progress([4, 4], 4, 3)

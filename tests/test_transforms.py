@@ -1,0 +1,61 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bioscan5m_hf import schema
+from bioscan5m_hf.transforms import FIRST_KMER_ID, UNK_ID, KmerTokenizer, decode_image, normalize
+
+
+def test_kmer_ids_follow_the_barcodebert_vocabulary():
+    tok = KmerTokenizer(k=4, max_len=12)
+    vocab = tok.vocabulary()
+    assert vocab[:3] == ["<MASK>", "<UNK>", "AAAA"] and vocab[-1] == "TTTT" and len(vocab) == tok.vocab_size
+    ids, mask = tok(["AAAACCCCGGGG", "acgtRCGTNNNN", "TT"])
+    assert ids[0].tolist() == [vocab.index("AAAA"), vocab.index("CCCC"), vocab.index("GGGG")]
+    assert ids[1].tolist() == [vocab.index("ACGT"), UNK_ID, UNK_ID]  # lower case is fine; R and N are not
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 0]]
+    assert ids[2].tolist() == [UNK_ID] * 3  # "TT" padded with N
+
+
+def test_truncation_and_660_convention():
+    tok = KmerTokenizer()
+    ids, mask = tok(["A" * 1000, "C" * 658])
+    assert ids.shape == (2, 165) and mask[0].sum() == 165 and mask[1].sum() == 164
+    assert (ids[0] == FIRST_KMER_ID).all()
+
+
+def test_tokenizer_rejects_bad_sizes():
+    with pytest.raises(ValueError):
+        KmerTokenizer(k=0)
+
+
+def jpeg(w, h):
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[:, : w // 2] = (255, 0, 0)
+    arr[:, w // 2:] = (0, 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("w, h", [(341, 256), (1024, 768), (256, 400), (100, 60)])
+def test_decode_resizes_the_shorter_side_and_centre_crops(w, h):
+    out = decode_image(jpeg(w, h), 64)
+    assert out.shape == (3, 64, 64) and out.dtype == np.uint8
+    # The crop is centred: red on the left, blue on the right, for landscape and portrait alike.
+    assert out[0, :, :16].mean() > 200 and out[2, :, -16:].mean() > 200
+
+
+def test_decode_accepts_an_opened_image():
+    data = jpeg(300, 200)
+    assert (decode_image(Image.open(io.BytesIO(data)), 32) == decode_image(data, 32)).all()
+
+
+def test_normalize_uses_the_dataset_statistics():
+    images = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    out = normalize(images)
+    expected = (1 - torch.tensor(schema.RGB_MEAN)) / torch.tensor(schema.RGB_STD)
+    assert torch.allclose(out[0, :, 0, 0], expected)
