@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an output converted with other options")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("demo", help="sample -> convert -> load every config, and print a summary")
+    p = sub.add_parser("demo", help="sample -> convert -> load every config -> train, and print a summary")
     p.add_argument("workdir", nargs="?", default="bioscan5m-demo", help="folder for the demo's files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -119,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "demo":
             from .demo import run_demo
 
-            run_demo(args.workdir, show_progress=not args.quiet)
+            if not run_demo(args.workdir, show_progress=not args.quiet)["ok"]:
+                return 1
     except (ReleaseError, ValueError, FileNotFoundError) as e:
         print(f"bioscan5m-hf: error: {e}", file=sys.stderr)
         return 2

@@ -45,7 +45,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "byte-identical to the committed shards/: yes" in out
-    assert "done: every config and split loaded with the expected counts: yes" in out
+    assert "every config and split loaded with the expected counts: yes" in out
+    assert "eval accuracy rose from" in out and ": yes" in out.split("eval accuracy rose from")[1]
+    assert out.rstrip().splitlines()[-1].startswith("done")
     for config in ("cropped_256", "metadata"):
         assert config in out
     assert "MISMATCH" not in out
