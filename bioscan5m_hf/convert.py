@@ -25,7 +25,7 @@ from . import __version__, card, plan, schema, writers
 from ._progress import progress
 from .parallel import imap_ordered
 from .release import (ImageReader, ImageRef, ReleaseError, find_metadata_csv, load_metadata, missing_message,
-                      open_image_source, open_metadata, vocabularies)
+                      open_image_source, open_metadata, take_rows, vocabularies)
 
 WORK_DIR = ".bioscan5m-work"
 MANIFEST_VERSION = 1
@@ -89,7 +89,7 @@ def write_shard(task: ShardTask) -> list[dict]:
     table = _tables.get(task.metadata_ipc)
     if table is None:
         table = _tables[task.metadata_ipc] = open_metadata(task.metadata_ipc)
-    rows = table.take(pa.array(task.shard.rows, pa.int64()))
+    rows = take_rows(table, task.shard.rows)
     images = None
     if task.refs is not None:
         reader = _readers.get(task.archives)
@@ -122,7 +122,7 @@ def split_rows(table: pa.Table, seed: int) -> dict[str, np.ndarray]:
     out = {}
     for code, split in enumerate(schema.SPLITS):
         rows = np.flatnonzero(codes == code)
-        pids = table.column("processid").take(pa.array(rows)).to_pylist()
+        pids = take_rows(table.select(["processid"]), rows).column("processid").to_pylist()
         out[split] = rows[plan.shuffled_order(pids, seed)]
     return out
 
@@ -130,8 +130,8 @@ def split_rows(table: pa.Table, seed: int) -> dict[str, np.ndarray]:
 def locate_images(table: pa.Table, package: str, split: str, rows: np.ndarray, source) -> tuple[
         np.ndarray, list[ImageRef], np.ndarray, list[str]]:
     """Find each record's image; returns kept rows, their refs and sizes, and the missing processids."""
-    pids = table.column("processid").take(pa.array(rows)).to_pylist()
-    chunks = table.column("chunk").take(pa.array(rows)).to_pylist()
+    picked = take_rows(table.select(["processid", "chunk"]), rows)
+    pids, chunks = picked.column("processid").to_pylist(), picked.column("chunk").to_pylist()
     kept, refs, sizes, missing = [], [], [], []
     for row, pid, chunk in zip(rows.tolist(), pids, chunks):
         found = source.locate(schema.image_relpath(package, split, chunk, pid))

@@ -212,6 +212,25 @@ def open_metadata(ipc_path: str | os.PathLike) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(ipc_path), "r")).read_all()
 
 
+def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table.take(rows)`` chunk by chunk: a plain ``take`` concatenates each whole column first,
+    which overflows 32-bit string offsets once a column (5.15M barcodes) passes 2 GB."""
+    rows = np.asarray(rows, dtype=np.int64)
+    batches = table.to_batches()
+    starts = np.cumsum([0] + [b.num_rows for b in batches])
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    chunk = np.searchsorted(starts, ordered, side="right") - 1
+    parts = []
+    for c in np.unique(chunk):
+        local = ordered[chunk == c] - starts[c]
+        parts.append(batches[int(c)].take(pa.array(local)))
+    picked = pa.Table.from_batches(parts, schema=table.schema).combine_chunks() if parts else table.slice(0, 0)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return picked.take(pa.array(inverse))
+
+
 def check_unique(pids: pa.ChunkedArray, path: Path) -> None:
     if len(pc.unique(pids)) == len(pids):
         return

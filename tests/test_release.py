@@ -179,3 +179,13 @@ def test_unreadable_zip_is_named(tmp_path):
     (tmp_path / "BIOSCAN_5M_cropped_256_train.zip").write_bytes(b"not a zip")
     with pytest.raises(ReleaseError, match=r"BIOSCAN_5M_cropped_256_train\.zip: not a readable zip"):
         open_image_source(tmp_path, "cropped_256")
+
+
+def test_take_rows_matches_take_across_chunks(release, tmp_path):
+    from bioscan5m_hf.release import take_rows
+
+    table = load_metadata(release / schema.METADATA_CSV, tmp_path / "m.arrow", block_bytes=1 << 14)
+    assert table.column("processid").num_chunks > 3
+    rows = np.random.default_rng(0).permutation(table.num_rows)[:100]
+    assert take_rows(table, rows).to_pylist() == table.take(pa.array(rows)).to_pylist()
+    assert take_rows(table, np.array([], dtype=np.int64)).num_rows == 0
