@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import partition, schema
-from .shards import Repo, ShardInfo, open_image, open_repos, read_column, read_records
+from .shards import Repo, ShardError, ShardInfo, open_image, open_repos, read_column, read_records
+from .transforms import check_image_size
 
 DNA_MODALITIES = ("dna", "dna_barcode", "barcode")
 DEFAULT_BUFFER = 1000
@@ -73,6 +76,11 @@ class BIOSCAN5M(IterableDataset):
     rank, world_size : int, optional
         This process's part of the data; default from ``torch.distributed`` or the ``RANK`` and
         ``WORLD_SIZE`` environment variables.
+    on_error : {"raise", "skip"}, default="raise"
+        A damaged shard (truncated, corrupted, a sample missing a member or with an unexpected one,
+        an image that does not decode) raises :class:`ShardError` naming the shard and the member.
+        ``"skip"`` skips the damaged records instead, warns naming the shard, and counts them in
+        :attr:`skipped` (``{shard: count}``); the epoch is then shorter than ``len()``.
     even : {"pad", "drop"}, default="pad"
         When records do not divide evenly among ranks: ``"pad"`` repeats the first few records of
         the epoch so every rank yields ``ceil(N / world_size)``; ``"drop"`` leaves the last few out so
@@ -86,7 +94,8 @@ class BIOSCAN5M(IterableDataset):
                  target_format: str = "index", output_format: str = "tuple", transform: Callable | None = None,
                  dna_transform: Callable | None = None, target_transform: Callable | None = None,
                  download: bool = False, *, shuffle: bool = False, seed: int = 0, buffer_size: int = DEFAULT_BUFFER,
-                 rank: int | None = None, world_size: int | None = None, even: str = "pad") -> None:
+                 rank: int | None = None, world_size: int | None = None, even: str = "pad",
+                 on_error: str = "raise") -> None:
         super().__init__()
         self.root = root
         self.split = schema.SPLIT_ALIASES.get(split, split)
@@ -115,6 +124,10 @@ class BIOSCAN5M(IterableDataset):
         self.world_size = default_world if world_size is None else world_size
         self.even = even
         partition.rank_block(0, self.rank, self.world_size, even)  # validates rank and policy
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.skipped: dict[str, int] = {}
 
         self.repos = open_repos(root)
         self.with_image = "image" in self.modality
@@ -232,17 +245,18 @@ class BIOSCAN5M(IterableDataset):
         epoch, worker, done = self._position(worker, num_workers)
         plan = self.plan(worker, num_workers, epoch)
         in_main = info is None and self._shared is None
-        raw = self._records(plan, done)
-        for record in raw:
-            out = self._output(record)
+        for record in self._records(plan, done):
+            out = self._safe_output(record) if record is not None else _SKIP
             if in_main:
                 self._yielded += 1
-            yield out
+            if out is not _SKIP:
+                yield out
         if in_main:
             self.epoch, self._yielded = epoch + 1, 0
 
-    def _records(self, plan: partition.WorkerPlan, done: int) -> Iterator[dict]:
-        """Raw records of ``plan`` in emission order, from the ``done``-th on, with bounded buffering."""
+    def _records(self, plan: partition.WorkerPlan, done: int) -> Iterator[dict | None]:
+        """Raw records of ``plan`` in emission order, from the ``done``-th on, with bounded buffering
+        (None for a record lost to a damaged shard under ``on_error="skip"``)."""
         start, already = partition.resume_point(plan.emission, done)
         reads = self._read(plan, start, set(already.tolist()))
         pending: dict[int, dict] = {}
@@ -266,10 +280,37 @@ class BIOSCAN5M(IterableDataset):
             offsets = plan.offsets[positions]
             if self.selection is not None:
                 offsets = self.selection[shard][offsets]
-            records = read_records(self.shard_list[shard], np.asarray(offsets, dtype=np.int64), self.columns,
-                                   self.with_image)
-            yield from zip(positions, records)
+            info = self.shard_list[shard]
+            records = read_records(info, np.asarray(offsets, dtype=np.int64), self.columns, self.with_image)
+            got = 0
+            try:
+                for position, record in zip(positions, records):
+                    record["__shard__"] = info.path
+                    yield position, record
+                    got += 1
+            except ShardError as e:
+                if self.on_error == "raise":
+                    raise
+                self._skip(info.path, len(positions) - got, str(e))
+                for position in positions[got:]:
+                    yield position, None
             i = j + 1
+
+    def _skip(self, shard: str, count: int, why: str) -> None:
+        self.skipped[shard] = self.skipped.get(shard, 0) + count
+        warnings.warn(f"skipped {count} record(s) of {shard}: {why}", RuntimeWarning, stacklevel=3)
+
+    def _safe_output(self, record: dict):
+        try:
+            return self._output(record)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            if "image" not in record:  # not damage: a bug or a bad argument
+                raise
+            where = f"{record['__shard__']}: member {record['processid']}.{schema.IMAGE_EXTENSION}"
+            if self.on_error == "raise":
+                raise ShardError(f"{where}: image does not decode ({e})") from None
+            self._skip(record["__shard__"], 1, f"member {record['processid']}.jpg does not decode ({e})")
+            return _SKIP
 
     # ---------------------------------------------------------------------------------------------
     # Outputs, as the official loader makes them
@@ -291,6 +332,7 @@ class BIOSCAN5M(IterableDataset):
         for m in self.modality:
             if m == "image":
                 x = open_image(record["image"])
+                check_image_size(x)
                 if self.transform is not None:
                     x = self.transform(x)
             elif m in DNA_MODALITIES:
@@ -354,6 +396,9 @@ class BIOSCAN5M(IterableDataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "
                 f"records={self.num_records}, shards={len(self.shard_list)}, rank={self.rank}/{self.world_size})")
+
+
+_SKIP = object()
 
 
 def _missing_as_nan(value):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema
@@ -69,6 +70,13 @@ class Repo:
         return self.root / schema.CSV_ORDER
 
 
+def check_local_root(root) -> None:
+    """Refuse roots that would run a command (webdataset's ``pipe:`` URLs) or are not local paths."""
+    text = str(root)
+    if text.startswith("pipe:"):
+        raise ValueError(f"refusing {text[:40]!r}: pipe: URLs run shell commands")
+
+
 def open_repo(path: str | os.PathLike) -> Repo:
     root = Path(path)
     manifest_path = root / schema.MANIFEST
@@ -76,11 +84,29 @@ def open_repo(path: str | os.PathLike) -> Repo:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{root}: not a converted repo (no {schema.MANIFEST})") from None
+    except ValueError as e:
+        raise ShardError(f"{manifest_path}: not valid JSON ({e})") from None
+    check_manifest(manifest, manifest_path)
     return Repo(root, manifest)
+
+
+def check_manifest(manifest: dict, where) -> None:
+    """A manifest is data from the repo: its shard paths must be plain relative shard names."""
+    if manifest.get("format") not in schema.FORMATS:
+        raise ShardError(f"{where}: unknown format {manifest.get('format')!r}")
+    suffix = schema.FORMAT_SUFFIX[manifest["format"]]
+    for config, splits in manifest.get("configs", {}).items():
+        for split, info in splits.items():
+            for shard in info.get("shards", []):
+                path = shard.get("path", "")
+                if not schema.SHARD_PATH_PATTERN.match(path) or not path.endswith(suffix) \
+                        or not path.startswith(f"{config}/{split}/"):
+                    raise ShardError(f"{where}: shard path {path[:80]!r} is not a {suffix} shard of {config}/{split}")
 
 
 def open_repos(root: str | os.PathLike) -> dict[str, Repo]:
     """The converted repos under ``root``: the ``OUT`` folder of ``convert``, or one repo folder."""
+    check_local_root(root)
     root = Path(os.path.expanduser(str(root)))
     if (root / schema.MANIFEST).is_file():
         repo = open_repo(root)
@@ -97,20 +123,27 @@ def open_repos(root: str | os.PathLike) -> dict[str, Repo]:
 # Readers
 
 
-def read_parquet(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[str], image: bool) -> Iterator[dict]:
-    """Rows ``offsets`` (ascending) of a Parquet shard: the metadata ``columns`` and, if ``image``, the
-    JPEG bytes under ``"image"``."""
-    if len(offsets) == 0:
-        return
+def read_parquet(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],
+                 image: bool) -> Iterator[dict]:
+    """Rows ``offsets`` (ascending; None: all) of a Parquet shard: the metadata ``columns`` and, if
+    ``image``, the JPEG bytes under ``"image"``."""
     try:
         f = pq.ParquetFile(shard.path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, pa.ArrowException) as e:
         raise ShardError(f"{shard.path}: not a readable Parquet shard ({e})") from None
+    if offsets is None:
+        offsets = np.arange(f.metadata.num_rows)
+    if len(offsets) == 0:
+        return
     wanted = list(columns) + ([schema.IMAGE_COLUMN] if image else [])
     starts = np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
     groups = np.searchsorted(starts, offsets, side="right") - 1
     for g in np.unique(groups):
-        table = f.read_row_group(int(g), columns=wanted)
+        try:
+            table = f.read_row_group(int(g), columns=wanted)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise ShardError(f"{shard.path}: row group {g} (rows {starts[g]}-{starts[g + 1] - 1}) is damaged ({e})") \
+                from None
         local = offsets[groups == g] - starts[g]
         cols = {name: table.column(name).to_pylist() for name in columns}
         images = table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes").to_pylist() if image else None
@@ -121,32 +154,65 @@ def read_parquet(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[str], 
             yield record
 
 
-def read_tar(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[str], image: bool) -> Iterator[dict]:
-    """Samples ``offsets`` (ascending) of a WebDataset tar shard, scanning it once."""
-    if len(offsets) == 0:
+def read_tar(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str], image: bool) -> Iterator[dict]:
+    """Samples ``offsets`` (ascending; None: all) of a WebDataset tar shard, scanning it once.
+
+    Every member must be a regular file named ``<processid>.jpg`` or ``<processid>.json``, a sample's
+    members must be adjacent, and each sample must have both; anything else is an error naming the
+    shard and the member (a ``.pickle`` or ``.pth`` member is never loaded, only refused).
+    """
+    if offsets is not None and len(offsets) == 0:
         return
-    wanted = set(offsets.tolist())
-    last = int(offsets[-1])
+    wanted = None if offsets is None else set(offsets.tolist())
+    last = None if offsets is None else int(offsets[-1])
     try:
         tar = tarfile.open(shard.path, mode="r:")
     except (OSError, tarfile.TarError) as e:
         raise ShardError(f"{shard.path}: not a readable tar shard ({e})") from None
     with tar:
-        index, key, sample = -1, None, {}
+        index, key, sample, done = -1, None, {}, set()
         for member in _members(tar, shard):
             stem, _, ext = member.name.partition(".")
+            if ext not in MEMBER_EXTENSIONS or "/" in member.name:
+                raise ShardError(f"{shard.path}: member {member.name}: unexpected member (a sample is "
+                                 f"<processid>.jpg + <processid>.json)")
             if stem != key:
-                if key is not None and index in wanted:
+                if key is not None and (wanted is None or index in wanted):
                     yield _tar_record(sample, columns, image, shard, key)
+                if stem in done:
+                    raise ShardError(f"{shard.path}: member {member.name}: sample {stem!r} appears twice")
+                done.add(stem)
                 index, key, sample = index + 1, stem, {}
-                if index > last:
+                if last is not None and index > last:
                     return
-            if index in wanted and (ext == schema.METADATA_EXTENSION or (image and ext == schema.IMAGE_EXTENSION)):
-                if ext in sample:
-                    raise ShardError(f"{shard.path}: member {member.name}: sample {stem!r} has it twice")
-                sample[ext] = tar.extractfile(member).read()
-        if key is not None and index in wanted:
+            if ext in sample:
+                raise ShardError(f"{shard.path}: member {member.name}: sample {stem!r} has it twice")
+            if wanted is None or index in wanted:
+                if ext == schema.METADATA_EXTENSION or image:
+                    sample[ext] = _read_member(tar, member, shard)
+                else:
+                    sample[ext] = b""
+            else:
+                sample[ext] = b""
+        if key is not None and (wanted is None or index in wanted):
             yield _tar_record(sample, columns, image, shard, key)
+
+
+MEMBER_EXTENSIONS = (schema.IMAGE_EXTENSION, schema.METADATA_EXTENSION)
+#: Largest member read into memory (the largest real JPEG is ~1 MB; JSON a few KB).
+MAX_MEMBER_BYTES = 64 << 20
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: ShardInfo) -> bytes:
+    if member.size > MAX_MEMBER_BYTES:
+        raise ShardError(f"{shard.path}: member {member.name}: {member.size} bytes, over the {MAX_MEMBER_BYTES} limit")
+    try:
+        data = tar.extractfile(member).read()
+    except (OSError, tarfile.TarError) as e:
+        raise ShardError(f"{shard.path}: member {member.name}: damaged ({e})") from None
+    if len(data) != member.size:
+        raise ShardError(f"{shard.path}: member {member.name}: truncated ({len(data)} of {member.size} bytes)")
+    return data
 
 
 def _members(tar: tarfile.TarFile, shard: ShardInfo) -> Iterator[tarfile.TarInfo]:
@@ -162,10 +228,12 @@ def _members(tar: tarfile.TarFile, shard: ShardInfo) -> Iterator[tarfile.TarInfo
 def _tar_record(sample: dict, columns: Sequence[str], image: bool, shard: ShardInfo, key: str) -> dict:
     if schema.METADATA_EXTENSION not in sample:
         raise ShardError(f"{shard.path}: sample {key!r} has no .{schema.METADATA_EXTENSION} member")
-    if image and schema.IMAGE_EXTENSION not in sample:
+    if schema.IMAGE_EXTENSION not in sample:
         raise ShardError(f"{shard.path}: sample {key!r} has no .{schema.IMAGE_EXTENSION} member")
     try:
         meta = json.loads(sample[schema.METADATA_EXTENSION])
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
     except ValueError as e:
         raise ShardError(f"{shard.path}: member {key}.{schema.METADATA_EXTENSION}: invalid JSON ({e})") from None
     record = {name: meta.get(name) for name in columns}
@@ -174,14 +242,15 @@ def _tar_record(sample: dict, columns: Sequence[str], image: bool, shard: ShardI
     return record
 
 
-def read_records(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[str], image: bool) -> Iterator[dict]:
+def read_records(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],
+                 image: bool) -> Iterator[dict]:
     reader = read_parquet if shard.fmt == "parquet" else read_tar
     yield from reader(shard, offsets, columns, image)
 
 
 def read_column(shard: ShardInfo, column: str) -> list:
     """One metadata column of a whole shard, in shard order."""
-    return [r[column] for r in read_records(shard, np.arange(shard.num_records), [column], image=False)]
+    return [r[column] for r in read_records(shard, None, [column], image=False)]
 
 
 def open_image(data: bytes):

@@ -16,6 +16,15 @@ MASK_ID = 0
 UNK_ID = 1
 FIRST_KMER_ID = 2
 DEFAULT_MAX_NUCLEOTIDES = 660
+#: Refuse images larger than this before decoding them (decompression bombs); the largest package,
+#: original_full, is 1024 x 768 = 0.8 Mpx.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def check_image_size(img: Image.Image) -> None:
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image is {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit")
 
 
 def decode_image(data: bytes | Image.Image, size: int) -> np.ndarray:
@@ -27,6 +36,7 @@ def decode_image(data: bytes | Image.Image, size: int) -> np.ndarray:
     much faster for ``original_full``.
     """
     img = Image.open(io.BytesIO(data)) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    check_image_size(img)
     img.draft("RGB", (size, size))
     img = img.convert("RGB")
     w, h = img.size
