@@ -12,6 +12,7 @@ workers learn it (and the epoch, also with persistent workers) through a small s
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from collections.abc import Iterator, Sequence
 
@@ -151,24 +152,26 @@ class Loader:
         return out
 
     def _to_device(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """Move each batch to the device one batch ahead of the consumer: on CUDA the copy runs on a
+        side stream while the model computes on the current one. The same code runs on the CPU,
+        where the streams are no-ops (so tests exercise it on machines without a GPU)."""
         if self.device is None:
             yield from batches
             return
-        if self.device.type != "cuda":
-            for batch in batches:
-                yield self._move(batch)
-            return
-        stream = torch.cuda.Stream(self.device)
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
         ahead = None
         for batch in batches:
-            with torch.cuda.stream(stream):
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
                 moved = self._move(batch)
             if ahead is not None:
                 yield ahead
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            for v in moved.values():
-                if isinstance(v, torch.Tensor):
-                    v.record_stream(torch.cuda.current_stream(self.device))
+            if cuda:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_stream(stream)
+                for v in moved.values():
+                    if isinstance(v, torch.Tensor):
+                        v.record_stream(current)
             ahead = moved
         if ahead is not None:
             yield ahead
