@@ -28,6 +28,7 @@ from .release import (ImageReader, ImageRef, ReleaseError, find_metadata_csv, lo
                       open_image_source, open_metadata, take_rows, vocabularies)
 
 WORK_DIR = ".bioscan5m-work"
+STATE = "state.json"
 MANIFEST_VERSION = 1
 
 
@@ -75,6 +76,28 @@ class ShardTask:
     metadata_ipc: str
     refs: list[ImageRef] | None = None
     archives: tuple[str, ...] = ()
+    done_dir: str = ""
+
+    def done_paths(self) -> dict[str, Path]:
+        """Per format, the record written once that format's shard is complete (see :func:`convert`)."""
+        s = self.shard
+        return {fmt: Path(self.done_dir) / fmt / (schema.shard_relpath(fmt, s.config, s.split, s.index) + ".json")
+                for fmt in self.formats}
+
+    def finished(self) -> list[dict] | None:
+        """The manifest entries of an earlier run that completed this task, if it did and its files are
+        still there, whole."""
+        entries = []
+        for fmt, done in self.done_paths().items():
+            try:
+                entry = json.loads(done.read_text(encoding="utf-8"))
+                size = (Path(self.repos[fmt]) / entry["path"]).stat().st_size
+            except (OSError, ValueError, KeyError):
+                return None
+            if size != entry["num_bytes"]:
+                return None
+            entries.append(entry)
+        return entries
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,9 +129,11 @@ def write_shard(task: ShardTask) -> list[dict]:
             writers.write_parquet(path, writers.parquet_table(rows, images), images is not None)
         else:
             writers.write_tar(path, rows.to_pylist(), images)
-        entries.append({"format": fmt, "config": s.config, "split": s.split, "path": rel,
-                        "num_records": len(s), "num_bytes": path.stat().st_size,
-                        "sha256": writers.sha256_file(path)})
+        entry = {"format": fmt, "config": s.config, "split": s.split, "path": rel, "num_records": len(s),
+                 "num_bytes": path.stat().st_size, "sha256": writers.sha256_file(path)}
+        if task.done_dir:
+            write_json(task.done_paths()[fmt], entry)
+        entries.append(entry)
     return entries
 
 
@@ -216,22 +241,56 @@ def build_manifest(fmt: str, entries: list[dict], options: ConvertOptions, sourc
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _check_existing(repo: Path, options: ConvertOptions, overwrite: bool) -> None:
-    manifest = repo / schema.MANIFEST
-    if not manifest.is_file():
-        return
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _prepare(repos: dict[str, Path], work: Path, state: dict, overwrite: bool) -> None:
+    """Refuse to mix options into an existing output (unless ``overwrite``), drop what an interrupted
+    run left unfinished, and record this run's options in the work folder."""
     if overwrite:
-        shutil.rmtree(repo)
-        return
-    previous = json.loads(manifest.read_text(encoding="utf-8")).get("options")
-    if previous != options.recorded():
-        raise ReleaseError(f"{repo} holds a conversion made with other options ({previous}); "
-                           "pass --overwrite to replace it")
+        for path in (*repos.values(), work):
+            shutil.rmtree(path, ignore_errors=True)
+    for repo in repos.values():
+        manifest = _read_json(repo / schema.MANIFEST)
+        if manifest is not None and manifest.get("options") != state["options"]:
+            raise ReleaseError(f"{repo} holds a conversion made with other options ({manifest.get('options')}); "
+                               "pass --overwrite to replace it")
+    previous = _read_json(work / STATE)
+    if previous is not None and previous["options"] != state["options"]:
+        raise ReleaseError(f"{work} holds an unfinished conversion made with other options "
+                           f"({previous['options']}); rerun it with those options, or pass --overwrite")
+    if previous != state:  # no record of an earlier run of this conversion (or of another release)
+        shutil.rmtree(work, ignore_errors=True)
+    for folder in (*repos.values(), work):  # temporary files of a run killed mid-write
+        for tmp in folder.rglob(".*.tmp*") if folder.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+    write_json(work / STATE, state)
+
+
+def _already_complete(repos: dict[str, Path], state: dict) -> dict[str, dict] | None:
+    """The manifests of a finished conversion with these options and this source, if all its files are there."""
+    manifests = {}
+    for fmt, repo in repos.items():
+        manifest = _read_json(repo / schema.MANIFEST)
+        if manifest is None or manifest.get("options") != state["options"] \
+                or manifest.get("source", {}).get("md5") != state["source_md5"]:
+            return None
+        files = [(s["path"], s["num_bytes"]) for c in manifest["configs"].values() for v in c.values()
+                 for s in v["shards"]] + [(name, f["num_bytes"]) for name, f in manifest["files"].items()]
+        if not all((repo / p).is_file() and (repo / p).stat().st_size == n for p, n in files):
+            return None
+        manifests[fmt] = manifest
+    return manifests
 
 
 def _remove_strays(repo: Path, manifest: dict) -> None:
@@ -278,23 +337,39 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
     if not formats:
         raise ValueError("nothing to convert: no image package, and the metadata table is Parquet only")
     repos = {fmt: out / schema.FORMAT_REPOS[fmt] for fmt in formats}
-    for repo in repos.values():
-        _check_existing(repo, options, overwrite)
     csv_path = find_metadata_csv(release)
+    md5 = file_md5(csv_path)
     work = out / WORK_DIR
+    state = {"options": options.recorded(), "source_md5": md5}
+    if not overwrite and not (work / STATE).exists():
+        done = _already_complete(repos, state)
+        if done is not None:
+            return ConvertResult(repos, done, next(iter(done.values()))["source"]["num_records"])
+    _prepare(repos, work, state, overwrite)
     ipc = work / "metadata.arrow"
-    table = load_metadata(csv_path, ipc)
+    table = open_metadata(ipc) if ipc.is_file() else load_metadata(csv_path, ipc)
     vocab = vocabularies(table)
     tasks, skipped = plan_tasks(table, release, repos, ipc, options)
-    source = {"metadata_csv": schema.METADATA_CSV_NAME, "md5": file_md5(csv_path), "num_records": table.num_rows}
+    source = {"metadata_csv": schema.METADATA_CSV_NAME, "md5": md5, "num_records": table.num_rows}
 
-    entries: list[dict] = []
-    bar = progress(total=sum(len(t.shard) for t in tasks), desc="convert", unit="rec",
+    # Shards finished by an interrupted run of the same conversion are kept (each file was renamed
+    # into place whole, then its record written); everything else is (re)written.
+    results: list[list[dict] | None] = []
+    todo = []
+    for task in tasks:
+        task.done_dir = str(work / "done")
+        results.append(task.finished())
+        if results[-1] is None:
+            todo.append(task)
+    bar = progress(total=sum(len(t.shard) for t in todo), desc="convert", unit="rec",
                    disable=not options.show_progress)
-    for task, result in zip(tasks, imap_ordered(write_shard, tasks, options.workers)):
-        entries.extend(result)
-        bar.update(len(task.shard))
+    written = iter(imap_ordered(write_shard, todo, options.workers))
+    for k, result in enumerate(results):
+        if result is None:
+            results[k] = next(written)
+            bar.update(len(tasks[k].shard))
     bar.close()
+    entries = [e for result in results for e in result]
 
     manifests = {}
     for fmt, repo in repos.items():
@@ -307,5 +382,6 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
         card.write_card(repo, manifest)
         manifests[fmt] = manifest
     del table
+    (work / STATE).unlink()  # first, so a cleanup cut short is never mistaken for a run to resume
     shutil.rmtree(work, ignore_errors=True)
     return ConvertResult(repos, manifests, source["num_records"])
