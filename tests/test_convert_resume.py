@@ -50,8 +50,9 @@ def test_kill_9_at_many_points_then_rerun_is_byte_identical(release, clean, tmp_
             kills += 1
         proc.wait()
         # Whatever a killed run left, a shard under its final name is whole: the clean run's bytes.
-        for path in out.rglob("bioscan5m-*"):
-            assert path.read_bytes() == clean[path.relative_to(out).as_posix()], path
+        for repo in (schema.PARQUET_REPO, schema.WDS_REPO):
+            for path in (out / repo).rglob("bioscan5m-*"):
+                assert path.read_bytes() == clean[path.relative_to(out).as_posix()], path
     assert kills >= 4
     result = subprocess.run(command(release, out), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
