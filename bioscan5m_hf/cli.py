@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from . import __version__, schema
 from .release import ReleaseError
+from .shards import ShardError
 
 
 def _csv_list(choices: Sequence[str] | None = None):
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an output converted with other options")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("verify", help="check converted repos against their manifests and each other")
+    p.add_argument("repo", help="the OUT folder of convert, or one repo folder")
+    p.add_argument("--decode", action="store_true", help="also decode every image and check every record")
+
     p = sub.add_parser("demo", help="sample -> convert -> load every config -> train, and print a summary")
     p.add_argument("workdir", nargs="?", default="bioscan5m-demo", help="folder for the demo's files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -116,12 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{repo}: {len(manifest['configs'])} configs, {shards} shards")
                 for package, splits in manifest["skipped"].items():
                     print(f"  skipped (no {package} image): {sum(map(len, splits.values()))} records")
+        elif args.command == "verify":
+            from .verify import format_report, verify
+
+            report = verify(args.repo, decode=args.decode)
+            print(format_report(report))
+            return 0 if report.ok else 1
         elif args.command == "demo":
             from .demo import run_demo
 
             if not run_demo(args.workdir, show_progress=not args.quiet)["ok"]:
                 return 1
-    except (ReleaseError, ValueError, FileNotFoundError) as e:
+    except (ReleaseError, ShardError, ValueError, FileNotFoundError) as e:
         print(f"bioscan5m-hf: error: {e}", file=sys.stderr)
         return 2
     return 0

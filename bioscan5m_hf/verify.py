@@ -8,6 +8,7 @@ also decodes every image and checks every record's values against the schema.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ def _check_value(name: str, value) -> str | None:
         return None if isinstance(value, str) else f"{value!r} is not a string"
     if pa.types.is_integer(col.type):
         return None if isinstance(value, int) and not isinstance(value, bool) else f"{value!r} is not an integer"
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return f"{value!r} is not a finite number"
     return None
 
