@@ -10,6 +10,7 @@ byte-identical for any number of workers.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -20,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 from . import __version__, card, plan, schema, writers
 from ._progress import progress
 from .parallel import imap_ordered
+from .transforms import MAX_IMAGE_PIXELS
 from .release import (ImageReader, ImageRef, ReleaseError, find_metadata_csv, load_metadata, missing_message,
                       open_image_source, open_metadata, take_rows, vocabularies)
 
@@ -119,7 +122,8 @@ def write_shard(task: ShardTask) -> list[dict]:
         if reader is None:
             reader = _readers[task.archives] = ImageReader(task.archives)
         pids = rows.column("processid").to_pylist()
-        images = [reader.read(ref, pid) for ref, pid in zip(task.refs, pids)]
+        images = [check_jpeg(reader.read(ref, pid), pid, _describe(ref, task.archives))
+                  for ref, pid in zip(task.refs, pids)]
     entries = []
     s = task.shard
     for fmt in task.formats:
@@ -135,6 +139,25 @@ def write_shard(task: ShardTask) -> list[dict]:
             write_json(task.done_paths()[fmt], entry)
         entries.append(entry)
     return entries
+
+
+def _describe(ref: ImageRef, archives: tuple[str, ...]) -> str:
+    return ref if isinstance(ref, str) else archives[ref.archive]
+
+
+def check_jpeg(data: bytes, processid: str, where: str) -> bytes:
+    """The image must be a JPEG of sane size (read from its header only; it is never re-encoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, size = img.format, img.size
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ReleaseError(f"{where}: image of {processid} is unreadable ({e})") from None
+    if fmt != "JPEG":
+        raise ReleaseError(f"{where}: image of {processid} is {fmt}, not JPEG")
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ReleaseError(f"{where}: image of {processid} is {size[0]} x {size[1]} pixels, over the "
+                           f"{MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?)")
+    return data
 
 
 # --------------------------------------------------------------------------------------------------

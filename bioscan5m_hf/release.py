@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -325,6 +326,7 @@ def open_image_source(root: str | os.PathLike, package: str, prefer: str = "auto
         try:
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
+                    check_zip_member(path, info)
                     if info.filename.startswith(prefix) and not info.is_dir():
                         members.setdefault(info.filename, ZipMember(
                             k, info.header_offset, info.compress_size, info.file_size, info.compress_type,
@@ -332,6 +334,18 @@ def open_image_source(root: str | os.PathLike, package: str, prefer: str = "auto
         except zipfile.BadZipFile as e:
             raise ReleaseError(f"{path}: not a readable zip file ({e})") from None
     return ImageSource(package, "zips", root, tuple(str(p) for p in zips), members)
+
+
+def check_zip_member(path: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse members that could point outside the release if anything ever extracted them:
+    absolute paths, ``..`` parts, backslashes, symbolic links."""
+    name = info.filename
+    parts = name.split("/")
+    mode = info.external_attr >> 16
+    if name.startswith("/") or "\\" in name or ".." in parts or (len(name) > 1 and name[1] == ":"):
+        raise ReleaseError(f"{path}: member {name!r} has an unsafe path (absolute or with '..')")
+    if stat.S_ISLNK(mode):
+        raise ReleaseError(f"{path}: member {name!r} is a symbolic link")
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, 22 bytes of fields, name and extra lengths
