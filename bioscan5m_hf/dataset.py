@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
@@ -43,7 +42,10 @@ class BIOSCAN5M(IterableDataset):
     Parameters
     ----------
     root : str
-        The ``OUT`` folder of ``bioscan5m-hf convert``, or either repo folder inside it.
+        The ``OUT`` folder of ``bioscan5m-hf convert``, or either repo folder inside it, local or a
+        URL: ``hf://datasets/ORG/NAME[@rev]``, ``https://...`` (any static file server), ``s3://``,
+        ``gs://`` (where s3fs / gcsfs are installed). Remote shards are streamed, never fully
+        downloaded unless cached.
     split : str, default="train"
         A split (``"pretrain"``, ``"train"``, ``"val"``, ``"test"``, ``"key_unseen"``, ``"val_unseen"``,
         ``"test_unseen"``, ``"other_heldout"``), a metasplit (``"all"``, ``"seen"``, ``"unseen"``),
@@ -81,6 +83,15 @@ class BIOSCAN5M(IterableDataset):
         an image that does not decode) raises :class:`ShardError` naming the shard and the member.
         ``"skip"`` skips the damaged records instead, warns naming the shard, and counts them in
         :attr:`skipped` (``{shard: count}``); the epoch is then shorter than ``len()``.
+    cache_dir, cache_limit : optional
+        For a remote ``root``: keep verified shards in this folder, at most ``cache_limit`` bytes
+        (least recently used evicted), so later epochs read from disk. Safe to share between
+        workers and jobs.
+    storage_options : dict, optional
+        Passed to fsspec for remote roots (credentials, endpoints).
+    verify : bool, default=False
+        Check streamed (uncached) shards against the manifest's sha256 when read to the end; cached
+        shards are always checked.
     even : {"pad", "drop"}, default="pad"
         When records do not divide evenly among ranks: ``"pad"`` repeats the first few records of
         the epoch so every rank yields ``ceil(N / world_size)``; ``"drop"`` leaves the last few out so
@@ -95,7 +106,8 @@ class BIOSCAN5M(IterableDataset):
                  dna_transform: Callable | None = None, target_transform: Callable | None = None,
                  download: bool = False, *, shuffle: bool = False, seed: int = 0, buffer_size: int = DEFAULT_BUFFER,
                  rank: int | None = None, world_size: int | None = None, even: str = "pad",
-                 on_error: str = "raise") -> None:
+                 on_error: str = "raise", cache_dir: str | None = None, cache_limit: int | None = None,
+                 storage_options: dict | None = None, verify: bool = False) -> None:
         super().__init__()
         self.root = root
         self.split = schema.SPLIT_ALIASES.get(split, split)
@@ -129,7 +141,8 @@ class BIOSCAN5M(IterableDataset):
         self.on_error = on_error
         self.skipped: dict[str, int] = {}
 
-        self.repos = open_repos(root)
+        self.repos = open_repos(root, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit,
+                                verify=verify)
         self.with_image = "image" in self.modality
         self.repo, self.config = self._choose_source()
         self.shard_list: list[ShardInfo] = self.repo.shards(self.config, self.splits)
@@ -160,7 +173,7 @@ class BIOSCAN5M(IterableDataset):
                 for name in repo.configs:
                     if all(s in repo.configs[name] for s in self.splits):
                         return repo, name
-        have = {r.root.name: list(r.configs) for r in order}
+        have = {r.name: list(r.configs) for r in order}
         raise ValueError(f"{self.root}: no config {config!r} converted (have {have})")
 
     def _columns(self) -> list[str]:
@@ -419,7 +432,7 @@ def repeated_barcode_keep_set(repos: dict[str, Repo], max_nucleotides: int | Non
     for shard in repo.shards(config, schema.SPLITS):
         for r in read_records(shard, np.arange(shard.num_records), ["processid", "dna_barcode"], image=False):
             barcode[r["processid"]] = r["dna_barcode"]
-    order = pq.read_table(repo.csv_order, columns=["processid"]).column("processid").to_pylist()
+    order = repo.read_table(schema.CSV_ORDER, ["processid"]).column("processid").to_pylist()
     missing = len(order) - len(barcode)
     if missing:
         raise ValueError(f"{repo.root}: reduce_repeated_barcodes needs every record's barcode, but config "

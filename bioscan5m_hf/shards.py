@@ -10,41 +10,53 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema
-
-
-class ShardError(RuntimeError):
-    """A shard is unreadable or does not hold what its manifest says; the message names it."""
+from .storage import RetryPolicy, ShardCache, ShardError, Store, redact
 
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard of a split, as listed in the manifest."""
+    """One shard of a split, as listed in the manifest, and where to read it."""
 
-    path: str
+    rel: str
     fmt: str
     split: str
     num_records: int
     num_bytes: int
     sha256: str
+    store: Store
+
+    @property
+    def path(self) -> str:
+        """Where the shard is, for messages: a local path or a URL without credentials."""
+        return str(self.store.local_path(self.rel)) if not self.store.remote else redact(self.store.url(self.rel))
+
+    def open(self):
+        return self.store.open(self.rel, self.num_bytes, self.sha256)
 
 
 @dataclass
 class Repo:
-    """A converted repo folder (``BIOSCAN-5M`` or ``BIOSCAN-5M-wds``) and its manifest."""
+    """A converted repo (``BIOSCAN-5M`` or ``BIOSCAN-5M-wds``), local or remote, and its manifest."""
 
-    root: Path
+    store: Store
     manifest: dict
+
+    @property
+    def root(self):
+        return self.store.local_path("") if not self.store.remote else redact(self.store.root)
+
+    @property
+    def name(self) -> str:
+        return self.store.root.rstrip("/").rsplit("/", 1)[-1]
 
     @property
     def fmt(self) -> str:
@@ -61,13 +73,14 @@ class Repo:
         out = []
         for split in splits:
             for s in self.configs[config].get(split, {}).get("shards", []):
-                out.append(ShardInfo(str(self.root / s["path"]), self.fmt, split, s["num_records"], s["num_bytes"],
-                                     s["sha256"]))
+                out.append(ShardInfo(s["path"], self.fmt, split, s["num_records"], s["num_bytes"], s["sha256"],
+                                     self.store))
         return out
 
-    @property
-    def csv_order(self) -> Path:
-        return self.root / schema.CSV_ORDER
+    def read_table(self, rel: str, columns: Sequence[str]):
+        """A small Parquet side file of the repo (e.g. :data:`schema.CSV_ORDER`)."""
+        source = self.store.local_path(rel) if not self.store.remote else io.BytesIO(self.store.read_bytes(rel))
+        return pq.read_table(source, columns=list(columns))
 
 
 def check_local_root(root) -> None:
@@ -77,17 +90,16 @@ def check_local_root(root) -> None:
         raise ValueError(f"refusing {text[:40]!r}: pipe: URLs run shell commands")
 
 
-def open_repo(path: str | os.PathLike) -> Repo:
-    root = Path(path)
-    manifest_path = root / schema.MANIFEST
+def open_repo(store: Store) -> Repo:
+    where = redact(store.url(schema.MANIFEST))
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(store.read_bytes(schema.MANIFEST).decode("utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{root}: not a converted repo (no {schema.MANIFEST})") from None
+        raise FileNotFoundError(f"{redact(store.root)}: not a converted repo (no {schema.MANIFEST})") from None
     except ValueError as e:
-        raise ShardError(f"{manifest_path}: not valid JSON ({e})") from None
-    check_manifest(manifest, manifest_path)
-    return Repo(root, manifest)
+        raise ShardError(f"{where}: not valid JSON ({e})") from None
+    check_manifest(manifest, where)
+    return Repo(store, manifest)
 
 
 def check_manifest(manifest: dict, where) -> None:
@@ -104,18 +116,24 @@ def check_manifest(manifest: dict, where) -> None:
                     raise ShardError(f"{where}: shard path {path[:80]!r} is not a {suffix} shard of {config}/{split}")
 
 
-def open_repos(root: str | os.PathLike) -> dict[str, Repo]:
-    """The converted repos under ``root``: the ``OUT`` folder of ``convert``, or one repo folder."""
+def open_repos(root, *, storage_options: dict | None = None, cache_dir=None, cache_limit: int | None = None,
+               verify: bool = False, retry: RetryPolicy | None = None) -> dict[str, Repo]:
+    """The converted repos at ``root``: the ``OUT`` folder of ``convert`` or one repo folder, local
+    or a URL (``hf://datasets/ORG/NAME[@rev]``, ``https://...``, ``s3://...``)."""
     check_local_root(root)
-    root = Path(os.path.expanduser(str(root)))
-    if (root / schema.MANIFEST).is_file():
-        repo = open_repo(root)
+    store = Store(str(root), storage_options or {}, retry or RetryPolicy(),
+                  ShardCache(cache_dir, cache_limit) if cache_dir else None, verify)
+    if store.exists(schema.MANIFEST):
+        repo = open_repo(store)
         return {repo.fmt: repo}
-    repos = {fmt: open_repo(root / name) for fmt, name in schema.FORMAT_REPOS.items()
-             if (root / name / schema.MANIFEST).is_file()}
+    repos = {}
+    for fmt, name in schema.FORMAT_REPOS.items():
+        child = store.child(name)
+        if child.exists(schema.MANIFEST):
+            repos[fmt] = open_repo(child)
     if not repos:
-        raise FileNotFoundError(f"{root}: no converted repo ({schema.PARQUET_REPO}/ or {schema.WDS_REPO}/ with a "
-                                f"{schema.MANIFEST}, or a {schema.MANIFEST} here)")
+        raise FileNotFoundError(f"{redact(store.root)}: no converted repo ({schema.PARQUET_REPO}/ or "
+                                f"{schema.WDS_REPO}/ with a {schema.MANIFEST}, or a {schema.MANIFEST} here)")
     return repos
 
 
@@ -128,8 +146,8 @@ def read_parquet(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
     """Rows ``offsets`` (ascending; None: all) of a Parquet shard: the metadata ``columns`` and, if
     ``image``, the JPEG bytes under ``"image"``."""
     try:
-        f = pq.ParquetFile(shard.path)
-    except (OSError, ValueError, pa.ArrowException) as e:
+        f = pq.ParquetFile(shard.path if not shard.store.remote else shard.open())
+    except (ValueError, pa.ArrowException) as e:
         raise ShardError(f"{shard.path}: not a readable Parquet shard ({e})") from None
     if offsets is None:
         offsets = np.arange(f.metadata.num_rows)
@@ -165,11 +183,13 @@ def read_tar(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str
         return
     wanted = None if offsets is None else set(offsets.tolist())
     last = None if offsets is None else int(offsets[-1])
+    source = shard.open()
     try:
-        tar = tarfile.open(shard.path, mode="r:")
-    except (OSError, tarfile.TarError) as e:
+        tar = tarfile.open(fileobj=source, mode="r:")
+    except tarfile.TarError as e:
+        source.close()
         raise ShardError(f"{shard.path}: not a readable tar shard ({e})") from None
-    with tar:
+    with source, tar:
         index, key, sample, done = -1, None, {}, set()
         for member in _members(tar, shard):
             stem, _, ext = member.name.partition(".")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 
 from . import schema
 from .shards import Repo, ShardError, ShardInfo, open_repos, read_records
+from .storage import RangeFile
 from .transforms import MAX_IMAGE_PIXELS
 from .writers import sha256_file
 
@@ -86,10 +86,9 @@ def _decode(data: bytes) -> str | None:
 
 def verify_repo(repo: Repo, report: Report, decode: bool = False) -> dict[tuple[str, str], set[str]]:
     """Check one repo; returns its processids per (config, split) for the cross-repo check."""
-    root = repo.root
     listed: set[str] = set()
     for name, info in repo.manifest.get("files", {}).items():
-        _check_file(root, name, info["num_bytes"], info["sha256"], report)
+        _check_file(repo, name, info["num_bytes"], info["sha256"], report)
         listed.add(name)
     keys: dict[tuple[str, str], set[str]] = {}
     for config, splits in repo.configs.items():
@@ -101,28 +100,42 @@ def verify_repo(repo: Repo, report: Report, decode: bool = False) -> dict[tuple[
             for shard, entry in zip(shards, info["shards"]):
                 rel = entry["path"]
                 listed.add(rel)
-                where = f"{root.name}/{rel}"
-                if not _check_file(root, rel, shard.num_bytes, shard.sha256, report):
+                where = f"{repo.name}/{rel}"
+                if not _check_file(repo, rel, shard.num_bytes, shard.sha256, report):
                     continue
                 count = _check_records(shard, where, config, split, seen, keys[config, split], report, decode)
                 if count is not None and count != shard.num_records:
                     report.add(where, f"holds {count} records, the manifest says {shard.num_records}")
                 total += shard.num_records
             if total != info["num_records"]:
-                report.add(f"{root.name}/{schema.MANIFEST}", f"{config}/{split}: shards add up to {total} records, "
+                report.add(f"{repo.name}/{schema.MANIFEST}", f"{config}/{split}: shards add up to {total} records, "
                                                               f"the split says {info['num_records']}")
-    suffix = schema.FORMAT_SUFFIX[repo.fmt]
-    for path in sorted(root.glob(f"*/*/*.{suffix}")):
-        rel = path.relative_to(root).as_posix()
-        if rel not in listed:
-            report.add(f"{root.name}/{rel}", "not listed in the manifest")
+    if not repo.store.remote:  # a plain file server cannot list its files
+        root = repo.store.local_path("")
+        suffix = schema.FORMAT_SUFFIX[repo.fmt]
+        for path in sorted(root.glob(f"*/*/*.{suffix}")):
+            rel = path.relative_to(root).as_posix()
+            if rel not in listed:
+                report.add(f"{repo.name}/{rel}", "not listed in the manifest")
     return keys
 
 
-def _check_file(root: Path, rel: str, size: int, sha256: str, report: Report) -> bool:
-    path = root / rel
-    where = f"{root.name}/{rel}"
+def _check_file(repo: Repo, rel: str, size: int, sha256: str, report: Report) -> bool:
+    where = f"{repo.name}/{rel}"
     report.files += 1
+    if repo.store.remote:
+        try:
+            source = RangeFile(repo.store, rel, size, sha256)
+            while source.read(1 << 22):
+                pass
+        except FileNotFoundError:
+            report.add(where, "missing")
+            return False
+        except (ShardError, OSError) as e:
+            report.add(where, str(e))
+            return False
+        return True
+    path = repo.store.local_path(rel)
     if not path.is_file():
         report.add(where, "missing")
         return False
