@@ -24,6 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import partition, schema
 from .shards import Repo, ShardError, ShardInfo, open_image, open_repos, read_column, read_records
+from .storage import RetryPolicy
 from .transforms import check_image_size
 
 DNA_MODALITIES = ("dna", "dna_barcode", "barcode")
@@ -74,7 +75,9 @@ class BIOSCAN5M(IterableDataset):
         Shuffle the shard order per epoch and mix records through a buffer of ``buffer_size``
         undecoded records. Without it, records come in the converted (already random) order.
     seed : int, default=0
-    buffer_size : int, default=1000
+    buffer_size : int, optional
+        Records in the shuffle buffer; by default 1000, or fewer when the split's shards are smaller,
+        so that the first sample never waits for more than one shard per worker.
     rank, world_size : int, optional
         This process's part of the data; default from ``torch.distributed`` or the ``RANK`` and
         ``WORLD_SIZE`` environment variables.
@@ -92,6 +95,8 @@ class BIOSCAN5M(IterableDataset):
     verify : bool, default=False
         Check streamed (uncached) shards against the manifest's sha256 when read to the end; cached
         shards are always checked.
+    retry : RetryPolicy, optional
+        Retries of transient network faults (tries, backoff, the stall timeout).
     even : {"pad", "drop"}, default="pad"
         When records do not divide evenly among ranks: ``"pad"`` repeats the first few records of
         the epoch so every rank yields ``ceil(N / world_size)``; ``"drop"`` leaves the last few out so
@@ -104,10 +109,11 @@ class BIOSCAN5M(IterableDataset):
                  max_nucleotides: int | None = 660, target_type: str | Iterable[str] = "species",
                  target_format: str = "index", output_format: str = "tuple", transform: Callable | None = None,
                  dna_transform: Callable | None = None, target_transform: Callable | None = None,
-                 download: bool = False, *, shuffle: bool = False, seed: int = 0, buffer_size: int = DEFAULT_BUFFER,
+                 download: bool = False, *, shuffle: bool = False, seed: int = 0, buffer_size: int | None = None,
                  rank: int | None = None, world_size: int | None = None, even: str = "pad",
                  on_error: str = "raise", cache_dir: str | None = None, cache_limit: int | None = None,
-                 storage_options: dict | None = None, verify: bool = False) -> None:
+                 storage_options: dict | None = None, verify: bool = False,
+                 retry: RetryPolicy | None = None) -> None:
         super().__init__()
         self.root = root
         self.split = schema.SPLIT_ALIASES.get(split, split)
@@ -142,7 +148,7 @@ class BIOSCAN5M(IterableDataset):
         self.skipped: dict[str, int] = {}
 
         self.repos = open_repos(root, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit,
-                                verify=verify)
+                                verify=verify, retry=retry)
         self.with_image = "image" in self.modality
         self.repo, self.config = self._choose_source()
         self.shard_list: list[ShardInfo] = self.repo.shards(self.config, self.splits)
@@ -155,6 +161,8 @@ class BIOSCAN5M(IterableDataset):
         self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
                             else [s.num_records for s in self.shard_list])
         self.num_records = int(sum(self.shard_sizes))
+        if self.buffer_size is None:
+            self.buffer_size = max(1, min(DEFAULT_BUFFER, min(self.shard_sizes)))
         self.epoch = 0
         self._yielded = 0
         self._shared = None  # set by make_loader: epoch and per-worker resume points shared with workers

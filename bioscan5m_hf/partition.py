@@ -4,8 +4,9 @@ An epoch over a split is one stream of records: the split's shards, in an order 
 each read front to back. The stream is cut into equal contiguous blocks, one per rank (``even="pad"``
 wraps around to the start to fill the last block, ``"drop"`` drops the remainder), and each rank's
 block into nearly equal contiguous blocks, one per DataLoader worker. A worker reads its block
-sequentially and emits it through a shuffle buffer whose emission order is itself computed here, from
-the seed alone, so that:
+sequentially, starting at its first shard boundary (the partial shard at its head comes last), and
+emits it through a shuffle buffer whose emission order is itself computed here, from the seed alone,
+so that:
 
 - every record is yielded exactly once per epoch across all ranks and workers (plus the padding);
 - the same seed and epoch give the same order, and another epoch another order;
@@ -69,10 +70,10 @@ def worker_block(count: int, worker: int, num_workers: int) -> tuple[int, int]:
 def buffer_shuffle(n: int, buffer_size: int, seed: Sequence[int]) -> np.ndarray:
     """Emission order of a shuffle buffer over ``n`` sequential inputs.
 
-    The buffer holds up to ``buffer_size`` inputs; each step emits a uniformly chosen one and refills
-    its slot with the next input. Element ``t`` of the result is the input emitted at step ``t``; it is
-    always among the first ``t + buffer_size`` inputs, so a reader never holds more than
-    ``buffer_size`` records.
+    The buffer starts small and grows by one input per step up to ``buffer_size`` (so the first
+    sample does not wait for a full buffer); each step emits a uniformly chosen input from it.
+    Element ``t`` of the result is the input emitted at step ``t``; it is always among the first
+    ``t + buffer_size`` inputs, so a reader never holds more than ``buffer_size`` records.
     """
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -80,18 +81,17 @@ def buffer_shuffle(n: int, buffer_size: int, seed: Sequence[int]) -> np.ndarray:
     if size == 1:
         return np.arange(n, dtype=np.int64)
     u = np.random.default_rng(list(seed)).random(n)
-    slots = list(range(size))
-    nxt = size
+    slots: list[int] = []
+    nxt = 0
     out = np.empty(n, dtype=np.int64)
     for t in range(n):
+        while nxt < n and len(slots) < min(size, t + 2):
+            slots.append(nxt)
+            nxt += 1
         j = int(u[t] * len(slots))
         out[t] = slots[j]
-        if nxt < n:
-            slots[j] = nxt
-            nxt += 1
-        else:
-            slots[j] = slots[-1]
-            slots.pop()
+        slots[j] = slots[-1]
+        slots.pop()
     return out
 
 
@@ -125,6 +125,11 @@ def worker_plan(shard_sizes: Sequence[int], *, seed: int, epoch: int, shuffle: b
     slot = np.searchsorted(ends, positions, side="right")
     shards = order[slot] if len(order) else np.zeros(0, dtype=np.int64)
     offsets = positions - (ends[slot] - sizes[shards]) if len(order) else positions
+    # Start reading at the block's first shard boundary and read the partial head shard last, so a
+    # worker's first samples come from the start of one shard (one shard fetched for the first batch).
+    heads = np.flatnonzero(offsets == 0)
+    if len(heads) and heads[0] > 0:
+        shards, offsets = np.roll(shards, -heads[0]), np.roll(offsets, -heads[0])
     if shuffle and buffer_size > 1:
         emission = buffer_shuffle(w_count, buffer_size, (seed, epoch, rank, worker, 2))
     else:
