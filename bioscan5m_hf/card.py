@@ -75,6 +75,13 @@ record = next(iter(ds))  # {{'image': <PIL.Image>, 'processid': ..., 'dna_barcod
 # DNA and labels only: the `metadata` config has no image column.
 dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True)
 dna = dna.select_columns(["processid", "dna_barcode", "species"])
+```
+
+The drop-in for the official PyTorch loader, streaming from this repo:
+
+```python
+from bioscan5m_hf import BIOSCAN5M
+ds = BIOSCAN5M("hf://datasets/{repo_id}", split="train", modality=("image", "dna"), target_type="species")
 ```"""
     return f"""```python
 from datasets import load_dataset
@@ -84,7 +91,14 @@ record = next(iter(ds))  # {{'__key__': processid, 'jpg': <PIL.Image>, 'json': {
 ```
 
 The shards are plain WebDataset tars (`<processid>.jpg`, `<processid>.json`), readable by the
-`webdataset` library from a local copy or an `hf://` URL."""
+`webdataset` library from a local copy or an `hf://` URL. For training, `bioscan5m-hf` streams them
+with exact epochs and resume across ranks and workers:
+
+```python
+from bioscan5m_hf import make_loader
+loader = make_loader("hf://datasets/{repo_id}", "train", batch_size=256, num_workers=8,
+                     cache_dir="/scratch/bioscan-cache")
+```"""
 
 
 def render(manifest: dict, template: str | None = None, namespace: str = "bioscan-ml") -> str:

@@ -15,6 +15,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,9 @@ class BIOSCAN5M(IterableDataset):
     verify : bool, default=False
         Check streamed (uncached) shards against the manifest's sha256 when read to the end; cached
         shards are always checked.
+    readahead : int, default=1
+        With a cache: shards fetched ahead in the background per worker (one request at a time
+        each, besides the shard being read).
     retry : RetryPolicy, optional
         Retries of transient network faults (tries, backoff, the stall timeout).
     even : {"pad", "drop"}, default="pad"
@@ -113,7 +117,7 @@ class BIOSCAN5M(IterableDataset):
                  rank: int | None = None, world_size: int | None = None, even: str = "pad",
                  on_error: str = "raise", cache_dir: str | None = None, cache_limit: int | None = None,
                  storage_options: dict | None = None, verify: bool = False,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, readahead: int = 1) -> None:
         super().__init__()
         self.root = root
         self.split = schema.SPLIT_ALIASES.get(split, split)
@@ -166,6 +170,9 @@ class BIOSCAN5M(IterableDataset):
         self.epoch = 0
         self._yielded = 0
         self._shared = None  # set by make_loader: epoch and per-worker resume points shared with workers
+        self.readahead = readahead
+        self._executor = None
+        self._executor_pid = None
 
     # ---------------------------------------------------------------------------------------------
     # Set-up
@@ -232,6 +239,11 @@ class BIOSCAN5M(IterableDataset):
             rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers, even=self.even,
             buffer_size=self.buffer_size)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_executor"] = state["_executor_pid"] = None
+        return state
+
     def _fingerprint(self) -> dict:
         return {"split": list(self.splits), "config": self.config, "num_records": self.num_records,
                 "seed": self.seed, "shuffle": self.shuffle, "buffer_size": self.buffer_size,
@@ -289,19 +301,24 @@ class BIOSCAN5M(IterableDataset):
             yield pending.pop(need)
 
     def _read(self, plan: partition.WorkerPlan, start: int, skip: set[int]) -> Iterator[tuple[int, dict]]:
-        """(read position, raw record) from ``start`` on, one visit per run of the same shard."""
+        """(read position, raw record) from ``start`` on, one visit per run of the same shard.
+
+        With a shard cache, the next ``readahead`` shards are fetched in the background once half of
+        the current visit is read, so a worker rarely waits for the network."""
         n = len(plan)
-        i = start
-        while i < n:
+        # A visit is a run of positions in one shard with increasing offsets.
+        breaks = np.flatnonzero((np.diff(plan.shards) != 0) | (np.diff(plan.offsets) <= 0)) + 1
+        bounds = [b for b in (0, *breaks.tolist(), n) if b >= start] if n else []
+        visits = list(zip([start, *bounds[:-1]][: len(bounds)], bounds))
+        visits = [(i, j) for i, j in visits if i < j]
+        for k, (i, j) in enumerate(visits):
             shard = int(plan.shards[i])
-            j = i
-            while j + 1 < n and plan.shards[j + 1] == shard and plan.offsets[j + 1] > plan.offsets[j]:
-                j += 1
-            positions = [p for p in range(i, j + 1) if p not in skip]
+            positions = [p for p in range(i, j) if p not in skip]
             offsets = plan.offsets[positions]
             if self.selection is not None:
                 offsets = self.selection[shard][offsets]
             info = self.shard_list[shard]
+            upcoming = [self.shard_list[int(plan.shards[a])] for a, _ in visits[k + 1: k + 1 + self.readahead]]
             records = read_records(info, np.asarray(offsets, dtype=np.int64), self.columns, self.with_image)
             got = 0
             try:
@@ -309,13 +326,25 @@ class BIOSCAN5M(IterableDataset):
                     record["__shard__"] = info.path
                     yield position, record
                     got += 1
+                    if got == len(positions) // 2 + 1:
+                        self._prefetch(upcoming)
             except ShardError as e:
                 if self.on_error == "raise":
                     raise
                 self._skip(info.path, len(positions) - got, str(e))
                 for position in positions[got:]:
                     yield position, None
-            i = j + 1
+
+    def _prefetch(self, shards: list[ShardInfo]) -> None:
+        """Fetch shards into the cache in the background (remote repos with a cache only)."""
+        store = self.repo.store
+        if not shards or not store.remote or store.cache is None:
+            return
+        if self._executor is None or self._executor_pid != os.getpid():
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bioscan5m-readahead")
+            self._executor_pid = os.getpid()
+        for shard in shards:
+            self._executor.submit(_warm, shard)
 
     def _skip(self, shard: str, count: int, why: str) -> None:
         self.skipped[shard] = self.skipped.get(shard, 0) + count
@@ -420,6 +449,14 @@ class BIOSCAN5M(IterableDataset):
 
 
 _SKIP = object()
+
+
+def _warm(shard: ShardInfo) -> None:
+    """Bring a shard into the cache; a failure here is left for the real read to report."""
+    try:
+        shard.store.cache.get(shard.store, shard.rel, shard.num_bytes, shard.sha256)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _missing_as_nan(value):

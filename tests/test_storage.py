@@ -165,3 +165,15 @@ def test_datasets_load_dataset_streams_the_same_records(out, server):
         ds = datasets.load_dataset(builder, data_files={"val": urls}, split="val", streaming=True)
         keys = sorted(r["__key__"] if builder == "webdataset" else r["processid"] for r in ds)
         assert keys == local_pids(out, "val")
+
+
+def test_readahead_fetches_the_next_shard_in_the_background(out, server, tmp_path):
+    url = f"{server.url}/{schema.WDS_REPO}"
+    ds = BIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c", readahead=1)
+    it = iter(ds)
+    for _ in range(6):  # past half of the first 8-record shard
+        next(it)
+    deadline = time.time() + 10
+    while time.time() < deadline and len(ShardCache(tmp_path / "c").files()) < 2:
+        time.sleep(0.05)
+    assert len(ShardCache(tmp_path / "c").files()) == 2  # the shard being read, and the next one
