@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from . import schema, writers
+from .stats import CHART_DIR, CHARTS
 
 TEMPLATE = "dataset_card.md"
 TASK_CATEGORIES = ["image-classification", "zero-shot-classification", "feature-extraction"]
@@ -72,6 +73,9 @@ from datasets import load_dataset
 ds = load_dataset("{repo_id}", "{config}", split="train", streaming=True)
 record = next(iter(ds))  # {{'image': <PIL.Image>, 'processid': ..., 'dna_barcode': ..., 'species': ...}}
 
+# Or download and memory-map a split:
+val = load_dataset("{repo_id}", "{config}", split="val")
+
 # DNA and labels only: the `metadata` config has no image column.
 dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True)
 dna = dna.select_columns(["processid", "dna_barcode", "species"])
@@ -91,8 +95,17 @@ record = next(iter(ds))  # {{'__key__': processid, 'jpg': <PIL.Image>, 'json': {
 ```
 
 The shards are plain WebDataset tars (`<processid>.jpg`, `<processid>.json`), readable by the
-`webdataset` library from a local copy or an `hf://` URL. For training, `bioscan5m-hf` streams them
-with exact epochs and resume across ranks and workers:
+`webdataset` library straight from the Hub:
+
+```python
+import webdataset as wds
+from huggingface_hub import HfFileSystem
+fs = HfFileSystem()
+urls = [fs.url(p) for p in fs.glob("datasets/{repo_id}/{config}/train/*.tar")]
+ds = wds.WebDataset(urls, shardshuffle=100).decode("pil")  # {{'jpg': PIL image, 'json': metadata}}
+```
+
+For training, `bioscan5m-hf` streams them with exact epochs and resume across ranks and workers:
 
 ```python
 from bioscan5m_hf import make_loader
@@ -101,13 +114,15 @@ loader = make_loader("hf://datasets/{repo_id}", "train", batch_size=256, num_wor
 ```"""
 
 
-def render(manifest: dict, template: str | None = None, namespace: str = "bioscan-ml") -> str:
-    """The full ``README.md`` of a converted repo."""
+def render(manifest: dict, template: str | None = None, namespace: str = "bioscan-ml",
+           name: str = schema.PARQUET_REPO) -> str:
+    """The full ``README.md`` of a converted repo, published as ``namespace/name`` (Parquet) and
+    ``namespace/name-wds`` (WebDataset)."""
     if template is None:
         template = resources.files("bioscan5m_hf").joinpath(TEMPLATE).read_text(encoding="utf-8")
     fmt = manifest["format"]
-    repo_id = f"{namespace}/{manifest['repo']}"
-    other = schema.WDS_REPO if fmt == "parquet" else schema.PARQUET_REPO
+    repo_id = f"{namespace}/{name}" if fmt == "parquet" else f"{namespace}/{name}-wds"
+    other = f"{name}-wds" if fmt == "parquet" else name
     other_text = (f"the same records as WebDataset tars are in [`{namespace}/{other}`](https://huggingface.co/datasets/"
                   f"{namespace}/{other})." if fmt == "parquet" else
                   f"the same records as Parquet tables are in [`{namespace}/{other}`](https://huggingface.co/datasets/"
@@ -132,7 +147,18 @@ def render(manifest: dict, template: str | None = None, namespace: str = "biosca
     else:
         fields = [["`.jpg`", "Image", "no", "the original JPEG bytes (never re-encoded)"],
                   ["`.json`", "struct", "no", "all metadata columns below, every key in every record"]] + fields
+    statistics = manifest.get("statistics")
+    if statistics:
+        stats_table = _table(["rank", "distinct labels", "labelled records", "fraction labelled"],
+                             [[f"`{r}`", f"{v['distinct']:,}", f"{v['labelled']:,}", f"{v['fraction']:.1%}"]
+                              for r, v in statistics["ranks"].items()])
+    else:
+        stats_table = "(not recorded by this conversion)"
+    charts = "\n".join(f"![{title}]({CHART_DIR}/{key}.png)" for key, title in CHARTS.items()
+                       if f"{CHART_DIR}/{key}.png" in manifest.get("files", {}))
     values = {
+        "statistics_table": stats_table,
+        "charts": charts,
         "pretty_name": card_yaml(manifest)["pretty_name"],
         "format_name": "Parquet tables" if fmt == "parquet" else "WebDataset tar shards",
         "converter": f"version {manifest['converter']['version']}",

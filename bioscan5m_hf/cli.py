@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from . import __version__, schema
@@ -86,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check converted repos against their manifests and each other")
     p.add_argument("repo", help="the OUT folder of convert, or one repo folder")
     p.add_argument("--decode", action="store_true", help="also decode every image and check every record")
+    p.add_argument("--hub", action="store_true",
+                   help="also check the Hub's and the dataset viewer's rules (card, names, row groups, file counts)")
+
+    p = sub.add_parser("push", help="create or update both repos on the Hugging Face Hub")
+    p.add_argument("out", help="the OUT folder of convert")
+    p.add_argument("--namespace", required=True, help="user or organisation on the Hub")
+    p.add_argument("--name", default=schema.PARQUET_REPO, help="repo name (the WebDataset repo gets -wds)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", default="main", help="branch to push to (created if missing)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; send and write nothing")
+
+    p = sub.add_parser("stats", help="print a converted repo's statistics (records per split, labels per rank)")
+    p.add_argument("repo", help="the OUT folder of convert, one repo folder, or a URL")
+    p.add_argument("--charts", default=None, metavar="DIR", help="also draw the charts (PNG) into DIR/assets")
 
     p = sub.add_parser("demo", help="sample -> convert -> load every config -> train, and print a summary")
     p.add_argument("workdir", nargs="?", default="bioscan5m-demo", help="folder for the demo's files")
@@ -126,7 +141,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             report = verify(args.repo, decode=args.decode)
             print(format_report(report))
-            return 0 if report.ok else 1
+            ok = report.ok
+            if args.hub:
+                from .verify_hub import verify_hub
+
+                hub = verify_hub(args.repo)
+                print("Hub rules: " + format_report(hub))
+                ok = ok and hub.ok
+            return 0 if ok else 1
+        elif args.command == "push":
+            from .publish import push
+
+            push(args.out, args.namespace, args.name, private=args.private, revision=args.revision,
+                 dry_run=args.dry_run)
+        elif args.command == "stats":
+            from .shards import open_repos
+            from .stats import format_stats, write_charts
+
+            repo = next(iter(open_repos(args.repo).values()))
+            statistics = repo.manifest.get("statistics")
+            if statistics is None:
+                raise ValueError(f"{repo.root}: this conversion recorded no statistics; convert it again")
+            print(format_stats(statistics))
+            if args.charts:
+                for path in write_charts(statistics, Path(args.charts)):
+                    print(f"wrote {path}")
         elif args.command == "demo":
             from .demo import run_demo
 

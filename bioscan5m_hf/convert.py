@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from . import __version__, card, plan, schema, writers
+from . import __version__, card, plan, schema, stats, writers
 from ._progress import progress
 from .parallel import imap_ordered
 from .transforms import MAX_IMAGE_PIXELS
@@ -235,7 +235,7 @@ def file_md5(path: Path, block: int = 1 << 20) -> str:
 
 
 def build_manifest(fmt: str, entries: list[dict], options: ConvertOptions, source: dict,
-                   vocab: dict[str, list[str]], skipped: dict, files: dict) -> dict:
+                   vocab: dict[str, list[str]], skipped: dict, files: dict, statistics: dict) -> dict:
     configs: dict[str, dict[str, dict]] = {}
     for e in entries:
         if e["format"] != fmt:
@@ -258,6 +258,7 @@ def build_manifest(fmt: str, entries: list[dict], options: ConvertOptions, sourc
         "source": source,
         "configs": configs,
         "files": files,
+        "statistics": statistics,
         "skipped": {p: {s: skipped[p][s] for s in schema.SPLITS if s in skipped[p]} for p in sorted(skipped)},
         "vocabularies": vocab,
     }
@@ -394,12 +395,15 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
     bar.close()
     entries = [e for result in results for e in result]
 
+    statistics = stats.compute(table)
     manifests = {}
     for fmt, repo in repos.items():
         order = repo / schema.CSV_ORDER
         writers.write_csv_order(order, table.column("processid"))
-        files = {schema.CSV_ORDER: {"num_bytes": order.stat().st_size, "sha256": writers.sha256_file(order)}}
-        manifest = build_manifest(fmt, entries, options, source, vocab, skipped, files)
+        charts = stats.write_charts(statistics, repo)
+        files = {p.relative_to(repo).as_posix(): {"num_bytes": p.stat().st_size, "sha256": writers.sha256_file(p)}
+                 for p in (order, *charts)}
+        manifest = build_manifest(fmt, entries, options, source, vocab, skipped, files, statistics)
         _remove_strays(repo, manifest)
         write_json(repo / schema.MANIFEST, manifest)
         card.write_card(repo, manifest)

@@ -206,7 +206,8 @@ def shard_relpath(fmt: str, config: str, split: str, index: int) -> str:
 
 
 #: What a shard path in a manifest may look like: nothing absolute, no "..", no URL or "pipe:".
-SHARD_PATH_PATTERN = re.compile(r"^[a-z0-9_]+/[a-z_]+/bioscan5m-[a-z0-9_]+-[a-z_]+-\d{6}\.(parquet|tar)$")
+SHARD_PATH_PATTERN = re.compile(r"^(?!\.)[\w.\-]+/(?!\.)[\w.\-]+/bioscan5m-[\w.\-]+-\d{6}\.(parquet|tar)$",
+                                re.ASCII)
 
 #: Keys must be usable as tar member stems: webdataset splits a member name at its first dot.
 PROCESSID_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")

@@ -101,12 +101,12 @@ def verify_repo(repo: Repo, report: Report, decode: bool = False) -> dict[tuple[
                 rel = entry["path"]
                 listed.add(rel)
                 where = f"{repo.name}/{rel}"
+                total += shard.num_records
                 if not _check_file(repo, rel, shard.num_bytes, shard.sha256, report):
                     continue
                 count = _check_records(shard, where, config, split, seen, keys[config, split], report, decode)
                 if count is not None and count != shard.num_records:
                     report.add(where, f"holds {count} records, the manifest says {shard.num_records}")
-                total += shard.num_records
             if total != info["num_records"]:
                 report.add(f"{repo.name}/{schema.MANIFEST}", f"{config}/{split}: shards add up to {total} records, "
                                                               f"the split says {info['num_records']}")
