@@ -82,7 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true",
                    help="skip records without an image and list them in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace an output converted with other options")
+    p.add_argument("--num-tasks", type=_positive, default=None,
+                   help="split the shards into this many independent tasks (default: SLURM_ARRAY_TASK_COUNT)")
+    p.add_argument("--task-index", type=int, default=None,
+                   help="which task this is, from 0 (default: SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)")
+    p.add_argument("--plan", action="store_true", help="print the shard plan (shards, records, bytes); write nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("finalize", help="after all --num-tasks parts ran: check them, write manifests and cards")
+    p.add_argument("out", help="the OUT folder the parts wrote to")
 
     p = sub.add_parser("verify", help="check converted repos against their manifests and each other")
     p.add_argument("repo", help="the OUT folder of convert, or one repo folder")
@@ -129,13 +137,42 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      shard_records=args.shard_records, seed=args.seed,
                                      allow_missing=args.allow_missing, image_source=args.image_source,
                                      workers=args.workers, show_progress=not args.quiet)
-            result = convert(args.release, args.out, options, overwrite=args.overwrite)
+            if args.plan:
+                from .convert import plan_conversion
+
+                rows = plan_conversion(args.release, options)
+                print(f"{'format':<11}{'config':<14}{'split':<15}{'shards':>7}{'records':>11}{'bytes':>16}")
+                for r in rows:
+                    print(f"{r['format']:<11}{r['config']:<14}{r['split']:<15}{r['shards']:>7}{r['records']:>11,}"
+                          f"{r['bytes']:>16,}")
+                print(f"{'total':<40}{sum(r['shards'] for r in rows):>7}{'':>11}{sum(r['bytes'] for r in rows):>16,}")
+                return 0
+            from .convert import task_from_environment
+
+            env_tasks, env_index = task_from_environment()
+            num_tasks = args.num_tasks or env_tasks or 1
+            task_index = args.task_index if args.task_index is not None else (env_index or 0)
+            if num_tasks == 1 and (args.task_index or env_index):
+                raise ValueError("a task index needs --num-tasks (or SLURM_ARRAY_TASK_COUNT)")
+            result = convert(args.release, args.out, options, overwrite=args.overwrite, num_tasks=num_tasks,
+                             task_index=task_index)
+            if result is None:
+                print(f"task {task_index + 1} of {num_tasks} done; run `bioscan5m-hf finalize {args.out}` "
+                      "once every task has finished")
+                return 0
             for fmt, repo in result.repos.items():
                 manifest = result.manifests[fmt]
                 shards = sum(len(v["shards"]) for c in manifest["configs"].values() for v in c.values())
                 print(f"{repo}: {len(manifest['configs'])} configs, {shards} shards")
                 for package, splits in manifest["skipped"].items():
                     print(f"  skipped (no {package} image): {sum(map(len, splits.values()))} records")
+        elif args.command == "finalize":
+            from .convert import finalize
+
+            result = finalize(args.out)
+            for fmt, repo in result.repos.items():
+                shards = sum(len(v["shards"]) for c in result.manifests[fmt]["configs"].values() for v in c.values())
+                print(f"{repo}: {len(result.manifests[fmt]['configs'])} configs, {shards} shards")
         elif args.command == "verify":
             from .verify import format_report, verify
 

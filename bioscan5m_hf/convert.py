@@ -32,6 +32,7 @@ from .release import (ImageReader, ImageRef, ReleaseError, find_metadata_csv, lo
 
 WORK_DIR = ".bioscan5m-work"
 STATE = "state.json"
+PLAN = "plan.json"
 MANIFEST_VERSION = 1
 
 
@@ -234,7 +235,7 @@ def file_md5(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def build_manifest(fmt: str, entries: list[dict], options: ConvertOptions, source: dict,
+def build_manifest(fmt: str, entries: list[dict], options: dict, source: dict,
                    vocab: dict[str, list[str]], skipped: dict, files: dict, statistics: dict) -> dict:
     configs: dict[str, dict[str, dict]] = {}
     for e in entries:
@@ -254,7 +255,7 @@ def build_manifest(fmt: str, entries: list[dict], options: ConvertOptions, sourc
         "format": fmt,
         "repo": schema.FORMAT_REPOS[fmt],
         "converter": {"name": "bioscan5m-hf", "version": __version__},
-        "options": options.recorded(),
+        "options": options,
         "source": source,
         "configs": configs,
         "files": files,
@@ -278,9 +279,10 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _prepare(repos: dict[str, Path], work: Path, state: dict, overwrite: bool) -> None:
+def _prepare(repos: dict[str, Path], work: Path, state: dict, overwrite: bool, shared: bool = False) -> None:
     """Refuse to mix options into an existing output (unless ``overwrite``), drop what an interrupted
-    run left unfinished, and record this run's options in the work folder."""
+    run left unfinished, and record this run's options in the work folder. ``shared``: other parts of
+    a ``--num-tasks`` conversion may be running in ``work`` right now, so nothing there is removed."""
     if overwrite:
         for path in (*repos.values(), work):
             shutil.rmtree(path, ignore_errors=True)
@@ -293,11 +295,14 @@ def _prepare(repos: dict[str, Path], work: Path, state: dict, overwrite: bool) -
     if previous is not None and previous["options"] != state["options"]:
         raise ReleaseError(f"{work} holds an unfinished conversion made with other options "
                            f"({previous['options']}); rerun it with those options, or pass --overwrite")
-    if previous != state:  # no record of an earlier run of this conversion (or of another release)
-        shutil.rmtree(work, ignore_errors=True)
-    for folder in (*repos.values(), work):  # temporary files of a run killed mid-write
-        for tmp in folder.rglob(".*.tmp*") if folder.is_dir() else ():
-            tmp.unlink(missing_ok=True)
+    if previous is not None and previous != state and shared:
+        raise ReleaseError(f"{work} holds an unfinished conversion of another release; pass --overwrite")
+    if not shared:
+        if previous != state:  # no record of an earlier run of this conversion (or of another release)
+            shutil.rmtree(work, ignore_errors=True)
+        for folder in (*repos.values(), work):  # temporary files of a run killed mid-write
+            for tmp in folder.rglob(".*.tmp*") if folder.is_dir() else ():
+                tmp.unlink(missing_ok=True)
     write_json(work / STATE, state)
 
 
@@ -341,7 +346,7 @@ class ConvertResult:
 
 
 def convert(release: str | os.PathLike, out: str | os.PathLike, options: ConvertOptions = ConvertOptions(),
-            *, overwrite: bool = False) -> ConvertResult:
+            *, overwrite: bool = False, num_tasks: int = 1, task_index: int = 0) -> ConvertResult | None:
     """Convert the release at ``release`` into ``out/BIOSCAN-5M`` and ``out/BIOSCAN-5M-wds``.
 
     Parameters
@@ -354,7 +359,13 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
         Packages, splits, formats, shard sizes, seed, worker count.
     overwrite : bool
         Replace an existing conversion made with other options (otherwise refused).
+    num_tasks, task_index : int
+        Write only part ``task_index`` of ``num_tasks`` disjoint, deterministic parts of the shards
+        (a SLURM job array or an indexed Kubernetes Job, all writing to one shared ``out``); then
+        :func:`finalize` writes the manifests and cards. Returns None for such a part.
     """
+    if not 0 <= task_index < num_tasks:
+        raise ValueError(f"task index {task_index} is not in [0, {num_tasks})")
     release, out = Path(release), Path(out)
     # With no image package there are no tars to write: the Parquet repo's metadata config is all.
     formats = [f for f in options.formats if options.packages or f == "parquet"]
@@ -364,37 +375,64 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
     csv_path = find_metadata_csv(release)
     md5 = file_md5(csv_path)
     work = out / WORK_DIR
-    state = {"options": options.recorded(), "source_md5": md5}
+    state = {"options": options.recorded(), "source_md5": md5, "formats": formats}
     if not overwrite and not (work / STATE).exists():
         done = _already_complete(repos, state)
         if done is not None:
             return ConvertResult(repos, done, next(iter(done.values()))["source"]["num_records"])
-    _prepare(repos, work, state, overwrite)
+    _prepare(repos, work, state, overwrite, shared=num_tasks > 1)
     ipc = work / "metadata.arrow"
     table = open_metadata(ipc) if ipc.is_file() else load_metadata(csv_path, ipc)
-    vocab = vocabularies(table)
     tasks, skipped = plan_tasks(table, release, repos, ipc, options)
-    source = {"metadata_csv": schema.METADATA_CSV_NAME, "md5": md5, "num_records": table.num_rows}
-
-    # Shards finished by an interrupted run of the same conversion are kept (each file was renamed
-    # into place whole, then its record written); everything else is (re)written.
-    results: list[list[dict] | None] = []
-    todo = []
     for task in tasks:
         task.done_dir = str(work / "done")
-        results.append(task.finished())
-        if results[-1] is None:
-            todo.append(task)
+    write_json(work / PLAN, {"tasks": [[str(p.relative_to(work / "done")) for p in t.done_paths().values()]
+                                       for t in tasks], "skipped": skipped})
+    mine = [t for k, t in enumerate(tasks) if k % num_tasks == task_index]
+    # Shards finished by an interrupted run of the same conversion are kept (each file was renamed
+    # into place whole, then its record written); everything else is (re)written.
+    todo = [t for t in mine if t.finished() is None]
     bar = progress(total=sum(len(t.shard) for t in todo), desc="convert", unit="rec",
                    disable=not options.show_progress)
-    written = iter(imap_ordered(write_shard, todo, options.workers))
-    for k, result in enumerate(results):
-        if result is None:
-            results[k] = next(written)
-            bar.update(len(tasks[k].shard))
+    for task, _ in zip(todo, imap_ordered(write_shard, todo, options.workers)):
+        bar.update(len(task.shard))
     bar.close()
-    entries = [e for result in results for e in result]
+    del table
+    if num_tasks > 1:
+        return None
+    return finalize(out)
 
+
+def finalize(out: str | os.PathLike) -> ConvertResult:
+    """Check that every planned shard is written, then write the manifests, side files and cards.
+
+    ``convert`` calls it itself; run it after all parts of a ``--num-tasks`` conversion finished.
+    """
+    out = Path(out)
+    work = out / WORK_DIR
+    state, plan_data = _read_json(work / STATE), _read_json(work / PLAN)
+    if state is None or plan_data is None or not (work / "metadata.arrow").is_file():
+        raise ReleaseError(f"{out}: no conversion in progress to finalize ({work} is missing or incomplete)")
+    repos = {fmt: out / schema.FORMAT_REPOS[fmt] for fmt in state["formats"]}
+    entries, missing = [], []
+    for records in plan_data["tasks"]:
+        for rel in records:
+            entry = _read_json(work / "done" / rel)
+            fmt = rel.split("/", 1)[0]
+            path = repos[fmt] / entry["path"] if entry else None
+            if entry is None or not path.is_file() or path.stat().st_size != entry["num_bytes"]:
+                missing.append(rel[len(fmt) + 1: -len(".json")])
+            else:
+                entries.append(entry)
+    if missing:
+        raise ReleaseError(f"{out}: {len(missing)} planned shard(s) are not written yet, e.g. "
+                           f"{', '.join(missing[:3])}; run the missing tasks (or convert again), then finalize")
+    for repo in repos.values():  # temporary files of parts killed mid-write
+        for tmp in repo.rglob(".*.tmp*") if repo.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+    table = open_metadata(work / "metadata.arrow")
+    source = {"metadata_csv": schema.METADATA_CSV_NAME, "md5": state["source_md5"], "num_records": table.num_rows}
+    vocab = vocabularies(table)
     statistics = stats.compute(table)
     manifests = {}
     for fmt, repo in repos.items():
@@ -403,7 +441,8 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
         charts = stats.write_charts(statistics, repo)
         files = {p.relative_to(repo).as_posix(): {"num_bytes": p.stat().st_size, "sha256": writers.sha256_file(p)}
                  for p in (order, *charts)}
-        manifest = build_manifest(fmt, entries, options, source, vocab, skipped, files, statistics)
+        manifest = build_manifest(fmt, entries, state["options"], source, vocab, plan_data["skipped"], files,
+                                  statistics)
         _remove_strays(repo, manifest)
         write_json(repo / schema.MANIFEST, manifest)
         card.write_card(repo, manifest)
@@ -412,3 +451,39 @@ def convert(release: str | os.PathLike, out: str | os.PathLike, options: Convert
     (work / STATE).unlink()  # first, so a cleanup cut short is never mistaken for a run to resume
     shutil.rmtree(work, ignore_errors=True)
     return ConvertResult(repos, manifests, source["num_records"])
+
+
+def task_from_environment(env=None) -> tuple[int | None, int | None]:
+    """(number of tasks, this task's index) from a SLURM job array or an indexed Kubernetes Job."""
+    env = os.environ if env is None else env
+    if "SLURM_ARRAY_TASK_ID" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        count = env.get("SLURM_ARRAY_TASK_COUNT")
+        return (int(count) if count else None), int(env["SLURM_ARRAY_TASK_ID"]) - first
+    if "JOB_COMPLETION_INDEX" in env:  # the Job's completions count is not in the environment
+        return None, int(env["JOB_COMPLETION_INDEX"])
+    return None, None
+
+
+def plan_conversion(release: str | os.PathLike, options: ConvertOptions = ConvertOptions()) -> list[dict]:
+    """The shard plan (per format, config and split: shards, records, expected bytes), writing nothing."""
+    import tempfile
+
+    release = Path(release)
+    formats = [f for f in options.formats if options.packages or f == "parquet"]
+    with tempfile.TemporaryDirectory(prefix="bioscan5m-plan-") as tmp:
+        ipc = Path(tmp) / "metadata.arrow"
+        table = load_metadata(find_metadata_csv(release), ipc)
+        repos = {fmt: Path(tmp) / schema.FORMAT_REPOS[fmt] for fmt in formats}
+        tasks, skipped = plan_tasks(table, release, repos, ipc, options)
+        rows: dict[tuple, dict] = {}
+        for task in tasks:
+            for fmt in task.formats:
+                s = task.shard
+                row = rows.setdefault((fmt, s.config, s.split), {"format": fmt, "config": s.config, "split": s.split,
+                                                                 "shards": 0, "records": 0, "bytes": 0})
+                row["shards"] += 1
+                row["records"] += len(s)
+                row["bytes"] += s.num_bytes
+        del table
+    return list(rows.values())

@@ -198,7 +198,7 @@ def load_metadata(csv_path: str | os.PathLike, ipc_path: str | os.PathLike,
     """
     csv_path, ipc_path = Path(csv_path), Path(ipc_path)
     ipc_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ipc_path.with_name(ipc_path.name + ".tmp")
+    tmp = ipc_path.with_name(f".{ipc_path.name}.tmp-{os.getpid()}")  # parallel tasks may write it too
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema.arrow_schema()) as writer:
         for batch in iter_metadata(csv_path, block_bytes):
             writer.write_batch(batch)

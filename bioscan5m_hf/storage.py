@@ -136,6 +136,7 @@ class Store:
                 options.setdefault("client_kwargs", {}).setdefault(
                     "timeout", aiohttp.ClientTimeout(total=None, sock_connect=self.retry.timeout,
                                                      sock_read=self.retry.timeout))
+            options.setdefault("skip_instance_cache", True)  # our own connections, not another Store's
             self._fs, _ = fsspec.core.url_to_fs(self.root, **options)
             self._fs_pid = os.getpid()
         return self._fs
@@ -159,7 +160,7 @@ class Store:
         """A whole small file (manifest, card)."""
         if not self.remote:
             return self.local_path(rel).read_bytes()
-        return self._with_retries(rel, lambda: self.fs.cat_file(self._fs_path(rel)))
+        return self._with_retries(rel, lambda: self._cat(rel))
 
     def fetch(self, rel: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of a file, retried; copes with servers that ignore ``Range``."""
@@ -169,12 +170,17 @@ class Store:
                 return f.read(end - start)
 
         def attempt():
-            data = self.fs.cat_file(self._fs_path(rel), start=start, end=end)
+            data = self._cat(rel, start, end)
             if len(data) > end - start:  # the whole file came back: re-read, then skip to the offset
                 data = data[start:end]
             return data
 
         return self._with_retries(rel, attempt)
+
+    def _cat(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
+        """One request; an async filesystem is also given an overall deadline, so nothing can hang."""
+        kwargs = {"timeout": 2 * self.retry.timeout} if getattr(self.fs, "async_impl", False) else {}
+        return self.fs.cat_file(self._fs_path(rel), start=start, end=end, **kwargs)
 
     def _with_retries(self, rel: str, attempt):
         url = redact(self.url(rel))

@@ -53,6 +53,7 @@ def main() -> int:
     with RepoServer(out) as server:
         for _ in range(args.repeats):
             for repo in (schema.WDS_REPO, schema.PARQUET_REPO):
+                print(f"round {_ + 1}: {repo}", flush=True)
                 rows.setdefault((repo, "local disk"), []).append(epoch(out / repo))
                 rows.setdefault((repo, "HTTP, streamed"), []).append(epoch(f"{server.url}/{repo}"))
                 with tempfile.TemporaryDirectory() as cache:
