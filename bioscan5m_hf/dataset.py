@@ -171,6 +171,7 @@ class BIOSCAN5M(IterableDataset):
         self._yielded = 0
         self._shared = None  # set by make_loader: epoch and per-worker resume points shared with workers
         self.readahead = readahead
+        self._lean = False  # make_loader: dict samples with just what its collate reads
         self._executor = None
         self._executor_pid = None
 
@@ -321,9 +322,10 @@ class BIOSCAN5M(IterableDataset):
             upcoming = [self.shard_list[int(plan.shards[a])] for a, _ in visits[k + 1: k + 1 + self.readahead]]
             records = read_records(info, np.asarray(offsets, dtype=np.int64), self.columns, self.with_image)
             got = 0
+            where = info.path
             try:
                 for position, record in zip(positions, records):
-                    record["__shard__"] = info.path
+                    record["__shard__"] = where
                     yield position, record
                     got += 1
                     if got == len(positions) // 2 + 1:
@@ -378,6 +380,8 @@ class BIOSCAN5M(IterableDataset):
         return dna if self.max_nucleotides is None else dna[: self.max_nucleotides]
 
     def _output(self, record: dict) -> Any:
+        if self._lean:
+            return self._lean_output(record)
         values = []
         for m in self.modality:
             if m == "image":
@@ -412,6 +416,22 @@ class BIOSCAN5M(IterableDataset):
             target = None
         values.append(("target", target))
         return tuple(v for _, v in values) if self.output_format == "tuple" else dict(values)
+
+    def _lean_output(self, record: dict) -> dict:
+        """What ``make_loader``'s collate needs, without the official output's extra keys."""
+        out = {"processid": record["processid"]}
+        for m in self.modality:
+            if m == "image":
+                image = open_image(record["image"])
+                check_image_size(image)
+                out["image"] = self.transform(image) if self.transform is not None else image
+            elif m in DNA_MODALITIES:
+                out[m] = self._dna(record)
+            elif m != "processid":
+                out[m] = _missing_as_nan(record[m])
+        for t in self.target_type:
+            out[f"{t}_index"] = self._index(t, record[t])
+        return out
 
     # ---------------------------------------------------------------------------------------------
     # Label look-up, as in the official loader

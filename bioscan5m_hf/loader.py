@@ -1,7 +1,7 @@
 """``make_loader``: batches of tensors for GPU training, straight from the shards, checkpointable.
 
 Workers read and shuffle undecoded records, then decode images (resize + centre-crop to uint8) and
-collate: images ``B x 3 x S x S`` uint8, barcodes as k-mer token ids with an attention mask, and one
+collate: images ``B x 3 x S x S`` uint8 (channels-last memory format), barcodes as k-mer token ids with an attention mask, and one
 int64 label tensor per requested rank. With ``device="cuda"`` batches come from pinned memory with
 non-blocking copies on a side stream, one batch ahead, so the copy overlaps the model's compute.
 
@@ -51,7 +51,23 @@ class ImageTransform:
         self.size = size
 
     def __call__(self, image) -> np.ndarray:
-        return decode_image(image, self.size)
+        return decode_image(image, self.size, channels_last=True)  # batched as channels-last
+
+
+def _stack_images(images: list[np.ndarray]) -> torch.Tensor:
+    """HWC uint8 images -> one ``B x 3 x H x W`` tensor in channels-last memory format (plain copies,
+    no transposition), written straight into shared memory when in a DataLoader worker (as
+    ``default_collate`` does), so the batch is not copied again to reach the main process."""
+    h, w, c = images[0].shape
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(len(images) * h * w * c)
+        out = torch.empty(0, dtype=torch.uint8).set_(storage).view(len(images), h, w, c)
+    else:
+        out = torch.empty((len(images), h, w, c), dtype=torch.uint8)
+    view = out.numpy()  # the same memory
+    for i, image in enumerate(images):
+        view[i] = image
+    return out.permute(0, 3, 1, 2)
 
 
 class Collate:
@@ -66,7 +82,7 @@ class Collate:
         batch: dict = {"processid": [s["processid"] for s in samples]}
         for m in self.modality:
             if m == "image":
-                batch["image"] = torch.from_numpy(np.stack([s["image"] for s in samples]))
+                batch["image"] = _stack_images([s["image"] for s in samples])
             elif m in DNA_MODALITIES:
                 ids, mask = self.tokenizer([s[m] for s in samples])
                 batch["dna"] = torch.from_numpy(ids)
@@ -213,6 +229,7 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         root, split, modality=["processid", *[m for m in modality if m != "processid"]], target_type=targets,
         output_format="dict", max_nucleotides=max_nucleotides,
         transform=ImageTransform(image_size) if "image" in modality else None, shuffle=shuffle, **dataset_kwargs)
+    dataset._lean = True
     collate = Collate(modality, dataset.target_type, KmerTokenizer(k, max_nucleotides) if wants_dna else None)
     return Loader(dataset, batch_size=batch_size, num_workers=num_workers, collate=collate, device=device,
                   normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,

@@ -27,9 +27,9 @@ def check_image_size(img: Image.Image) -> None:
         raise ValueError(f"image is {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit")
 
 
-def decode_image(data: bytes | Image.Image, size: int) -> np.ndarray:
-    """JPEG bytes (or a lazily opened PIL image) -> ``3 x size x size`` uint8: shorter side resized
-    to ``size``, then centre-cropped.
+def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = False) -> np.ndarray:
+    """JPEG bytes (or a lazily opened PIL image) -> ``3 x size x size`` uint8 (``size x size x 3``
+    with ``channels_last``): shorter side resized to ``size``, then centre-cropped.
 
     JPEG's DCT scaling (Pillow's ``draft``) decodes large images straight at a reduced size when
     that still leaves both sides at least ``size``, which is exact up to the resize that follows and
@@ -46,7 +46,8 @@ def decode_image(data: bytes | Image.Image, size: int) -> np.ndarray:
         img = img.resize(new, Image.BILINEAR)
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+    hwc = np.asarray(img)
+    return hwc if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
 
 def normalize(images, mean: Sequence[float] = schema.RGB_MEAN, std: Sequence[float] = schema.RGB_STD):
@@ -78,10 +79,10 @@ class KmerTokenizer:
             raise ValueError(f"need 1 <= k <= max_len, got k={k}, max_len={max_len}")
         self.k, self.max_len = k, max_len
         self.num_tokens = max_len // k
-        self.lut = np.full(256, -1, dtype=np.int64)
+        self.lut = np.full(256, -1, dtype=np.int32)
         for code, base in enumerate("ACGT"):
             self.lut[ord(base)] = self.lut[ord(base.lower())] = code
-        self.weights = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
+        self.weights = 4 ** np.arange(k - 1, -1, -1, dtype=np.int32)
 
     @property
     def vocab_size(self) -> int:
@@ -93,14 +94,11 @@ class KmerTokenizer:
     def __call__(self, sequences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         n = len(sequences)
         width = self.num_tokens * self.k
-        buf = np.full((n, width), ord("N"), dtype=np.uint8)
-        lengths = np.zeros(n, dtype=np.int64)
-        for i, seq in enumerate(sequences):
-            data = seq[:width].encode("ascii", "replace")
-            buf[i, : len(data)] = np.frombuffer(data, dtype=np.uint8)
-            lengths[i] = min(len(seq), self.max_len) // self.k
-        codes = self.lut[buf].reshape(n, self.num_tokens, self.k)
-        ids = (np.clip(codes, 0, None) * self.weights).sum(axis=-1) + FIRST_KMER_ID
+        # One padded text, one array: no per-sequence numpy work.
+        text = "".join(seq[:width].ljust(width, "N") for seq in sequences).encode("ascii", "replace")
+        codes = self.lut[np.frombuffer(text, dtype=np.uint8)].reshape(n, self.num_tokens, self.k)
+        ids = (codes @ self.weights).astype(np.int64) + FIRST_KMER_ID  # wrong where a code is -1: see below
         ids[(codes < 0).any(axis=-1)] = UNK_ID
+        lengths = np.fromiter((min(len(seq), self.max_len) // self.k for seq in sequences), dtype=np.int64, count=n)
         mask = (np.arange(self.num_tokens) < lengths[:, None]).astype(np.int64)
         return ids, mask

@@ -14,64 +14,10 @@ file pages the kernel can drop.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "bioscan5m_hf"]
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    out.append(int(entry))
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                pass
-    return out
-
-
-def _memory(pid: int) -> tuple[int, int]:
-    """(PSS, anonymous PSS) of a process in bytes: shared pages (a memory-mapped table read by
-    several workers) are counted once across the tree, not once per process as RSS would."""
-    pss = anon = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                elif line.startswith("Pss_Anon:"):
-                    anon = int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return pss, anon
-
-
-def measure(cmd: list[str]) -> dict:
-    """Run ``cmd``; wall seconds and peak memory (PSS) of its process tree, all and anonymous."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_tree = peak_anon = 0
-    while proc.poll() is None:
-        tree = [proc.pid]
-        k = 0
-        while k < len(tree):
-            tree.extend(_children(tree[k]))
-            k += 1
-        memory = [_memory(p) for p in tree]
-        peak_tree = max(peak_tree, sum(m[0] for m in memory))
-        peak_anon = max(peak_anon, sum(m[1] for m in memory))
-        time.sleep(0.1)
-    output = proc.stdout.read()
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{output}")
-    return {"seconds": time.perf_counter() - start, "tree": peak_tree, "anon": peak_anon, "output": output.strip()}
+from bioscan5m_hf.bench import CLI, run_measured as measure  # noqa: E402
 
 
 def size(path: Path) -> int:

@@ -21,91 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OFFICIAL = ROOT / ".venv-official" / "bin" / "python"
-
-OFFICIAL_SCRIPT = r"""
-import json, sys, time
-import numpy as np, torch
-from torch.utils.data import DataLoader
-from bioscan_dataset import BIOSCAN5M
-from bioscan5m_hf.transforms import KmerTokenizer, decode_image
-BIOSCAN5M._check_integrity = lambda self, verbose=1: True
-root, split, mode, batch_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-tok = KmerTokenizer(4, 660)
-
-def collate(samples):
-    out = {}
-    if mode == "image":
-        out["image"] = torch.from_numpy(np.stack([s[0] for s in samples]))
-    ids, mask = tok([s[-2] for s in samples])
-    out["dna"], out["dna_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
-    out["species"] = torch.tensor([int(s[-1]) for s in samples], dtype=torch.int64)
-    return out
-
-modality = ("image", "dna") if mode == "image" else ("dna",)
-start = time.perf_counter()
-ds = BIOSCAN5M(root, split=split, modality=modality, target_type="species",
-               transform=(lambda im: decode_image(im, 256)) if mode == "image" else None)
-loader = DataLoader(ds, batch_size=batch_size, num_workers=2, collate_fn=collate, shuffle=True)
-n = sum(len(b["dna"]) for b in loader)
-print(json.dumps({"samples": n, "seconds": time.perf_counter() - start}))
-"""
-
-
-def _decode_worker(args):
-    from bioscan5m_hf.transforms import decode_image
-
-    path, lo, hi = args
-    import pyarrow.parquet as pq
-
-    images = []
-    for p in sorted(Path(path).glob("*.parquet")):
-        images += pq.read_table(p, columns=["image"]).column("image").combine_chunks().field("bytes").to_pylist()
-    images = images[lo:hi]
-    start = time.perf_counter()
-    for data in images:
-        decode_image(data, 256)
-    return len(images), time.perf_counter() - start
-
-
-def raw_decode(split_dir: Path, total: int) -> float:
-    """Samples/s of 2 processes decoding the split's JPEG bytes from memory (their decode time only)."""
-    half = total // 2
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        results = pool.map(_decode_worker, [(str(split_dir), 0, half), (str(split_dir), half, total)])
-    return sum(n for n, _ in results) / max(s for _, s in results)
-
-
-def ours(root: Path, split: str, image: bool, batch_size: int) -> float:
-    from bioscan5m_hf import make_loader
-
-    start = time.perf_counter()
-    loader = make_loader(root, split, batch_size=batch_size, num_workers=2, image_size=256,
-                         modality=("image", "dna") if image else ("dna",), target_type="species",
-                         persistent_workers=False)
-    n = sum(len(b["processid"]) for b in loader)
-    return n / (time.perf_counter() - start)
-
-
-def official(release: Path, split: str, image: bool, batch_size: int) -> float | None:
-    if not OFFICIAL.exists():
-        return None
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([str(OFFICIAL), "-c", OFFICIAL_SCRIPT, str(release), split, "image" if image else "dna",
-                        str(batch_size)], capture_output=True, text=True, env=env)
-    if r.returncode:
-        raise SystemExit(f"official loader failed:\n{r.stderr[-2000:]}")
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    return out["samples"] / out["seconds"]
+from bioscan5m_hf.bench import loader_rate as ours  # noqa: E402
+from bioscan5m_hf.bench import official_rate as official  # noqa: E402
+from bioscan5m_hf.bench import raw_decode_rate as raw_decode  # noqa: E402
 
 
 def main() -> int:
