@@ -422,9 +422,12 @@ class BIOSCAN5M(IterableDataset):
         out = {"processid": record["processid"]}
         for m in self.modality:
             if m == "image":
-                image = open_image(record["image"])
-                check_image_size(image)
-                out["image"] = self.transform(image) if self.transform is not None else image
+                if getattr(self.transform, "takes_bytes", False):  # make_loader's decoder: no PIL detour
+                    out["image"] = self.transform(record["image"])
+                else:
+                    image = open_image(record["image"])
+                    check_image_size(image)
+                    out["image"] = self.transform(image) if self.transform is not None else image
             elif m in DNA_MODALITIES:
                 out[m] = self._dna(record)
             elif m != "processid":

@@ -45,7 +45,9 @@ class SharedPosition:
 
 
 class ImageTransform:
-    """The loader's image transform: a lazily opened PIL image -> ``3 x size x size`` uint8 array."""
+    """The loader's image transform: JPEG bytes (or a PIL image) -> ``size x size x 3`` uint8 array."""
+
+    takes_bytes = True  # BIOSCAN5M hands it the undecoded bytes
 
     def __init__(self, size: int):
         self.size = size

@@ -237,7 +237,8 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: ShardInfo
 
 def _members(tar: tarfile.TarFile, shard: ShardInfo) -> Iterator[tarfile.TarInfo]:
     try:
-        for member in tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # TarFile keeps every member it read: memory would grow with the shard
             if not member.isfile():
                 raise ShardError(f"{shard.path}: member {member.name}: not a regular file")
             yield member

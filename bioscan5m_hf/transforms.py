@@ -11,6 +11,11 @@ from PIL import Image
 
 from . import schema
 
+try:  # optional: a faster libjpeg-turbo binding (pip install bioscan5m-hf[fast])
+    import simplejpeg
+except ImportError:  # pragma: no cover - Pillow does the same, slower
+    simplejpeg = None
+
 #: Special token ids of the BarcodeBERT vocabulary; k-mers over ACGT follow in lexicographic order.
 MASK_ID = 0
 UNK_ID = 1
@@ -35,7 +40,12 @@ def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = Fal
     that still leaves both sides at least ``size``, which is exact up to the resize that follows and
     much faster for ``original_full``.
     """
-    img = Image.open(io.BytesIO(data)) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if simplejpeg is not None:
+            return _decode_simplejpeg(bytes(data), size, channels_last)
+        img = Image.open(io.BytesIO(data))
+    else:
+        img = data
     check_image_size(img)
     img.draft("RGB", (size, size))
     img = img.convert("RGB")
@@ -48,6 +58,31 @@ def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = Fal
     img = img.crop((left, top, left + size, top + size))
     hwc = np.asarray(img)
     return hwc if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+
+def _decode_simplejpeg(data: bytes, size: int, channels_last: bool) -> np.ndarray:
+    """The same as Pillow's path, with libjpeg-turbo through simplejpeg (optional, about 2x faster):
+    accurate DCT and fancy upsampling as Pillow's defaults, DCT-scaled decoding when downsizing."""
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:  # not a JPEG simplejpeg can read: let Pillow try, and name the problem
+        return decode_image(Image.open(io.BytesIO(data)), size, channels_last)
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image is {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit")
+    # Pillow's draft: the largest reduction of 1, 2, 4 or 8 leaving both sides >= size (simplejpeg
+    # would also use libjpeg's other M/8 factors, which round differently).
+    ratio = min(w // size, h // size)
+    scale = next(s for s in (8, 4, 2, 1) if ratio >= s or s == 1)
+    arr = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
+                                 min_height=-(-h // scale), min_width=-(-w // scale))
+    h, w = arr.shape[:2]
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    if new != (w, h):
+        arr = np.asarray(Image.fromarray(arr).resize(new, Image.BILINEAR))
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    hwc = arr[top: top + size, left: left + size]
+    return np.ascontiguousarray(hwc) if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
 
 def normalize(images, mean: Sequence[float] = schema.RGB_MEAN, std: Sequence[float] = schema.RGB_STD):

@@ -59,3 +59,14 @@ def test_normalize_uses_the_dataset_statistics():
     out = normalize(images)
     expected = (1 - torch.tensor(schema.RGB_MEAN)) / torch.tensor(schema.RGB_STD)
     assert torch.allclose(out[0, :, 0, 0], expected)
+
+
+def test_fast_decoder_gives_pillows_pixels():
+    from bioscan5m_hf import transforms
+
+    if transforms.simplejpeg is None:
+        pytest.skip("simplejpeg (the optional fast decoder, extra 'fast') is not installed")
+    for w, h in ((341, 256), (1024, 768), (256, 400), (2000, 1500)):
+        data = jpeg(w, h)
+        for size in (64, 224, 256):
+            assert (decode_image(data, size) == decode_image(Image.open(io.BytesIO(data)), size)).all(), (w, h, size)
