@@ -209,5 +209,6 @@ def shard_relpath(fmt: str, config: str, split: str, index: int) -> str:
 SHARD_PATH_PATTERN = re.compile(r"^(?!\.)[\w.\-]+/(?!\.)[\w.\-]+/bioscan5m-[\w.\-]+-\d{6}\.(parquet|tar)$",
                                 re.ASCII)
 
-#: Keys must be usable as tar member stems: webdataset splits a member name at its first dot.
-PROCESSID_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+#: Keys must be usable as tar member stems: webdataset splits a member name at its first dot, and a
+#: USTAR name field holds 100 bytes.
+PROCESSID_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")

@@ -25,9 +25,6 @@ from . import schema
 IMAGE_ROW_GROUP_ROWS = 100
 ROW_GROUP_BYTES = 32 << 20
 PARQUET_COMPRESSION = "zstd"
-#: Fixed tar member attributes, so tars are byte-identical across runs and machines.
-TAR_MTIME = 0
-TAR_MODE = 0o644
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,24 +117,34 @@ def _json_value(v):
     return v
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = TAR_MTIME
-    info.mode = TAR_MODE
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte USTAR header ``tarfile`` writes for our members (regular file, mode 0644, owner
+    0, mtime 0), built directly: ``tarfile`` spends ~80 us per header in Python."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= 8 ** 11:
+        raise ValueError(f"tar member {name[:40]!r}... does not fit a USTAR header ({len(raw)} bytes, {size} bytes)")
+    head = b"".join((raw.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0", b"%011o\0" % size,
+                     b"00000000000\0", b" " * 8, b"0", b"\0" * 100, b"ustar\x0000")).ljust(512, b"\0")
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]
 
 
 def write_tar(path: str | os.PathLike, records: Sequence[dict], images: Sequence[bytes]) -> None:
-    """Write ``<processid>.jpg`` and ``<processid>.json`` for each record, in order."""
+    """Write ``<processid>.jpg`` and ``<processid>.json`` for each record, in order.
+
+    Byte for byte what ``tarfile`` writes in USTAR format with our fixed member attributes
+    (:func:`ustar_header`, checked against ``tarfile`` by a test), only faster."""
     with _atomic(path) as tmp, open(tmp, "wb") as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for record, image in zip(records, images, strict=True):
                 key = record["processid"]
-                _tar_member(tar, f"{key}.{schema.IMAGE_EXTENSION}", image)
-                _tar_member(tar, f"{key}.{schema.METADATA_EXTENSION}", record_json(record))
+                for name, data in ((f"{key}.{schema.IMAGE_EXTENSION}", image),
+                                   (f"{key}.{schema.METADATA_EXTENSION}", record_json(record))):
+                    header = ustar_header(name, len(data))
+                    pad = -len(data) % tarfile.BLOCKSIZE
+                    f.write(header)
+                    f.write(data)
+                    f.write(b"\0" * pad)
+                    tar.offset += tarfile.BLOCKSIZE + len(data) + pad
 
 
 # --------------------------------------------------------------------------------------------------

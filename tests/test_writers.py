@@ -74,3 +74,12 @@ def test_features_match_what_datasets_understands():
     assert from_yaml == features
     wds = datasets.Features._from_yaml_list(writers.hf_features_yaml("webdataset", True))
     assert isinstance(wds["jpg"], datasets.Image) and wds["json"]["coord-lat"] == datasets.Value("float64")
+
+
+@pytest.mark.parametrize("name, size", [("ABCD1000-20.jpg", 0), ("X.json", 1), ("A" * 95 + ".jpg", 123_456_789)])
+def test_ustar_header_is_what_tarfile_writes(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert writers.ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    with pytest.raises(ValueError, match="does not fit"):
+        writers.ustar_header("B" * 101 + ".jpg", 1)
