@@ -7,7 +7,6 @@ reader never sees a half-written shard.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
