@@ -17,6 +17,9 @@ import multiprocessing
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
@@ -97,12 +100,107 @@ class Collate:
         return batch
 
 
+def _as_is(batch):
+    return batch
+
+
+class ColumnarBatches(torch.utils.data.IterableDataset):
+    """DNA-only batches straight from Parquet columns: no Python object per record.
+
+    Yields, per DataLoader worker, exactly the batches the per-record path would (same partition,
+    same shuffle-buffer emission order, same resume points: :class:`BIOSCAN5M` decides all of it),
+    but reads row groups as Arrow, gathers each batch with ``take``, pads the barcodes with Arrow
+    kernels and tokenises the whole matrix at once.
+    """
+
+    def __init__(self, dataset: BIOSCAN5M, batch_size: int, tokenizer: KmerTokenizer):
+        super().__init__()
+        self.dataset, self.batch_size, self.tokenizer = dataset, batch_size, tokenizer
+        self.value_sets = {t: pa.array(dataset.vocabularies[t], pa.string()) for t in dataset.target_type}
+
+    def __iter__(self) -> Iterator[dict]:
+        ds = self.dataset
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, worker, done = ds._position(worker, num_workers)
+        plan = ds.plan(worker, num_workers, epoch)
+        n = len(plan)
+        if done >= n:
+            return
+        start, _ = partition.resume_point(plan.emission, done)
+        breaks = np.flatnonzero((np.diff(plan.shards) != 0) | (np.diff(plan.offsets) <= 0)) + 1
+        edges = [start, *[b for b in breaks.tolist() if b > start], n]
+        visits = iter(zip(edges[:-1], edges[1:]))
+        chunks: list[tuple[int, int, pa.Table]] = []  # contiguous read positions [a, b) and their rows
+        read_to = start
+        for t in range(done, n, self.batch_size):
+            need = plan.emission[t: t + self.batch_size]
+            while read_to <= need.max():
+                a, b = next(visits)
+                chunks.append((a, b, self._read_visit(plan, a, b)))
+                read_to = b
+            yield self._batch(self._gather(chunks, need))
+            rest = plan.emission[t + self.batch_size:]
+            keep_from = rest.min() if len(rest) else n
+            chunks = [c for c in chunks if c[1] > keep_from]
+
+    def _read_visit(self, plan, a: int, b: int) -> pa.Table:
+        ds = self.dataset
+        shard = ds.shard_list[int(plan.shards[a])]
+        offsets = plan.offsets[a:b]
+        if ds.selection is not None:
+            offsets = ds.selection[int(plan.shards[a])][offsets]
+        f = pq.ParquetFile(shard.path if not shard.store.remote else shard.open())
+        starts = np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
+        groups = np.unique(np.searchsorted(starts, offsets, side="right") - 1)
+        table = f.read_row_groups(groups.tolist(), columns=ds.columns)
+        return table.take(pa.array(offsets - starts[groups[0]]))
+
+    @staticmethod
+    def _gather(chunks, need: np.ndarray) -> pa.Table:
+        firsts = np.array([a for a, _, _ in chunks])
+        which = np.searchsorted(firsts, need, side="right") - 1
+        parts, order = [], []
+        for c in np.unique(which):
+            picked = np.flatnonzero(which == c)
+            a, _, table = chunks[c]
+            parts.append(table.take(pa.array(need[picked] - a)))
+            order.append(picked)
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        inverse = np.empty(len(need), dtype=np.int64)
+        inverse[np.concatenate(order)] = np.arange(len(need))
+        return table.take(pa.array(inverse))
+
+    def _batch(self, table: pa.Table) -> dict:
+        tok = self.tokenizer
+        width = tok.num_tokens * tok.k
+        barcodes = table.column("dna_barcode").combine_chunks()
+        if self.dataset.max_nucleotides is not None:
+            barcodes = pc.utf8_slice_codeunits(barcodes, 0, self.dataset.max_nucleotides)
+        lengths = pc.utf8_length(barcodes).to_numpy(zero_copy_only=False)
+        padded = pc.utf8_rpad(pc.utf8_slice_codeunits(barcodes, 0, width), width, padding="N")
+        offsets, data = np.frombuffer(padded.buffers()[1], np.int32), padded.buffers()[2]
+        first, last = offsets[padded.offset], offsets[padded.offset + len(padded)]
+        if last - first == len(padded) * width:  # ASCII, as barcodes are
+            matrix = np.frombuffer(data, np.uint8, count=last - first, offset=first).reshape(len(padded), width)
+            ids, mask = tok.encode_matrix(matrix, lengths)
+        else:
+            ids, mask = tok(barcodes.to_pylist())
+        batch = {"processid": table.column("processid").to_pylist(), "dna": torch.from_numpy(ids),
+                 "dna_mask": torch.from_numpy(mask)}
+        for t, values in self.value_sets.items():
+            index = pc.fill_null(pc.index_in(table.column(t), value_set=values), -1)
+            batch[t] = torch.from_numpy(index.to_numpy(zero_copy_only=False).astype(np.int64))
+        return batch
+
+
 class Loader:
     """An iterable of batches over epochs, with ``set_epoch``, ``state_dict`` and ``load_state_dict``."""
 
     def __init__(self, dataset: BIOSCAN5M, *, batch_size: int, num_workers: int, collate: Collate,
                  device: str | torch.device | None, normalize_images: bool, drop_last: bool,
-                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None):
+                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None,
+                 source: ColumnarBatches | None = None):
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -113,11 +211,17 @@ class Loader:
             pin_memory = self.device is not None and self.device.type == "cuda"
         self._shared = SharedPosition(num_workers)
         dataset._shared = self._shared
-        self.loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
-            drop_last=drop_last, prefetch_factor=prefetch_factor if num_workers else None,
-            persistent_workers=persistent_workers and num_workers > 0,
-            multiprocessing_context="fork" if num_workers else None)
+        common = dict(num_workers=num_workers, pin_memory=pin_memory,
+                      prefetch_factor=prefetch_factor if num_workers else None,
+                      persistent_workers=persistent_workers and num_workers > 0,
+                      multiprocessing_context="fork" if num_workers else None)
+        if source is not None:  # the source yields whole batches already
+            if drop_last:
+                raise ValueError("drop_last is not supported for DNA-only batches from Parquet")
+            self.loader = DataLoader(source, batch_size=None, collate_fn=_as_is, **common)
+        else:
+            self.loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=drop_last,
+                                     **common)
         self.epoch = dataset.epoch
         self.batches = 0
 
@@ -232,7 +336,15 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         output_format="dict", max_nucleotides=max_nucleotides,
         transform=ImageTransform(image_size) if "image" in modality else None, shuffle=shuffle, **dataset_kwargs)
     dataset._lean = True
-    collate = Collate(modality, dataset.target_type, KmerTokenizer(k, max_nucleotides) if wants_dna else None)
+    tokenizer = KmerTokenizer(k, max_nucleotides) if wants_dna else None
+    collate = Collate(modality, dataset.target_type, tokenizer)
+    columnar = (set(modality) <= {"dna", "processid"} and wants_dna and dataset.repo.fmt == "parquet"
+                and dataset.on_error == "raise")
+    if columnar:  # DNA-only from Parquet: whole batches from Arrow columns (same batches, faster)
+        source = ColumnarBatches(dataset, batch_size, tokenizer)
+        return Loader(dataset, batch_size=batch_size, num_workers=num_workers, collate=None, device=device,
+                      normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
+                      persistent_workers=persistent_workers, pin_memory=pin_memory, source=source)
     return Loader(dataset, batch_size=batch_size, num_workers=num_workers, collate=collate, device=device,
                   normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
                   persistent_workers=persistent_workers, pin_memory=pin_memory)

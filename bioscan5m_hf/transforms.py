@@ -117,7 +117,7 @@ class KmerTokenizer:
         self.lut = np.full(256, -1, dtype=np.int32)
         for code, base in enumerate("ACGT"):
             self.lut[ord(base)] = self.lut[ord(base.lower())] = code
-        self.weights = 4 ** np.arange(k - 1, -1, -1, dtype=np.int32)
+        self.lut8 = np.where(self.lut < 0, 255, self.lut).astype(np.uint8)
 
     @property
     def vocab_size(self) -> int:
@@ -126,14 +126,24 @@ class KmerTokenizer:
     def vocabulary(self) -> list[str]:
         return ["<MASK>", "<UNK>"] + ["".join(p) for p in product("ACGT", repeat=self.k)]
 
+    def encode_matrix(self, padded: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and mask from an ``n x (max_len // k * k)`` uint8 matrix of N-padded bases and
+        the sequences' true lengths."""
+        n = len(padded)
+        codes = self.lut8[padded].reshape(n, self.num_tokens, self.k)  # 0-3, or 255 for anything else
+        ids = np.zeros((n, self.num_tokens), dtype=np.int64)
+        for j in range(self.k):  # base-4 number of the k-mer (wrong where a code is 255: see below)
+            ids <<= 2
+            ids += codes[:, :, j]
+        ids += FIRST_KMER_ID
+        ids[codes.max(axis=-1) > 3] = UNK_ID
+        mask = (np.arange(self.num_tokens) < (np.minimum(lengths, self.max_len) // self.k)[:, None]).astype(np.int64)
+        return ids, mask
+
     def __call__(self, sequences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         n = len(sequences)
         width = self.num_tokens * self.k
         # One padded text, one array: no per-sequence numpy work.
         text = "".join(seq[:width].ljust(width, "N") for seq in sequences).encode("ascii", "replace")
-        codes = self.lut[np.frombuffer(text, dtype=np.uint8)].reshape(n, self.num_tokens, self.k)
-        ids = (codes @ self.weights).astype(np.int64) + FIRST_KMER_ID  # wrong where a code is -1: see below
-        ids[(codes < 0).any(axis=-1)] = UNK_ID
-        lengths = np.fromiter((min(len(seq), self.max_len) // self.k for seq in sequences), dtype=np.int64, count=n)
-        mask = (np.arange(self.num_tokens) < lengths[:, None]).astype(np.int64)
-        return ids, mask
+        lengths = np.fromiter((len(seq) for seq in sequences), dtype=np.int64, count=n)
+        return self.encode_matrix(np.frombuffer(text, dtype=np.uint8).reshape(n, width), lengths)
