@@ -41,10 +41,21 @@ def command(release, out):
 
 def test_kill_9_at_many_points_then_rerun_is_byte_identical(release, clean, tmp_path):
     out = tmp_path / "out"
+    done = out / WORK_DIR / "done"
+
+    def finished() -> int:
+        return len(list(done.rglob("*.json"))) if done.exists() else 0
+
     kills = 0
-    for delay in (0.7, 1.0, 1.3, 1.6, 1.9, 2.2, 2.6, 3.0):
+    for k in range(8):
+        before = finished()
         proc = subprocess.Popen(command(release, out), start_new_session=True)
-        time.sleep(delay)
+        if k == 0:
+            time.sleep(0.4)  # while it starts and validates the metadata
+        else:  # once it has written a few more shards: kills land in the middle of the work
+            deadline = time.time() + 60
+            while proc.poll() is None and finished() < before + k + 1 and time.time() < deadline:
+                time.sleep(0.005)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the converter and its workers, mid-whatever
             kills += 1
@@ -53,7 +64,7 @@ def test_kill_9_at_many_points_then_rerun_is_byte_identical(release, clean, tmp_
         for repo in (schema.PARQUET_REPO, schema.WDS_REPO):
             for path in (out / repo).rglob("bioscan5m-*"):
                 assert path.read_bytes() == clean[path.relative_to(out).as_posix()], path
-    assert kills >= 4
+    assert kills == 8
     result = subprocess.run(command(release, out), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert files(out) == clean
