@@ -306,12 +306,7 @@ class BIOSCAN5M(IterableDataset):
 
         With a shard cache, the next ``readahead`` shards are fetched in the background once half of
         the current visit is read, so a worker rarely waits for the network."""
-        n = len(plan)
-        # A visit is a run of positions in one shard with increasing offsets.
-        breaks = np.flatnonzero((np.diff(plan.shards) != 0) | (np.diff(plan.offsets) <= 0)) + 1
-        bounds = [b for b in (0, *breaks.tolist(), n) if b >= start] if n else []
-        visits = list(zip([start, *bounds[:-1]][: len(bounds)], bounds))
-        visits = [(i, j) for i, j in visits if i < j]
+        visits = partition.visits(plan, start)
         for k, (i, j) in enumerate(visits):
             shard = int(plan.shards[i])
             positions = [p for p in range(i, j) if p not in skip]

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from . import partition, schema
 from .dataset import BIOSCAN5M, DNA_MODALITIES
+from .shards import row_group_starts
 from .transforms import KmerTokenizer, decode_image, normalize
 
 
@@ -128,9 +129,7 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         if done >= n:
             return
         start, _ = partition.resume_point(plan.emission, done)
-        breaks = np.flatnonzero((np.diff(plan.shards) != 0) | (np.diff(plan.offsets) <= 0)) + 1
-        edges = [start, *[b for b in breaks.tolist() if b > start], n]
-        visits = iter(zip(edges[:-1], edges[1:]))
+        visits = iter(partition.visits(plan, start))
         chunks: list[tuple[int, int, pa.Table]] = []  # contiguous read positions [a, b) and their rows
         read_to = start
         for t in range(done, n, self.batch_size):
@@ -151,7 +150,7 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         if ds.selection is not None:
             offsets = ds.selection[int(plan.shards[a])][offsets]
         f = pq.ParquetFile(shard.path if not shard.store.remote else shard.open())
-        starts = np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
+        starts = row_group_starts(f)
         groups = np.unique(np.searchsorted(starts, offsets, side="right") - 1)
         table = f.read_row_groups(groups.tolist(), columns=ds.columns)
         return table.take(pa.array(offsets - starts[groups[0]]))

@@ -137,6 +137,19 @@ def worker_plan(shard_sizes: Sequence[int], *, seed: int, epoch: int, shuffle: b
     return WorkerPlan(shards.astype(np.int64), offsets.astype(np.int64), emission)
 
 
+def visits(plan: WorkerPlan, start: int = 0) -> list[tuple[int, int]]:
+    """The read positions from ``start`` on, cut into visits: ``[a, b)`` runs in one shard with
+    increasing offsets, each read in one pass.
+
+    >>> visits(WorkerPlan(np.array([0, 0, 1, 1, 0]), np.array([0, 1, 0, 1, 2]), np.arange(5)), 1)
+    [(1, 2), (2, 4), (4, 5)]
+    """
+    n = len(plan)
+    breaks = np.flatnonzero((np.diff(plan.shards) != 0) | (np.diff(plan.offsets) <= 0)) + 1
+    edges = [start, *[b for b in breaks.tolist() if b > start], n]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if a < b]
+
+
 def epoch_count(total: int, world_size: int, even: str = "pad") -> int:
     """Records yielded per rank per epoch."""
     return rank_block(total, 0, world_size, even)[1]

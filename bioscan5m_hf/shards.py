@@ -141,6 +141,11 @@ def open_repos(root, *, storage_options: dict | None = None, cache_dir=None, cac
 # Readers
 
 
+def row_group_starts(f: pq.ParquetFile) -> np.ndarray:
+    """First row of each row group, and the row count at the end."""
+    return np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
+
+
 def read_parquet(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],
                  image: bool) -> Iterator[dict]:
     """Rows ``offsets`` (ascending; None: all) of a Parquet shard: the metadata ``columns`` and, if
@@ -154,7 +159,7 @@ def read_parquet(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
     if len(offsets) == 0:
         return
     wanted = list(columns) + ([schema.IMAGE_COLUMN] if image else [])
-    starts = np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
+    starts = row_group_starts(f)
     groups = np.searchsorted(starts, offsets, side="right") - 1
     for g in np.unique(groups):
         try:
