@@ -1,16 +1,20 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first; `make test`
-# also sets up .venv-official (the official bioscan-dataset loader, for the conformance test).
+# also sets up .venv-official (the official bioscan-dataset loader, for the conformance test) and
+# runs the linter (ruff, `make lint`) before the tests.
 VENV ?= .venv
 OFFICIAL_VENV ?= .venv-official
 STAMP := $(VENV)/.installed
 OFFICIAL_STAMP := $(OFFICIAL_VENV)/.installed
 
-.PHONY: demo test install official shards
+.PHONY: demo test lint install official shards
 demo: $(STAMP)
 	$(VENV)/bin/bioscan5m-hf demo $(WORKDIR)
 
-test: $(STAMP) official
+test: lint official
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 install: $(STAMP)
 

@@ -1,4 +1,9 @@
-"""BIOSCAN-5M as a native Hugging Face dataset: convert, load and stream."""
+"""BIOSCAN-5M as a native Hugging Face dataset: convert, load and stream.
+
+Stages, one subpackage each: ``convert`` (official release -> repos), ``repo`` (reading and
+verifying a converted repo, local or remote), ``stream`` (records into PyTorch training), ``hub``
+(publishing), and ``tools`` (sample generator, demo, benchmarks, training example).
+"""
 
 __version__ = "0.1.0"
 
@@ -8,11 +13,11 @@ __all__ = ["BIOSCAN5M", "make_loader", "KmerTokenizer", "normalize", "__version_
 def __getattr__(name):
     # Lazy, so that the converter and CLI do not import torch.
     if name == "BIOSCAN5M":
-        from .dataset import BIOSCAN5M
+        from .stream.dataset import BIOSCAN5M
 
         return BIOSCAN5M
     if name == "make_loader":
-        from .loader import make_loader
+        from .stream.loader import make_loader
 
         return make_loader
     if name in ("KmerTokenizer", "normalize"):

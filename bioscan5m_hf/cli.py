@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__, schema
-from .release import ReleaseError
-from .shards import ShardError
+from .errors import ReleaseError, RemoteError, ShardError
 
 
 def _csv_list(choices: Sequence[str] | None = None):
@@ -121,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # its own options, its own --help
-        from .bench import main as bench_main
+        from .tools.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "sample":
-            from .sample import DEFAULT_RECORDS, write_sample
+            from .tools.sample import DEFAULT_RECORDS, write_sample
 
             info = write_sample(args.out, args.records or DEFAULT_RECORDS, args.seed, args.packages,
                                 images=not args.no_images, layout=args.layout, image_size=args.image_size,
@@ -137,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{info.images:,} images, {len(info.zips)} zips")
         elif args.command == "convert":
             from .convert import ConvertOptions, convert
-            from .plan import DEFAULT_SHARD_BYTES
+            from .convert.sharding import DEFAULT_SHARD_BYTES
 
             options = ConvertOptions(packages=args.packages, splits=args.splits, formats=args.formats,
                                      shard_bytes=args.shard_bytes or DEFAULT_SHARD_BYTES,
@@ -181,26 +180,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shards = sum(len(v["shards"]) for c in result.manifests[fmt]["configs"].values() for v in c.values())
                 print(f"{repo}: {len(result.manifests[fmt]['configs'])} configs, {shards} shards")
         elif args.command == "verify":
-            from .verify import format_report, verify
+            from .repo.verify import format_report, verify
 
             report = verify(args.repo, decode=args.decode)
             print(format_report(report))
             ok = report.ok
             if args.hub:
-                from .verify_hub import verify_hub
+                from .hub.rules import verify_hub
 
                 hub = verify_hub(args.repo)
                 print("Hub rules: " + format_report(hub))
                 ok = ok and hub.ok
             return 0 if ok else 1
         elif args.command == "push":
-            from .publish import push
+            from .hub.push import push
 
             push(args.out, args.namespace, args.name, private=args.private, revision=args.revision,
                  dry_run=args.dry_run)
         elif args.command == "stats":
-            from .shards import open_repos
-            from .stats import format_stats, write_charts
+            from .convert.stats import format_stats, write_charts
+            from .repo.manifest import open_repos
 
             repo = next(iter(open_repos(args.repo).values()))
             statistics = repo.manifest.get("statistics")
@@ -211,11 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for path in write_charts(statistics, Path(args.charts)):
                     print(f"wrote {path}")
         elif args.command == "demo":
-            from .demo import run_demo
+            from .tools.demo import run_demo
 
             if not run_demo(args.workdir, show_progress=not args.quiet)["ok"]:
                 return 1
-    except (ReleaseError, ShardError, ValueError, FileNotFoundError) as e:
+    except (ReleaseError, ShardError, RemoteError, ValueError, FileNotFoundError) as e:
         print(f"bioscan5m-hf: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+
+from .util import check_choice
 
 # --------------------------------------------------------------------------------------------------
 # Metadata columns
@@ -38,7 +41,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("family", pa.string(), True, "taxonomic family"),
     Column("subfamily", pa.string(), True, "taxonomic subfamily (may be a placeholder such as 'unassigned Sciaridae')"),
     Column("genus", pa.string(), True, "taxonomic genus"),
-    Column("species", pa.string(), True, "taxonomic species (placeholder names in the unseen and other_heldout splits)"),
+    Column("species", pa.string(), True,
+           "taxonomic species (placeholder names in the unseen and other_heldout splits)"),
     Column("dna_bin", pa.string(), True, "BOLD Barcode Index Number, e.g. BOLD:ACW1968"),
     Column("dna_barcode", pa.string(), False, "COI DNA barcode nucleotides (may exceed 660 nt, may end in N padding)"),
     Column("country", pa.string(), True, "country of collection"),
@@ -64,6 +68,47 @@ RANKS: tuple[str, ...] = LABEL_COLUMNS[:-1]
 #: Aliases the official loader accepts for target types and modalities.
 TARGET_ALIASES: dict[str, str] = {"uri": "dna_bin"}
 DNA_ALIASES: dict[str, str] = {"dna": "dna_barcode", "barcode": "dna_barcode"}
+
+
+@dataclass(frozen=True)
+class Modality:
+    """A requested modality, resolved once: what kind of value it is and which metadata columns it
+    reads (none for the image, whose bytes are read separately)."""
+
+    name: str
+    kind: str  # "image", "dna", "image_path", "label_index" or "column"
+    columns: tuple[str, ...]
+
+
+def resolve_targets(target_type: str | Sequence[str]) -> list[str]:
+    """The label columns of ``target_type`` (a rank, ``"dna_bin"`` or its alias ``"uri"``, or a list)."""
+    targets = [target_type] if isinstance(target_type, str) else list(target_type)
+    out = [TARGET_ALIASES.get(t, t) for t in targets]
+    for t in out:
+        check_choice(t, "target_type", LABEL_COLUMNS)
+    return out
+
+
+def resolve_modality(name: str) -> Modality:
+    """What a modality of the official loader means: ``"image"``, ``"dna"`` (aliases
+    ``"dna_barcode"``, ``"barcode"``), ``"image_path"``, ``"<rank>_index"`` or a metadata column.
+
+    >>> resolve_modality("barcode")
+    Modality(name='barcode', kind='dna', columns=('dna_barcode',))
+    >>> resolve_modality("genus_index").columns
+    ('genus',)
+    """
+    if name == IMAGE_COLUMN:
+        return Modality(name, "image", ())
+    if DNA_ALIASES.get(name, name) == "dna_barcode":
+        return Modality(name, "dna", ("dna_barcode",))
+    if name == "image_path":
+        return Modality(name, "image_path", ("split", "chunk", "processid"))
+    if name.endswith("_index") and name[: -len("_index")] in LABEL_COLUMNS:
+        return Modality(name, "label_index", (name[: -len("_index")],))
+    if name in COLUMN_NAMES:
+        return Modality(name, "column", (name,))
+    raise ValueError(f"Unfamiliar modality: {name!r}")
 
 #: The image column of our Parquet repos and the image member of our tars.
 IMAGE_COLUMN = "image"

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from bioscan5m_hf import schema
-from bioscan5m_hf.demo import EMBEDDED_DIR, make_embedded
+from bioscan5m_hf.tools.demo import EMBEDDED_DIR, make_embedded
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ No test touches the network: the Hub is switched off before `datasets` is import
 """
 
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -14,10 +15,10 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import pytest  # noqa: E402
 
 from bioscan5m_hf.convert import ConvertOptions, convert  # noqa: E402
-from bioscan5m_hf.sample import write_sample  # noqa: E402
+from bioscan5m_hf.tools.sample import write_sample  # noqa: E402
 
 # Run by .venv-official in a subprocess, never imported here.
-collect_ignore = ["official_dump.py"]
+collect_ignore = ["stream/official_dump.py"]
 
 RECORDS = 240
 SEED = 7
@@ -42,6 +43,14 @@ def options(**kw):
 def converted_zips(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("out-zips")
     return convert(release, out, options(image_source="zips"))
+
+
+@pytest.fixture
+def out(converted_zips, tmp_path):
+    """A private copy of the zips conversion's OUT folder, for tests that change or damage it."""
+    copy = tmp_path / "out"
+    shutil.copytree(converted_zips.repos["parquet"].parent, copy)
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from bioscan5m_hf import schema
 from bioscan5m_hf.cli import main
 

@@ -1,0 +1,181 @@
+"""Render a repo's ``README.md`` dataset card: Hub YAML (configs, features, split sizes) + the body of
+``dataset_card.md`` with this conversion's tables filled in."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .. import schema
+from ..util import write_atomic
+from . import writers
+from .stats import CHART_DIR, CHARTS
+
+TEMPLATE = "dataset_card.md"
+TASK_CATEGORIES = ["image-classification", "zero-shot-classification", "feature-extraction"]
+TAGS = ["biology", "biodiversity", "insects", "dna", "dna-barcoding", "taxonomy", "multimodal", "bioscan"]
+
+
+def size_category(n: int) -> str:
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < bound:
+            return name
+    return "10M<n<100M"
+
+
+def card_yaml(manifest: dict) -> dict:
+    """The card's YAML header: what the Hub indexes and what ``datasets`` loads without a script."""
+    fmt = manifest["format"]
+    suffix = schema.FORMAT_SUFFIX[fmt]
+    configs, infos = [], []
+    for k, (config, splits) in enumerate(manifest["configs"].items()):
+        entry = {"config_name": config,
+                 "data_files": [{"split": s, "path": f"{config}/{s}/*.{suffix}"} for s in splits]}
+        if k == 0:
+            entry["default"] = True
+        configs.append(entry)
+        with_image = config != schema.METADATA_CONFIG
+        infos.append({
+            "config_name": config,
+            "features": writers.hf_features_yaml(fmt, with_image),
+            "splits": [{"name": s, "num_bytes": v["num_bytes"], "num_examples": v["num_records"]}
+                       for s, v in splits.items()],
+            "download_size": sum(v["num_bytes"] for v in splits.values()),
+            "dataset_size": sum(v["num_bytes"] for v in splits.values()),
+        })
+    return {
+        "pretty_name": "BIOSCAN-5M" if fmt == "parquet" else "BIOSCAN-5M (WebDataset)",
+        "license": "cc-by-3.0",
+        "language": ["en"],
+        "task_categories": TASK_CATEGORIES,
+        "tags": TAGS,
+        "size_categories": [size_category(manifest["source"]["num_records"])],
+        "configs": configs,
+        "dataset_info": infos,
+    }
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _load_examples(manifest: dict, repo_id: str) -> str:
+    config = next(iter(manifest["configs"]))
+    if manifest["format"] == "parquet":
+        return f"""```python
+from datasets import load_dataset
+
+# Stream, no full download (any config: {", ".join(f"`{c}`" for c in manifest["configs"])}):
+ds = load_dataset("{repo_id}", "{config}", split="train", streaming=True)
+record = next(iter(ds))  # {{'image': <PIL.Image>, 'processid': ..., 'dna_barcode': ..., 'species': ...}}
+
+# Or download and memory-map a split:
+val = load_dataset("{repo_id}", "{config}", split="val")
+
+# DNA and labels only: the `metadata` config has no image column.
+dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True)
+dna = dna.select_columns(["processid", "dna_barcode", "species"])
+```
+
+The drop-in for the official PyTorch loader, streaming from this repo:
+
+```python
+from bioscan5m_hf import BIOSCAN5M
+ds = BIOSCAN5M("hf://datasets/{repo_id}", split="train", modality=("image", "dna"), target_type="species")
+```"""
+    return f"""```python
+from datasets import load_dataset
+
+ds = load_dataset("{repo_id}", "{config}", split="train", streaming=True)
+record = next(iter(ds))  # {{'__key__': processid, 'jpg': <PIL.Image>, 'json': {{...metadata...}}}}
+```
+
+The shards are plain WebDataset tars (`<processid>.jpg`, `<processid>.json`), readable by the
+`webdataset` library straight from the Hub:
+
+```python
+import webdataset as wds
+from huggingface_hub import HfFileSystem
+fs = HfFileSystem()
+urls = [fs.url(p) for p in fs.glob("datasets/{repo_id}/{config}/train/*.tar")]
+ds = wds.WebDataset(urls, shardshuffle=100).decode("pil")  # {{'jpg': PIL image, 'json': metadata}}
+```
+
+For training, `bioscan5m-hf` streams them with exact epochs and resume across ranks and workers:
+
+```python
+from bioscan5m_hf import make_loader
+loader = make_loader("hf://datasets/{repo_id}", "train", batch_size=256, num_workers=8,
+                     cache_dir="/scratch/bioscan-cache")
+```"""
+
+
+def render(manifest: dict, template: str | None = None, namespace: str = "bioscan-ml",
+           name: str = schema.PARQUET_REPO) -> str:
+    """The full ``README.md`` of a converted repo, published as ``namespace/name`` (Parquet) and
+    ``namespace/name-wds`` (WebDataset)."""
+    if template is None:
+        template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
+    fmt = manifest["format"]
+    repo_id = f"{namespace}/{name}" if fmt == "parquet" else f"{namespace}/{name}-wds"
+    other = f"{name}-wds" if fmt == "parquet" else name
+    other_text = (f"the same records as WebDataset tars are in [`{namespace}/{other}`](https://huggingface.co/datasets/"
+                  f"{namespace}/{other})." if fmt == "parquet" else
+                  f"the same records as Parquet tables are in [`{namespace}/{other}`](https://huggingface.co/datasets/"
+                  f"{namespace}/{other}).")
+    total = manifest["source"]["num_records"]
+    this_copy = (f"This copy holds {total:,} records (metadata CSV md5 `{manifest['source']['md5']}`)."
+                 if total != schema.TOTAL_RECORDS else "")
+    splits_rows = []
+    for config, splits in manifest["configs"].items():
+        for split, v in splits.items():
+            splits_rows.append([f"`{config}`", f"`{split}`", f"{v['num_records']:,}", len(v["shards"]),
+                                f"{v['num_bytes'] / 1e6:,.1f} MB"])
+    config_rows = []
+    for config in manifest["configs"]:
+        if config == schema.METADATA_CONFIG:
+            config_rows.append([f"`{config}`", "all metadata columns, no images (DNA-only work)"])
+        else:
+            config_rows.append([f"`{config}`", f"images of the official `{config}` package + all metadata"])
+    fields = [[f"`{c.name}`", str(c.type), "yes" if c.nullable else "no", c.description] for c in schema.COLUMNS]
+    if fmt == "parquet":
+        fields.insert(0, [f"`{schema.IMAGE_COLUMN}`", "Image", "no", "the original JPEG bytes (never re-encoded)"])
+    else:
+        fields = [["`.jpg`", "Image", "no", "the original JPEG bytes (never re-encoded)"],
+                  ["`.json`", "struct", "no", "all metadata columns below, every key in every record"]] + fields
+    statistics = manifest.get("statistics")
+    if statistics:
+        stats_table = _table(["rank", "distinct labels", "labelled records", "fraction labelled"],
+                             [[f"`{r}`", f"{v['distinct']:,}", f"{v['labelled']:,}", f"{v['fraction']:.1%}"]
+                              for r, v in statistics["ranks"].items()])
+    else:
+        stats_table = "(not recorded by this conversion)"
+    charts = "\n".join(f"![{title}]({CHART_DIR}/{key}.png)" for key, title in CHARTS.items()
+                       if f"{CHART_DIR}/{key}.png" in manifest.get("files", {}))
+    values = {
+        "statistics_table": stats_table,
+        "charts": charts,
+        "pretty_name": card_yaml(manifest)["pretty_name"],
+        "format_name": "Parquet tables" if fmt == "parquet" else "WebDataset tar shards",
+        "converter": f"version {manifest['converter']['version']}",
+        "other_repo": other_text,
+        "this_copy": this_copy,
+        "load_examples": _load_examples(manifest, repo_id),
+        "configs_table": _table(["config", "content"], config_rows),
+        "splits_table": _table(["config", "split", "records", "shards", "size"], splits_rows),
+        "fields_table": _table(["field", "type", "nullable", "description"], fields),
+    }
+    body = re.sub(r"\{\{(\w+)\}\}", lambda m: str(values[m.group(1)]), template)
+    header = yaml.safe_dump(card_yaml(manifest), sort_keys=False, allow_unicode=True, width=120)
+    return f"---\n{header}---\n\n{body}"
+
+
+def write_card(repo: Path, manifest: dict) -> None:
+    path = Path(repo) / schema.CARD
+    write_atomic(path, render(manifest))

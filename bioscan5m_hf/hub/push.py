@@ -1,0 +1,158 @@
+"""``bioscan5m-hf push``: publish both converted repos to the Hugging Face Hub.
+
+The push is planned against a local record of the last push (``OUT/.bioscan5m-push/``: per repo and
+revision, the sha256 of every file that reached the Hub), so a rerun after an interruption sends
+only what is missing, and an update only what changed. Files go up in commits of bounded size
+(shards first, the manifest and the card last, so a repo never lists a shard it lacks); each commit
+uploads its files in parallel (``huggingface_hub``), and the record is updated after each commit.
+A repo that fails ``verify`` or ``verify --hub`` is never pushed. The token comes from the usual
+``huggingface_hub`` places and is never printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import schema
+from ..convert import card
+from ..repo.manifest import open_repos
+from ..repo.verify import format_report, verify
+from ..util import file_digest, write_atomic
+
+RECORD_DIR = ".bioscan5m-push"
+#: Bounds of one commit.
+COMMIT_FILES = 200
+COMMIT_BYTES = 20 << 30
+LAST = (schema.MANIFEST, schema.CARD)
+
+
+@dataclass
+class PushPlan:
+    """What a push would do to one Hub repo."""
+
+    repo_id: str
+    folder: Path
+    revision: str
+    files: dict[str, tuple[str, int]]  # path -> (sha256, bytes), card included
+    pushed: dict[str, str]  # path -> sha256 at the last push (the local record)
+    card_text: str
+
+    @property
+    def new(self) -> list[str]:
+        return sorted(p for p in self.files if p not in self.pushed)
+
+    @property
+    def changed(self) -> list[str]:
+        return sorted(p for p in self.files if p in self.pushed and self.pushed[p] != self.files[p][0])
+
+    @property
+    def to_send(self) -> list[str]:
+        """Files to upload, shards first, the manifest and the card last."""
+        todo = set(self.new) | set(self.changed)
+        return sorted(todo - set(LAST)) + [p for p in LAST if p in todo]
+
+    def batches(self) -> list[list[str]]:
+        out, batch, size = [], [], 0
+        for path in self.to_send:
+            nbytes = self.files[path][1]
+            last_starts = path in LAST and batch[-1:] and batch[-1] not in LAST  # manifest + card: own commit
+            if batch and (len(batch) >= COMMIT_FILES or size + nbytes > COMMIT_BYTES or last_starts):
+                out.append(batch)
+                batch, size = [], 0
+            batch.append(path)
+            size += nbytes
+        return out + ([batch] if batch else [])
+
+    def describe(self) -> str:
+        total = sum(n for _, n in self.files.values())
+        send = sum(self.files[p][1] for p in self.to_send)
+        return (f"{self.repo_id}@{self.revision}: {len(self.files)} files, {total / 1e6:,.1f} MB; "
+                f"{len(self.new)} new, {len(self.changed)} changed, "
+                f"{len(self.files) - len(self.new) - len(self.changed)} unchanged; "
+                f"to upload: {len(self.to_send)} files, {send / 1e6:,.1f} MB in {len(self.batches())} commit(s)")
+
+
+def _record_path(out: Path, repo_id: str, revision: str) -> Path:
+    return out / RECORD_DIR / f"{repo_id.replace('/', '--')}@{revision}.json"
+
+
+def plan_push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET_REPO,
+              revision: str = "main") -> list[PushPlan]:
+    """The plan for both repos under ``out`` (nothing is sent or written)."""
+    out = Path(out)
+    plans = []
+    for fmt, repo in open_repos(out).items():
+        if repo.store.remote:
+            raise ValueError("push needs the local output of convert")
+        repo_id = f"{namespace}/{name if fmt == 'parquet' else name + '-wds'}"
+        folder = repo.store.local_path("")
+        text = card.render(repo.manifest, namespace=namespace, name=name)
+        files: dict[str, tuple[str, int]] = {}
+        for s in (s for c in repo.configs.values() for v in c.values() for s in v["shards"]):
+            files[s["path"]] = (s["sha256"], s["num_bytes"])
+        for path, info in repo.manifest.get("files", {}).items():
+            files[path] = (info["sha256"], info["num_bytes"])
+        files[schema.MANIFEST] = (file_digest(folder / schema.MANIFEST), (folder / schema.MANIFEST).stat().st_size)
+        data = text.encode("utf-8")
+        files[schema.CARD] = (hashlib.sha256(data).hexdigest(), len(data))
+        record = _record_path(out, repo_id, revision)
+        pushed = json.loads(record.read_text()) if record.is_file() else {}
+        plans.append(PushPlan(repo_id, folder, revision, files, pushed, text))
+    return plans
+
+
+@dataclass
+class PushResult:
+    plans: list[PushPlan]
+    commits: list[str] = field(default_factory=list)
+
+
+def push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET_REPO, *, private: bool = False,
+         revision: str = "main", dry_run: bool = False, api=None, echo=print) -> PushResult:
+    """Create or update ``namespace/name`` (Parquet) and ``namespace/name-wds`` (WebDataset).
+
+    ``api`` is a :class:`huggingface_hub.HfApi` (the default one when None; tests pass a recording
+    fake). With ``dry_run`` the plan is printed and nothing is sent or written.
+    """
+    out = Path(out)
+    from .rules import verify_hub
+
+    report = verify(out)
+    hub = verify_hub(out, namespace=namespace, name=name)
+    plans = plan_push(out, namespace, name, revision)
+    for plan in plans:
+        echo(plan.describe())
+    if not report.ok or not hub.ok:
+        problems = "\n".join(filter(None, [format_report(report) if not report.ok else "",
+                                           format_report(hub) if not hub.ok else ""]))
+        raise ValueError(f"refusing to push {out}: it does not pass verify\n{problems}")
+    result = PushResult(plans)
+    if dry_run:
+        return result
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    for plan in plans:
+        api.create_repo(plan.repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if revision != "main":
+            api.create_branch(plan.repo_id, branch=revision, repo_type="dataset", exist_ok=True)
+        (plan.folder / schema.CARD).write_text(plan.card_text, encoding="utf-8")
+        record_path = _record_path(out, plan.repo_id, revision)
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        pushed = dict(plan.pushed)
+        batches = plan.batches()
+        for k, batch in enumerate(batches):
+            message = f"bioscan5m-hf: upload {len(batch)} file(s) ({k + 1}/{len(batches)})"
+            api.upload_folder(repo_id=plan.repo_id, folder_path=str(plan.folder), repo_type="dataset",
+                              revision=revision, allow_patterns=batch, commit_message=message)
+            for path in batch:
+                pushed[path] = plan.files[path][0]
+            write_atomic(record_path, json.dumps(pushed, indent=1, sort_keys=True))
+            result.commits.append(f"{plan.repo_id}: {message}")
+            echo(f"  {plan.repo_id}: committed {len(batch)} file(s) ({k + 1}/{len(batches)})")
+    return result

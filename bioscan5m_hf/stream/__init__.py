@@ -1,0 +1,6 @@
+"""Stage 3: stream records from the shards into training.
+
+``partition`` decides who reads what (pure functions), ``records`` reads the records in that order
+(the record stream), ``dataset`` is the official ``BIOSCAN5M`` API on top of it, ``loader`` and
+``columnar`` make tensor batches for training (``make_loader``).
+"""

@@ -1,0 +1,89 @@
+"""DNA-only batches straight from Parquet columns, for ``make_loader``: no Python object per record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from ..transforms import KmerTokenizer
+from . import partition
+from .records import RecordStream, SharedPosition, worker_identity
+
+
+class ColumnarBatches(torch.utils.data.IterableDataset):
+    """DNA-only batches straight from Parquet columns: no Python object per record.
+
+    Yields, per DataLoader worker, exactly the batches the per-record path would (same partition,
+    same shuffle-buffer emission order, same resume points: the :class:`RecordStream` decides all of
+    it), but reads whole visits as Arrow tables, gathers each batch with ``take``, pads the barcodes
+    with Arrow kernels and tokenises the whole matrix at once.
+    """
+
+    def __init__(self, records: RecordStream, target_type: Sequence[str], batch_size: int,
+                 tokenizer: KmerTokenizer, position: SharedPosition):
+        super().__init__()
+        self.records, self.batch_size, self.tokenizer, self.position = records, batch_size, tokenizer, position
+        self.value_sets = {t: pa.array(records.vocabularies[t], pa.string()) for t in target_type}
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = worker_identity()
+        epoch, worker, done = self.position.read(worker)
+        plan = self.records.worker_plan(epoch, worker, num_workers)
+        n = len(plan)
+        if done >= n:
+            return
+        start, _ = partition.resume_point(plan.emission, done)
+        visits = iter(partition.visits(plan, start))
+        chunks: list[tuple[int, int, pa.Table]] = []  # contiguous read positions [a, b) and their rows
+        read_to = start
+        for t in range(done, n, self.batch_size):
+            need = plan.emission[t: t + self.batch_size]
+            while read_to <= need.max():
+                a, b = next(visits)
+                chunks.append((a, b, self.records.visit_table(plan, a, b)))
+                read_to = b
+            yield self._batch(self._gather(chunks, need))
+            rest = plan.emission[t + self.batch_size:]
+            keep_from = rest.min() if len(rest) else n
+            chunks = [c for c in chunks if c[1] > keep_from]
+
+    @staticmethod
+    def _gather(chunks, need: np.ndarray) -> pa.Table:
+        firsts = np.array([a for a, _, _ in chunks])
+        which = np.searchsorted(firsts, need, side="right") - 1
+        parts, order = [], []
+        for c in np.unique(which):
+            picked = np.flatnonzero(which == c)
+            a, _, table = chunks[c]
+            parts.append(table.take(pa.array(need[picked] - a)))
+            order.append(picked)
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        inverse = np.empty(len(need), dtype=np.int64)
+        inverse[np.concatenate(order)] = np.arange(len(need))
+        return table.take(pa.array(inverse))
+
+    def _batch(self, table: pa.Table) -> dict:
+        tok = self.tokenizer
+        width = tok.num_tokens * tok.k
+        barcodes = table.column("dna_barcode").combine_chunks()
+        if self.records.max_nucleotides is not None:
+            barcodes = pc.utf8_slice_codeunits(barcodes, 0, self.records.max_nucleotides)
+        lengths = pc.utf8_length(barcodes).to_numpy(zero_copy_only=False)
+        padded = pc.utf8_rpad(pc.utf8_slice_codeunits(barcodes, 0, width), width, padding="N")
+        offsets, data = np.frombuffer(padded.buffers()[1], np.int32), padded.buffers()[2]
+        first, last = offsets[padded.offset], offsets[padded.offset + len(padded)]
+        if last - first == len(padded) * width:  # ASCII, as barcodes are
+            matrix = np.frombuffer(data, np.uint8, count=last - first, offset=first).reshape(len(padded), width)
+            ids, mask = tok.encode_matrix(matrix, lengths)
+        else:
+            ids, mask = tok(barcodes.to_pylist())
+        batch = {"processid": table.column("processid").to_pylist(), "dna": torch.from_numpy(ids),
+                 "dna_mask": torch.from_numpy(mask)}
+        for t, values in self.value_sets.items():
+            index = pc.fill_null(pc.index_in(table.column(t), value_set=values), -1)
+            batch[t] = torch.from_numpy(index.to_numpy(zero_copy_only=False).astype(np.int64))
+        return batch

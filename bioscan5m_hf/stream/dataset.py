@@ -1,0 +1,271 @@
+"""``BIOSCAN5M``: the official ``bioscan_dataset.BIOSCAN5M`` API, streaming from converted shards.
+
+Same constructor, same outputs record for record (modalities, index and text targets, tuple and
+dict formats, metasplits, ``reduce_repeated_barcodes``, ``max_nucleotides``), as a PyTorch
+``IterableDataset`` that reads shards sequentially instead of opening one file per sample, and adds
+what distributed training needs: seeded shuffling (shard order + a buffer of undecoded records),
+``set_epoch``, ranks and workers that each read a disjoint, equally sized part of every epoch, and
+``state_dict`` / ``load_state_dict`` for exact mid-epoch resume. The math of who reads what is in
+:mod:`.partition`, the record stream (which records, in which order, from where) in
+:mod:`.records`; this module turns records into the official outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from .. import schema
+from ..repo.readers import open_image
+from ..repo.storage import RetryPolicy
+from ..transforms import check_image_size
+from .records import SKIPPED, RecordStream, worker_identity
+
+
+class BIOSCAN5M(IterableDataset):
+    r"""BIOSCAN-5M from converted shards, as a streaming drop-in for ``bioscan_dataset.BIOSCAN5M``.
+
+    Parameters
+    ----------
+    root : str
+        The ``OUT`` folder of ``bioscan5m-hf convert``, or either repo folder inside it, local or a
+        URL: ``hf://datasets/ORG/NAME[@rev]``, ``https://...`` (any static file server), ``s3://``,
+        ``gs://`` (where s3fs / gcsfs are installed). Remote shards are streamed, never fully
+        downloaded unless cached.
+    split : str, default="train"
+        A split (``"pretrain"``, ``"train"``, ``"val"``, ``"test"``, ``"key_unseen"``, ``"val_unseen"``,
+        ``"test_unseen"``, ``"other_heldout"``), a metasplit (``"all"``, ``"seen"``, ``"unseen"``),
+        the alias ``"validation"``, or a ``+``-joined list such as ``"pretrain+train"``.
+    modality : str or Iterable[str], default=("image", "dna")
+        ``"image"``, ``"dna"`` (aliases ``"dna_barcode"``, ``"barcode"``), or any metadata column
+        (e.g. ``"coord-lat"``), or ``"<target>_index"``, ``"image_path"`` as in the official loader.
+        Without ``"image"``, no image bytes are read at all.
+    image_package : str, default="cropped_256"
+        ``"cropped_256"``, ``"original_256"``, ``"cropped"`` or ``"original_full"`` (as converted).
+    reduce_repeated_barcodes : bool, default=False
+        Keep one record per barcode (after truncation, trailing ``N`` stripped), chosen as the
+        official loader does over the whole release.
+    max_nucleotides : int or None, default=660
+        Truncate barcodes to this many nucleotides; ``None`` keeps them whole.
+    target_type : str or Iterable[str], default="species"
+        Ranks ``"phylum"`` ... ``"species"``, or ``"dna_bin"`` (alias ``"uri"``); a list gives tuples.
+    target_format : {"index", "text"}, default="index"
+        Indices are the official category codes (sorted labels of the whole release); missing is ``-1``.
+    output_format : {"tuple", "dict"}, default="tuple"
+    transform, dna_transform, target_transform : callable, optional
+        Applied to the PIL image, the barcode string and the target, as in the official loader.
+    download : bool, default=False
+        Accepted for compatibility; nothing needs downloading, shards are streamed.
+    shuffle : bool, default=False
+        Shuffle the shard order per epoch and mix records through a buffer of ``buffer_size``
+        undecoded records. Without it, records come in the converted (already random) order.
+    seed : int, default=0
+    buffer_size : int, optional
+        Records in the shuffle buffer; by default 1000, or fewer when the split's shards are smaller,
+        so that the first sample never waits for more than one shard per worker.
+    rank, world_size : int, optional
+        This process's part of the data; default from ``torch.distributed`` or the ``RANK`` and
+        ``WORLD_SIZE`` environment variables.
+    on_error : {"raise", "skip"}, default="raise"
+        A damaged shard (truncated, corrupted, a sample missing a member or with an unexpected one,
+        an image that does not decode) raises :class:`ShardError` naming the shard and the member.
+        ``"skip"`` skips the damaged records instead, warns naming the shard, and counts them in
+        :attr:`skipped` (``{shard: count}``); the epoch is then shorter than ``len()``.
+    cache_dir, cache_limit : optional
+        For a remote ``root``: keep verified shards in this folder, at most ``cache_limit`` bytes
+        (least recently used evicted), so later epochs read from disk. Safe to share between
+        workers and jobs.
+    storage_options : dict, optional
+        Passed to fsspec for remote roots (credentials, endpoints).
+    verify : bool, default=False
+        Check streamed (uncached) shards against the manifest's sha256 when read to the end; cached
+        shards are always checked.
+    readahead : int, default=1
+        With a cache: shards fetched ahead in the background per worker (one request at a time
+        each, besides the shard being read).
+    retry : RetryPolicy, optional
+        Retries of transient network faults (tries, backoff, the stall timeout).
+    even : {"pad", "drop"}, default="pad"
+        When records do not divide evenly among ranks: ``"pad"`` repeats the first few records of
+        the epoch so every rank yields ``ceil(N / world_size)``; ``"drop"`` leaves the last few out so
+        every rank yields ``floor(N / world_size)``. Either way every rank yields the same count, so
+        DDP never waits on a rank with fewer batches.
+    """
+
+    def __init__(self, root, split: str = "train", modality: str | Iterable[str] = ("image", "dna"),
+                 image_package: str = schema.DEFAULT_PACKAGE, reduce_repeated_barcodes: bool = False,
+                 max_nucleotides: int | None = 660, target_type: str | Iterable[str] = "species",
+                 target_format: str = "index", output_format: str = "tuple", transform: Callable | None = None,
+                 dna_transform: Callable | None = None, target_transform: Callable | None = None,
+                 download: bool = False, *, shuffle: bool = False, seed: int = 0, buffer_size: int | None = None,
+                 rank: int | None = None, world_size: int | None = None, even: str = "pad",
+                 on_error: str = "raise", cache_dir: str | None = None, cache_limit: int | None = None,
+                 storage_options: dict | None = None, verify: bool = False,
+                 retry: RetryPolicy | None = None, readahead: int = 1) -> None:
+        super().__init__()
+        self.root = root
+        self.split = schema.SPLIT_ALIASES.get(split, split)
+        self.modality = [modality] if isinstance(modality, str) else list(modality)
+        self.modalities = [schema.resolve_modality(m) for m in self.modality]
+        self.target_type = schema.resolve_targets(target_type)
+        if target_format not in ("index", "text"):
+            raise ValueError(f"Unknown target_format: {target_format!r}")
+        self.target_format = target_format
+        self.output_format = "dict" if output_format == "dictionary" else output_format
+        if self.output_format not in ("tuple", "dict"):
+            raise ValueError(f"Unknown output_format: {output_format!r}")
+        if not self.target_type and target_transform is not None:
+            raise RuntimeError("target_transform is specified but target_type is empty")
+        self.image_package = image_package
+        self.reduce_repeated_barcodes = reduce_repeated_barcodes
+        self.max_nucleotides = max_nucleotides
+        self.transform, self.dna_transform, self.target_transform = transform, dna_transform, target_transform
+        columns = {c for m in self.modalities for c in m.columns} | set(self.target_type)
+        self.records = RecordStream(
+            root, schema.explode_split(split), columns=columns, image=any(m.kind == "image" for m in self.modalities),
+            image_package=image_package, reduce_repeated_barcodes=reduce_repeated_barcodes,
+            max_nucleotides=max_nucleotides, shuffle=shuffle, seed=seed, buffer_size=buffer_size, rank=rank,
+            world_size=world_size, even=even, on_error=on_error, cache_dir=cache_dir, cache_limit=cache_limit,
+            storage_options=storage_options, verify=verify, retry=retry, readahead=readahead)
+        self.vocabularies = self.records.vocabularies
+        self.epoch = 0
+        self.yielded = 0  # samples of this epoch already yielded (iterating directly, in the main process)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Records skipped as damaged under ``on_error="skip"``: ``{shard: count}``."""
+        return self.records.skipped
+
+    @property
+    def num_records(self) -> int:
+        """Records of the split (or metasplit) over all ranks."""
+        return self.records.num_records
+
+    @property
+    def rank(self) -> int:
+        return self.records.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.records.world_size
+
+    # ---------------------------------------------------------------------------------------------
+    # Epochs, ranks, workers, resume
+
+    def __len__(self) -> int:
+        """Records this rank yields per epoch (all records when ``world_size`` is 1)."""
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` from the next iteration on (like ``DistributedSampler.set_epoch``)."""
+        self.epoch = int(epoch)
+        self.yielded = 0
+
+    def state_dict(self) -> dict:
+        """Where iteration stands: the epoch and the samples yielded in it (iterating directly)."""
+        return {"epoch": self.epoch, "yielded": self.yielded, **self.records.fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`: the next iteration yields exactly what would have followed."""
+        mine = self.records.fingerprint()
+        differ = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if differ:
+            raise ValueError(f"state_dict was taken from a differently configured dataset: {differ}")
+        self.epoch, self.yielded = int(state["epoch"]), int(state["yielded"])
+
+    def __iter__(self) -> Iterator:
+        worker, num_workers = worker_identity()
+        in_main = torch.utils.data.get_worker_info() is None
+        epoch = self.epoch
+        done = self.yielded if num_workers == 1 else 0
+        for out in self.records.samples(self._output, epoch, worker, num_workers, done):
+            if in_main:
+                self.yielded += 1
+            if out is not SKIPPED:
+                yield out
+        if in_main:
+            self.epoch, self.yielded = epoch + 1, 0
+
+    # ---------------------------------------------------------------------------------------------
+    # Outputs, as the official loader makes them
+
+    def _output(self, record: dict) -> Any:
+        index = self.records.label_index
+        values = []
+        for m in self.modalities:
+            if m.kind == "image":
+                x = open_image(record["image"])
+                check_image_size(x)
+                if self.transform is not None:
+                    x = self.transform(x)
+            elif m.kind == "dna":
+                x = self.records.dna(record)
+                if self.dna_transform is not None:
+                    x = self.dna_transform(x)
+            elif m.kind == "image_path":
+                chunk = record["chunk"]
+                x = "/".join([record["split"], *([chunk] if chunk else []), f"{record['processid']}.jpg"])
+            elif m.kind == "label_index":
+                x = index(m.columns[0], record[m.columns[0]])
+            else:
+                x = missing_as_nan(record[m.name])
+            values.append((m.name, x))
+        target = []
+        for t in self.target_type:
+            label = record[t]
+            target.append(index(t, label) if self.target_format == "index" else missing_as_nan(label))
+            if self.output_format == "dict":
+                values.append((t, missing_as_nan(label)))
+                values.append((f"{t}_index", index(t, label)))
+        if target:
+            target = tuple(target) if len(target) > 1 else target[0]
+            if self.target_transform is not None:
+                target = self.target_transform(target)
+        else:
+            target = None
+        values.append(("target", target))
+        return tuple(v for _, v in values) if self.output_format == "tuple" else dict(values)
+
+    # ---------------------------------------------------------------------------------------------
+    # Label look-up, as in the official loader
+
+    def _column(self, column: str | None) -> str:
+        if column is not None:
+            return schema.TARGET_ALIASES.get(column, column)
+        if len(self.target_type) == 1:
+            return self.target_type[0]
+        raise ValueError("column must be specified if there isn't a single target_type")
+
+    def index2label(self, index, column: str | None = None):
+        """Text label(s) of target index(es); negative indices (missing) map to ``""``."""
+        labels = self.vocabularies[self._column(column)]
+        if not hasattr(index, "__len__"):
+            return "" if index < 0 else labels[index]
+        index = np.asarray(index)
+        return np.array(["" if i < 0 else labels[i] for i in index.tolist()], dtype=object)
+
+    def label2index(self, label, column: str | None = None):
+        """Index(es) of text label(s); ``""`` (missing) maps to ``-1``."""
+        column = self._column(column)
+        single = isinstance(label, str)
+        out = []
+        for lab in [label] if single else label:
+            try:
+                out.append(-1 if lab == "" else self.records.label_index(column, lab))
+            except KeyError:
+                raise KeyError(f"Label {lab!r} not found in metadata column {column!r}") from None
+        return out[0] if single else np.asarray(out)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "
+                f"records={self.records.num_records}, shards={len(self.records.shards)}, "
+                f"rank={self.rank}/{self.world_size})")
+
+
+def missing_as_nan(value):
+    return math.nan if value is None else value

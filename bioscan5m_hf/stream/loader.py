@@ -1,0 +1,261 @@
+"""``make_loader``: batches of tensors for GPU training, straight from the shards, checkpointable.
+
+Workers read and shuffle undecoded records, then decode images (resize + centre-crop to uint8) and
+collate: images ``B x 3 x S x S`` uint8 (channels-last memory format), barcodes as k-mer token ids
+with an attention mask, and one int64 label tensor per requested rank. With ``device="cuda"``
+batches come from pinned memory with non-blocking copies on a side stream, one batch ahead, so the
+copy overlaps the model's compute.
+
+The loader's ``state_dict`` is ``(epoch, batches yielded)``: from it and the pure partition math
+(:func:`partition.loader_progress`) each worker's exact resume point follows, and the
+workers learn it (and the epoch, also with persistent workers) through a small shared array.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import schema
+from ..transforms import KmerTokenizer, decode_image, normalize
+from . import partition
+from .columnar import ColumnarBatches
+from .dataset import missing_as_nan
+from .records import RecordStream, SharedPosition, WorkerSamples
+
+
+class LoaderSample:
+    """A raw record -> what :class:`Collate` reads (runs in the workers): the image decoded to a
+    ``size x size x 3`` uint8 array, the barcode, metadata values and label indices."""
+
+    def __init__(self, records: RecordStream, modalities: Sequence[schema.Modality], target_type: Sequence[str],
+                 image_size: int):
+        self.records, self.modalities, self.target_type = records, list(modalities), list(target_type)
+        self.image_size = image_size
+
+    def __call__(self, record: dict) -> dict:
+        out = {"processid": record["processid"]}
+        for m in self.modalities:
+            if m.kind == "image":
+                out["image"] = decode_image(record["image"], self.image_size, channels_last=True)
+            elif m.kind == "dna":
+                out["dna"] = self.records.dna(record)
+            elif m.kind == "label_index":
+                out[m.name] = self.records.label_index(m.columns[0], record[m.columns[0]])
+            elif m.name != "processid":
+                out[m.name] = missing_as_nan(record[m.name])
+        for t in self.target_type:
+            out[f"{t}_index"] = self.records.label_index(t, record[t])
+        return out
+
+
+def _stack_images(images: list[np.ndarray]) -> torch.Tensor:
+    """HWC uint8 images -> one ``B x 3 x H x W`` tensor in channels-last memory format (plain copies,
+    no transposition), written straight into shared memory when in a DataLoader worker (as
+    ``default_collate`` does), so the batch is not copied again to reach the main process."""
+    h, w, c = images[0].shape
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(len(images) * h * w * c)
+        out = torch.empty(0, dtype=torch.uint8).set_(storage).view(len(images), h, w, c)
+    else:
+        out = torch.empty((len(images), h, w, c), dtype=torch.uint8)
+    view = out.numpy()  # the same memory
+    for i, image in enumerate(images):
+        view[i] = image
+    return out.permute(0, 3, 1, 2)
+
+
+class Collate:
+    """List of dict samples -> dict of tensors (runs in the workers)."""
+
+    def __init__(self, modalities: Sequence[schema.Modality], target_type: Sequence[str],
+                 tokenizer: KmerTokenizer | None):
+        self.modalities = list(modalities)
+        self.target_type = list(target_type)
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch: dict = {"processid": [s["processid"] for s in samples]}
+        for m in self.modalities:
+            if m.kind == "image":
+                batch["image"] = _stack_images([s["image"] for s in samples])
+            elif m.kind == "dna":
+                ids, mask = self.tokenizer([s["dna"] for s in samples])
+                batch["dna"] = torch.from_numpy(ids)
+                batch["dna_mask"] = torch.from_numpy(mask)
+            elif m.name != "processid":
+                values = [s[m.name] for s in samples]
+                batch[m.name] = torch.tensor(values) if all(isinstance(v, (int, float)) for v in values) else values
+        for t in self.target_type:
+            batch[t] = torch.tensor([s[f"{t}_index"] for s in samples], dtype=torch.int64)
+        return batch
+
+
+def _as_is(batch):
+    return batch
+
+
+class Loader:
+    """An iterable of batches over epochs, with ``set_epoch``, ``state_dict`` and ``load_state_dict``.
+
+    ``records`` is the stream the batches come from (its ``vocabularies``, ``skipped``, ``len()``);
+    ``dataset`` what the DataLoader iterates: per-record samples collated by ``collate``, or (with
+    ``collate=None``) a source that yields whole batches."""
+
+    def __init__(self, records: RecordStream, dataset: torch.utils.data.IterableDataset, position: SharedPosition,
+                 *, batch_size: int, num_workers: int, collate: Collate | None, target_type: Sequence[str],
+                 device: str | torch.device | None, normalize_images: bool, drop_last: bool,
+                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None):
+        self.records = records
+        self.target_type = list(target_type)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.drop_last = drop_last
+        self.device = torch.device(device) if device is not None else None
+        self.normalize_images = normalize_images
+        if pin_memory is None:
+            pin_memory = self.device is not None and self.device.type == "cuda"
+        self.position = position
+        common = dict(num_workers=num_workers, pin_memory=pin_memory,
+                      prefetch_factor=prefetch_factor if num_workers else None,
+                      persistent_workers=persistent_workers and num_workers > 0,
+                      multiprocessing_context="fork" if num_workers else None)
+        if collate is None:  # the source yields whole batches already
+            if drop_last:
+                raise ValueError("drop_last is not supported for DNA-only batches from Parquet")
+            self.loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, **common)
+        else:
+            self.loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=drop_last,
+                                     **common)
+        self.epoch = 0
+        self.batches = 0
+
+    @property
+    def vocabularies(self) -> dict[str, list[str]]:
+        return self.records.vocabularies
+
+    # -- epochs and checkpoints -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        counts = self.records.worker_counts(self.num_workers)
+        return sum((c // self.batch_size) if self.drop_last else -(-c // self.batch_size) for c in counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batches = int(epoch), 0
+
+    def _configuration(self) -> dict:
+        return {"batch_size": self.batch_size, "num_workers": self.num_workers, "drop_last": self.drop_last,
+                "dataset": self.records.fingerprint()}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": self.batches, **self._configuration()}
+
+    def load_state_dict(self, state: dict) -> None:
+        differ = {k: (state.get(k), v) for k, v in self._configuration().items() if state.get(k) != v}
+        if differ:
+            raise ValueError(f"state_dict was taken from a differently configured loader: {differ}")
+        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
+
+    # -- iteration ----------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict]:
+        counts = self.records.worker_counts(self.num_workers)
+        if self.batches >= len(self):  # a checkpoint taken right at the end of an epoch
+            self.epoch, self.batches = self.epoch + 1, 0
+        per_worker, rotation = partition.loader_progress(counts, self.batch_size, self.batches, self.drop_last)
+        self.position.write(self.epoch, rotation, [min(c, b * self.batch_size) for c, b in zip(counts, per_worker)])
+        for batch in self._to_device(iter(self.loader)):
+            self.batches += 1
+            yield batch
+        self.epoch, self.batches = self.epoch + 1, 0
+
+    def _move(self, batch: dict) -> dict:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if k == "image" and self.normalize_images:
+                    v = normalize(v)
+            out[k] = v
+        return out
+
+    def _to_device(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """Move each batch to the device one batch ahead of the consumer: on CUDA the copy runs on a
+        side stream while the model computes on the current one. The same code runs on the CPU,
+        where the streams are no-ops (so tests exercise it on machines without a GPU)."""
+        if self.device is None:
+            yield from batches
+            return
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        ahead = None
+        for batch in batches:
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                moved = self._move(batch)
+            if ahead is not None:
+                yield ahead
+            if cuda:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_stream(stream)
+                for v in moved.values():
+                    if isinstance(v, torch.Tensor):
+                        v.record_stream(current)
+            ahead = moved
+        if ahead is not None:
+            yield ahead
+
+
+def make_loader(root, split: str = "train", *, batch_size: int = 256, num_workers: int = 2, image_size: int = 256,
+                modality: Sequence[str] = ("image", "dna"), target_type: str | Sequence[str] = "species",
+                k: int = 4, max_nucleotides: int = 660, device: str | torch.device | None = None,
+                normalize: bool = False, shuffle: bool = True, drop_last: bool = False, prefetch_factor: int = 4,
+                persistent_workers: bool = True, pin_memory: bool | None = None, **stream_kwargs) -> Loader:
+    """A DataLoader of tensor batches over a converted BIOSCAN-5M repo, for training.
+
+    Parameters
+    ----------
+    root, split
+        As for :class:`~bioscan5m_hf.BIOSCAN5M`; its streaming keywords (``seed``, ``buffer_size``,
+        ``rank``, ``world_size``, ``even``, ``image_package``, ``reduce_repeated_barcodes``,
+        ``on_error``, ``cache_dir``, ``storage_options``, ...) are passed on.
+    batch_size, num_workers
+        Samples per batch; worker processes (each reads its own part of the shards).
+    image_size : int
+        Images come as uint8 ``B x 3 x image_size x image_size`` (shorter side resized, centre crop).
+    modality : sequence of str
+        ``"image"`` and/or ``"dna"``, plus any metadata column. Without ``"image"`` no image bytes are read.
+    target_type : str or sequence of str
+        Ranks (or ``"dna_bin"``) returned as int64 tensors under their own name; ``-1`` is missing.
+    k, max_nucleotides
+        k-mer size and padded length of the DNA token ids (``batch["dna"]``, ``batch["dna_mask"]``).
+    device : str or torch.device, optional
+        Move batches there (``"cuda"``: pinned memory, non-blocking copies overlapped with compute).
+    normalize : bool
+        Return float images normalised with the dataset's RGB mean/std (after the move to ``device``).
+    shuffle, drop_last, prefetch_factor, persistent_workers, pin_memory
+        As for :class:`torch.utils.data.DataLoader` (shuffle: seeded shard order + buffer).
+    """
+    modalities = [schema.resolve_modality(m) for m in dict.fromkeys(["processid", *modality])]
+    targets = schema.resolve_targets(target_type)
+    kinds = {m.kind for m in modalities}
+    records = RecordStream(root, schema.explode_split(split), columns={c for m in modalities for c in m.columns} |
+                           set(targets), image="image" in kinds, max_nucleotides=max_nucleotides, shuffle=shuffle,
+                           **stream_kwargs)
+    tokenizer = KmerTokenizer(k, max_nucleotides) if "dna" in kinds else None
+    position = SharedPosition(num_workers)
+    common = dict(batch_size=batch_size, num_workers=num_workers, target_type=targets, device=device,
+                  normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
+                  persistent_workers=persistent_workers, pin_memory=pin_memory)
+    if {m.name for m in modalities} <= {"dna", "processid"} and "dna" in kinds and records.repo.fmt == "parquet" \
+            and records.on_error == "raise":  # DNA-only from Parquet: whole batches from Arrow columns
+        source = ColumnarBatches(records, targets, batch_size, tokenizer, position)
+        return Loader(records, source, position, collate=None, **common)
+    samples = WorkerSamples(records, LoaderSample(records, modalities, targets, image_size), position)
+    return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer), **common)
+
+
+__all__ = ["make_loader", "Loader"]

@@ -1,0 +1,334 @@
+"""The record stream: which records of a converted repo, in which order, from where, and where to
+resume. Both the official-API dataset (:class:`~bioscan5m_hf.stream.dataset.BIOSCAN5M`) and
+``make_loader`` are built on it; neither looks inside the other.
+
+A :class:`RecordStream` knows the split's shards (from the manifest), the records kept
+(``reduce_repeated_barcodes``), the epoch's order and each worker's part of it
+(:mod:`.partition`, pure), and reads raw records (metadata values and undecoded JPEG bytes) in that
+order with bounded buffering. What a record becomes (a PIL image and a label, or tensors) is the
+caller's function, applied through :meth:`RecordStream.samples`, which also turns a record lost to a
+damaged shard into :data:`SKIPPED` under ``on_error="skip"``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from .. import schema
+from ..errors import ShardError
+from ..repo.manifest import Repo, ShardInfo, open_repos
+from ..repo.readers import parquet_rows, read_column, read_records
+from ..repo.storage import RetryPolicy
+from ..util import check_choice
+from . import partition
+
+DEFAULT_BUFFER = 1000
+#: What :meth:`RecordStream.samples` yields for a record lost to damage under ``on_error="skip"``.
+SKIPPED = object()
+#: Errors of a damaged image (the record's bytes are there but do not decode).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def default_rank_world() -> tuple[int, int]:
+    """This process's (rank, world size): ``torch.distributed`` if initialised, else ``RANK`` and
+    ``WORLD_SIZE`` from the environment, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def worker_identity() -> tuple[int, int]:
+    """(this DataLoader worker's id, the number of workers); (0, 1) outside a worker."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class RecordStream:
+    """The records of ``splits`` in one config of a converted repo, as an epoch-ordered stream.
+
+    Parameters are those of :class:`~bioscan5m_hf.stream.dataset.BIOSCAN5M` that decide which
+    records are read, in which order and how: ``columns`` are the metadata columns each record
+    carries (``processid`` always), ``image`` whether it carries its JPEG bytes.
+    """
+
+    def __init__(self, root, splits: Sequence[str], *, columns: Iterable[str], image: bool,
+                 image_package: str = schema.DEFAULT_PACKAGE, reduce_repeated_barcodes: bool = False,
+                 max_nucleotides: int | None = 660, shuffle: bool = False, seed: int = 0,
+                 buffer_size: int | None = None, rank: int | None = None, world_size: int | None = None,
+                 even: str = "pad", on_error: str = "raise", cache_dir=None, cache_limit: int | None = None,
+                 storage_options: dict | None = None, verify: bool = False, retry: RetryPolicy | None = None,
+                 readahead: int = 1) -> None:
+        self.root = root
+        self.splits = tuple(splits)
+        self.image = image
+        wanted = {"processid", *columns}
+        self.columns = [c for c in schema.COLUMN_NAMES if c in wanted]
+        self.max_nucleotides = max_nucleotides
+        self.shuffle, self.seed = shuffle, seed
+        default_rank, default_world = default_rank_world()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        self.even = even
+        partition.rank_block(0, self.rank, self.world_size, even)  # validates rank and policy
+        self.on_error = check_choice(on_error, "on_error", ("raise", "skip"))
+        self.readahead = readahead
+        self.skipped: dict[str, int] = {}
+
+        self.repos = open_repos(root, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit,
+                                verify=verify, retry=retry)
+        self.repo, self.config = self._choose_source(image_package)
+        self.shards: list[ShardInfo] = self.repo.shards(self.config, self.splits)
+        if not self.shards:
+            raise ValueError(f"{self.repo.root}: config {self.config!r} has no records for split "
+                             f"{'+'.join(self.splits)!r}")
+        self.vocabularies: dict[str, list[str]] = self.repo.manifest["vocabularies"]
+        self._label_index: dict[str, dict[str, int]] = {}
+        self.selection: list[np.ndarray] | None = self._reduce() if reduce_repeated_barcodes else None
+        self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
+                            else [s.num_records for s in self.shards])
+        self.num_records = int(sum(self.shard_sizes))
+        self.buffer_size = (buffer_size if buffer_size is not None
+                            else max(1, min(DEFAULT_BUFFER, min(self.shard_sizes))))
+        self._executor = None
+        self._executor_pid = None
+
+    # -- set-up ----------------------------------------------------------------------------------------
+
+    def _choose_source(self, image_package: str) -> tuple[Repo, str]:
+        order = [self.repos[f] for f in ("parquet", "webdataset") if f in self.repos]
+        config = image_package if self.image else schema.METADATA_CONFIG
+        for repo in order:
+            if config in repo.configs:
+                return repo, config
+        if not self.image:  # a tar repo: read the metadata members of an image config
+            for repo in order:
+                for name in repo.configs:
+                    if all(s in repo.configs[name] for s in self.splits):
+                        return repo, name
+        have = {r.name: list(r.configs) for r in order}
+        raise ValueError(f"{self.root}: no config {config!r} converted (have {have})")
+
+    def _reduce(self) -> list[np.ndarray]:
+        """Per shard, the row offsets the official ``reduce_repeated_barcodes`` keeps."""
+        keep = repeated_barcode_keep_set(self.repos, self.max_nucleotides)
+        return [np.array([i for i, pid in enumerate(read_column(s, "processid")) if pid in keep], dtype=np.int64)
+                for s in self.shards]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_executor"] = state["_executor_pid"] = None
+        return state
+
+    # -- sizes, order, resume ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Records this rank yields per epoch (all records when ``world_size`` is 1)."""
+        return partition.epoch_count(self.num_records, self.world_size, self.even)
+
+    def worker_counts(self, num_workers: int) -> list[int]:
+        """Samples each of ``num_workers`` DataLoader workers yields per epoch on this rank."""
+        n = max(1, num_workers)
+        return [partition.worker_block(len(self), w, n)[1] for w in range(n)]
+
+    def worker_plan(self, epoch: int, worker: int = 0, num_workers: int = 1) -> partition.WorkerPlan:
+        return partition.worker_plan(
+            self.shard_sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle, rank=self.rank,
+            world_size=self.world_size, worker=worker, num_workers=num_workers, even=self.even,
+            buffer_size=self.buffer_size)
+
+    def fingerprint(self) -> dict:
+        """What a checkpoint of this stream is only valid for."""
+        return {"split": list(self.splits), "config": self.config, "num_records": self.num_records,
+                "seed": self.seed, "shuffle": self.shuffle, "buffer_size": self.buffer_size,
+                "rank": self.rank, "world_size": self.world_size, "even": self.even}
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def samples(self, fn: Callable[[dict], Any], epoch: int, worker: int, num_workers: int,
+                done: int = 0) -> Iterator[Any]:
+        """``fn(record)`` for each record a worker yields in ``epoch``, from its ``done``-th on.
+
+        A record lost to damage (an unreadable shard, an image ``fn`` cannot decode) raises
+        :class:`ShardError` naming the shard and member, or under ``on_error="skip"`` comes out as
+        :data:`SKIPPED` (so callers can still count positions) and is counted in :attr:`skipped`."""
+        for record in self.records(self.worker_plan(epoch, worker, num_workers), done):
+            if record is None:
+                yield SKIPPED
+                continue
+            try:
+                yield fn(record)
+            except IMAGE_ERRORS as e:
+                if "image" not in record:  # not damage: a bug or a bad argument
+                    raise
+                member = f"member {record['processid']}.{schema.IMAGE_EXTENSION}"
+                if self.on_error == "raise":
+                    raise ShardError(f"{record['__shard__']}: {member}: image does not decode ({e})") from None
+                self.skip(record["__shard__"], 1, f"{member} does not decode ({e})")
+                yield SKIPPED
+
+    def records(self, plan: partition.WorkerPlan, done: int) -> Iterator[dict | None]:
+        """Raw records of ``plan`` in emission order, from the ``done``-th on, with bounded buffering
+        (None for a record lost to a damaged shard under ``on_error="skip"``)."""
+        start, already = partition.resume_point(plan.emission, done)
+        reads = self._read(plan, start, set(already.tolist()))
+        pending: dict[int, dict] = {}
+        for t in range(done, len(plan)):
+            need = int(plan.emission[t])
+            while need not in pending:
+                position, record = next(reads)
+                pending[position] = record
+            yield pending.pop(need)
+
+    def _read(self, plan: partition.WorkerPlan, start: int, skip: set[int]) -> Iterator[tuple[int, dict]]:
+        """(read position, raw record) from ``start`` on, one visit per run of the same shard.
+
+        With a shard cache, the next ``readahead`` shards are fetched in the background once half of
+        the current visit is read, so a worker rarely waits for the network."""
+        visits = partition.visits(plan, start)
+        for k, (i, j) in enumerate(visits):
+            positions = [p for p in range(i, j) if p not in skip]
+            info, offsets = self.visit_rows(plan, i, positions)
+            upcoming = [self.shards[int(plan.shards[a])] for a, _ in visits[k + 1: k + 1 + self.readahead]]
+            got = 0
+            try:
+                for position, record in zip(positions, read_records(info, offsets, self.columns, self.image)):
+                    record["__shard__"] = info.path
+                    yield position, record
+                    got += 1
+                    if got == len(positions) // 2 + 1:
+                        self._prefetch(upcoming)
+            except ShardError as e:
+                if self.on_error == "raise":
+                    raise
+                self.skip(info.path, len(positions) - got, str(e))
+                for position in positions[got:]:
+                    yield position, None
+
+    def visit_rows(self, plan: partition.WorkerPlan, start: int, positions) -> tuple[ShardInfo, np.ndarray]:
+        """The shard of the visit starting at read position ``start`` and the row offsets in it of
+        ``positions`` (read positions of that visit)."""
+        shard = int(plan.shards[start])
+        offsets = plan.offsets[positions]
+        if self.selection is not None:
+            offsets = self.selection[shard][offsets]
+        return self.shards[shard], np.asarray(offsets, dtype=np.int64)
+
+    def visit_table(self, plan: partition.WorkerPlan, a: int, b: int) -> pa.Table:
+        """The metadata columns of read positions ``[a, b)`` (one visit of a Parquet shard) as one
+        Arrow table, in read order: the columnar path's counterpart of :meth:`records`."""
+        info, offsets = self.visit_rows(plan, a, np.arange(a, b))
+        return pa.concat_tables(parquet_rows(info, offsets, self.columns))
+
+    def _prefetch(self, shards: list[ShardInfo]) -> None:
+        """Fetch shards into the cache in the background (remote repos with a cache only)."""
+        store = self.repo.store
+        if not shards or not store.remote or store.cache is None:
+            return
+        if self._executor is None or self._executor_pid != os.getpid():
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bioscan5m-readahead")
+            self._executor_pid = os.getpid()
+        for shard in shards:
+            self._executor.submit(_warm, shard)
+
+    def skip(self, shard: str, count: int, why: str) -> None:
+        """Count ``count`` records of ``shard`` as skipped, with a warning saying why."""
+        self.skipped[shard] = self.skipped.get(shard, 0) + count
+        warnings.warn(f"skipped {count} record(s) of {shard}: {why}", RuntimeWarning, stacklevel=3)
+
+    # -- labels ------------------------------------------------------------------------------------------
+
+    def label_index(self, column: str, label: str | None) -> int:
+        """The official category code of ``label`` in ``column`` (``-1`` for a missing label)."""
+        if label is None:
+            return -1
+        table = self._label_index.get(column)
+        if table is None:
+            table = self._label_index[column] = {v: i for i, v in enumerate(self.vocabularies[column])}
+        return table[label]
+
+    def dna(self, record: dict) -> str:
+        """The record's barcode, truncated to ``max_nucleotides``."""
+        dna = record["dna_barcode"]
+        return dna if self.max_nucleotides is None else dna[: self.max_nucleotides]
+
+
+class SharedPosition:
+    """Epoch, worker rotation and per-worker resume points: written by the main process at the start
+    of each epoch, read by the DataLoader workers when they start iterating (persistent workers too)."""
+
+    def __init__(self, num_workers: int):
+        self.num_workers = max(1, num_workers)
+        self.array = multiprocessing.get_context("fork").Array("q", 2 + self.num_workers, lock=False)
+
+    def write(self, epoch: int, rotation: int, done: Sequence[int]) -> None:
+        self.array[0], self.array[1] = epoch, rotation
+        for w, d in enumerate(done):
+            self.array[2 + w] = d
+
+    def read(self, worker: int) -> tuple[int, int, int]:
+        """(epoch, the logical worker this DataLoader worker plays, samples it already yielded)."""
+        logical = (worker + int(self.array[1])) % self.num_workers
+        return int(self.array[0]), logical, int(self.array[2 + logical])
+
+
+class WorkerSamples(torch.utils.data.IterableDataset):
+    """``fn(record)`` over a :class:`RecordStream` for DataLoader workers, each starting where a
+    :class:`SharedPosition` says (the loader's exact resume)."""
+
+    def __init__(self, records: RecordStream, fn: Callable[[dict], Any], position: SharedPosition):
+        super().__init__()
+        self.records, self.fn, self.position = records, fn, position
+
+    def __iter__(self) -> Iterator[Any]:
+        worker, num_workers = worker_identity()
+        epoch, worker, done = self.position.read(worker)
+        for sample in self.records.samples(self.fn, epoch, worker, num_workers, done):
+            if sample is not SKIPPED:
+                yield sample
+
+
+def _warm(shard: ShardInfo) -> None:
+    """Bring a shard into the cache; a failure here is left for the real read to report."""
+    try:
+        shard.store.cache.get(shard.store, shard.rel, shard.num_bytes, shard.sha256)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def repeated_barcode_keep_set(repos: dict[str, Repo], max_nucleotides: int | None) -> set[str]:
+    """The ``processid``s the official ``reduce_repeated_barcodes=True`` keeps, over the whole release.
+
+    Official semantics: truncate barcodes to ``max_nucleotides``, shuffle the rows of the whole CSV
+    with ``DataFrame.sample(frac=1, random_state=0)`` (numpy ``RandomState(0).permutation``), keep
+    the first row of each barcode with trailing ``N`` stripped.
+    """
+    repo = repos.get("parquet") if "parquet" in repos and schema.METADATA_CONFIG in repos["parquet"].configs else None
+    repo = repo or next(iter(repos.values()))
+    config = schema.METADATA_CONFIG if schema.METADATA_CONFIG in repo.configs else next(iter(repo.configs))
+    barcode: dict[str, str] = {}
+    for shard in repo.shards(config, schema.SPLITS):
+        for r in read_records(shard, np.arange(shard.num_records), ["processid", "dna_barcode"], image=False):
+            barcode[r["processid"]] = r["dna_barcode"]
+    order = repo.read_table(schema.CSV_ORDER, ["processid"]).column("processid").to_pylist()
+    missing = len(order) - len(barcode)
+    if missing:
+        raise ValueError(f"{repo.root}: reduce_repeated_barcodes needs every record's barcode, but config "
+                         f"{config!r} lacks {missing} of {len(order)}")
+    stripped = [(barcode[p] if max_nucleotides is None else barcode[p][:max_nucleotides]).rstrip("N") for p in order]
+    seen: set[str] = set()
+    keep: set[str] = set()
+    for row in np.random.RandomState(0).permutation(len(order)).tolist():
+        if stripped[row] not in seen:
+            seen.add(stripped[row])
+            keep.add(order[row])
+    return keep

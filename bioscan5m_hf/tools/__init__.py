@@ -1,0 +1,2 @@
+"""Around the pipeline: the sample release generator, the demo, the benchmark suite and the
+example training script."""

@@ -1,0 +1,473 @@
+"""The benchmark suite: every figure as a ratio against a reference measured in the same run.
+
+    bioscan5m-hf bench WORKDIR [--only loader,remote] [--output BENCHMARKS.md] [--official-python PY]
+
+Builds its data with the sample generator in WORKDIR (kept between runs), measures the chosen areas
+(all by default: see ``AREAS``), and writes one table per area into the output file between that
+area's markers, with the machine, the command and the date. These machines are shared and noisy:
+each figure is the median of several repetitions, and only ratios measured side by side are
+compared with the targets.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import schema
+
+CLI = [sys.executable, "-m", "bioscan5m_hf"]
+#: Where the official loader's interpreter is looked for unless --official-python says otherwise.
+DEFAULT_OFFICIAL_PYTHON = ".venv-official/bin/python"
+
+# The official loader, run in .venv-official with our decode, tokenizer and an equivalent collate.
+OFFICIAL_SCRIPT = r"""
+import json, sys, time
+import numpy as np, torch
+from torch.utils.data import DataLoader
+from bioscan_dataset import BIOSCAN5M
+from bioscan5m_hf.transforms import KmerTokenizer, decode_image
+BIOSCAN5M._check_integrity = lambda self, verbose=1: True
+root, split, mode, batch_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+tok = KmerTokenizer(4, 660)
+
+def collate(samples):
+    out = {}
+    if mode == "image":  # the same channels-last uint8 batch as make_loader's
+        out["image"] = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2)
+    ids, mask = tok([s[-2] for s in samples])
+    out["dna"], out["dna_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
+    out["species"] = torch.tensor([int(s[-1]) for s in samples], dtype=torch.int64)
+    return out
+
+modality = ("image", "dna") if mode == "image" else ("dna",)
+start = time.perf_counter()
+ds = BIOSCAN5M(root, split=split, modality=modality, target_type="species",
+               transform=(lambda im: decode_image(im, 256, channels_last=True)) if mode == "image" else None)
+loader = DataLoader(ds, batch_size=batch_size, num_workers=2, collate_fn=collate, shuffle=True)
+n = sum(len(b["dna"]) for b in loader)
+print(json.dumps({"samples": n, "seconds": time.perf_counter() - start}))
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def _tree(pid: int) -> list[int]:
+    pids, k = [pid], 0
+    while k < len(pids):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == pids[k]:
+                            pids.append(int(entry))
+                except (OSError, IndexError, ValueError):
+                    pass
+        k += 1
+    return pids
+
+
+def _pss(pid: int) -> tuple[int, int]:
+    """(PSS, anonymous PSS) in bytes: shared pages count once across a process tree."""
+    pss = anon = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss_Anon:"):
+                    anon = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return pss, anon
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Run a command; wall seconds and the peak memory (PSS, and its anonymous part) of its tree."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peak = peak_anon = 0
+    while proc.poll() is None:
+        memory = [_pss(p) for p in _tree(proc.pid)]
+        peak = max(peak, sum(m[0] for m in memory))
+        peak_anon = max(peak_anon, sum(m[1] for m in memory))
+        time.sleep(0.1)
+    output = proc.stdout.read()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{output[-3000:]}")
+    return {"seconds": time.perf_counter() - start, "peak": peak, "anon": peak_anon, "output": output}
+
+
+def _decode_worker(args) -> tuple[int, float]:
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from ..transforms import decode_image
+
+    folder, lo, hi, decoder = args
+    images = []
+    for p in sorted(Path(folder).glob("*.parquet")):
+        images += pq.read_table(p, columns=["image"]).column("image").combine_chunks().field("bytes").to_pylist()
+    images = images[lo:hi]
+    start = time.perf_counter()
+    for data in images:  # decode + resize/crop, nothing else
+        decode_image(Image.open(io.BytesIO(data)) if decoder == "pillow" else data, 256, channels_last=True)
+    return len(images), time.perf_counter() - start
+
+
+def raw_decode_rate(split_dir: Path, total: int, decoder: str = "pillow") -> float:
+    """Samples/s of 2 processes decoding JPEG bytes already in memory (their decode time only), with
+    Pillow or with the loader's own decoder (simplejpeg when installed)."""
+    half = total // 2
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.map(_decode_worker, [(str(split_dir), 0, half, decoder), (str(split_dir), half, total, decoder)])
+    return sum(n for n, _ in results) / max(s for _, s in results)
+
+
+def loader_rate(root: Path, split: str, image: bool, batch_size: int) -> float:
+    from ..stream.loader import make_loader
+
+    start = time.perf_counter()
+    loader = make_loader(root, split, batch_size=batch_size, num_workers=2, image_size=256,
+                         modality=("image", "dna") if image else ("dna",), target_type="species",
+                         persistent_workers=False)
+    n = sum(len(b["processid"]) for b in loader)
+    return n / (time.perf_counter() - start)
+
+
+def official_rate(python: Path | None, release: Path, split: str, image: bool, batch_size: int) -> float | None:
+    """Samples/s of the official loader run by ``python`` (None: not installed) with our decode,
+    tokenizer and an equivalent collate, so the output tensors are the same."""
+    if python is None:
+        return None
+    package_parent = str(Path(__file__).resolve().parents[2])  # where this bioscan5m_hf is importable from
+    env = dict(os.environ, PYTHONPATH=package_parent)
+    r = subprocess.run([str(python), "-c", OFFICIAL_SCRIPT, str(release), split, "image" if image else "dna",
+                        str(batch_size)], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"official loader failed:\n{r.stderr[-2000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return out["samples"] / out["seconds"]
+
+
+def first_batch_seconds(root: Path, split: str) -> float:
+    from ..stream.loader import make_loader
+
+    start = time.perf_counter()
+    next(iter(make_loader(root, split, batch_size=256, num_workers=2, image_size=256, persistent_workers=False)))
+    return time.perf_counter() - start
+
+
+def loader_peak_memory(root: Path, split: str) -> int:
+    """Peak PSS of a process tree streaming one epoch of ``split`` (image + DNA, 2 workers)."""
+    code = (f"from bioscan5m_hf import make_loader\n"
+            f"sum(1 for _ in make_loader({str(root)!r}, {split!r}, batch_size=128, num_workers=2, image_size=128,"
+            f" persistent_workers=False))")
+    return run_measured([sys.executable, "-c", code])["peak"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The suite
+
+
+@dataclass
+class Figure:
+    name: str
+    value: str
+    reference: str
+    ratio: str
+    target: str
+    met: bool | None
+
+
+def _sample(path: Path, records: int, *extra: str) -> Path:
+    if not (path / schema.METADATA_CSV).exists():
+        subprocess.run(CLI + ["sample", str(path), "--records", str(records), "--workers", "2", "--quiet", *extra],
+                       check=True)
+    return path
+
+
+def _convert(release: Path, out: Path, *extra: str) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    return run_measured(CLI + ["convert", str(release), str(out), "--workers", "2", "--quiet", *extra])
+
+
+def median_of(repeats: int, fn) -> float:
+    return statistics.median(fn() for _ in range(repeats))
+
+
+@dataclass
+class Settings:
+    """What the areas measure on: the folder their data lives in and the sizes of that data."""
+
+    workdir: Path
+    repeats: int = 3
+    loader_records: int = 30_000
+    convert_records: int = 100_000
+    metadata_records: int = schema.TOTAL_RECORDS
+    remote_records: int = 6_000
+    official_python: Path | None = None
+
+
+def _loader_repo(st: Settings) -> tuple[Path, Path, int]:
+    """The loader areas' release and its Parquet conversion, and the pretrain split's size."""
+    rel = _sample(st.workdir / "loader-release", st.loader_records, "--layout", "folders")
+    out = st.workdir / "loader-out"
+    if not (out / schema.PARQUET_REPO / schema.MANIFEST).exists():
+        _convert(rel, out, "--formats", "parquet")
+    manifest = json.loads((out / schema.PARQUET_REPO / schema.MANIFEST).read_text())
+    return rel, out, manifest["configs"]["cropped_256"]["pretrain"]["num_records"]
+
+
+def loader_area(st: Settings) -> list[Figure]:
+    """Feeding: make_loader vs the raw decode limit and vs the official loader; DNA-only."""
+    rel, out, total = _loader_repo(st)
+    for p in [*out.rglob("*.parquet"), *(rel / "bioscan5m").rglob("*.jpg")]:
+        p.read_bytes()  # warm the page cache for everyone
+    split_dir = out / schema.PARQUET_REPO / "cropped_256" / "pretrain"
+    rows = {k: [] for k in ("raw", "raw_loader_decoder", "ours", "official", "ours_dna", "official_dna")}
+    for _ in range(st.repeats):  # interleaved, so the machine's mood hits every figure alike
+        rows["raw"].append(raw_decode_rate(split_dir, total))
+        rows["raw_loader_decoder"].append(raw_decode_rate(split_dir, total, "loader"))
+        rows["ours"].append(loader_rate(out, "pretrain", True, 256))
+        rows["official"].append(official_rate(st.official_python, rel, "pretrain", True, 256))
+        rows["ours_dna"].append(loader_rate(out, "pretrain", False, 1024))
+        rows["official_dna"].append(official_rate(st.official_python, rel, "pretrain", False, 1024))
+    med = {k: statistics.median(v) for k, v in rows.items() if v and None not in v}
+    figures = [Figure("image+DNA+label samples/s, make_loader, 2 workers, batch 256",
+                      f"{med['ours']:,.0f}/s", f"raw decode limit (Pillow) {med['raw']:,.0f}/s",
+                      f"{med['ours'] / med['raw']:.2f}", ">= 0.90", med["ours"] / med["raw"] >= 0.9)]
+    from ..transforms import simplejpeg
+
+    if simplejpeg is not None:
+        figures.append(Figure("same, vs the raw limit of its own decoder (simplejpeg)", f"{med['ours']:,.0f}/s",
+                              f"raw decode limit (simplejpeg) {med['raw_loader_decoder']:,.0f}/s",
+                              f"{med['ours'] / med['raw_loader_decoder']:.2f}", "-", None))
+    if "official" in med:
+        figures.append(Figure("same, vs the official loader", f"{med['ours']:,.0f}/s",
+                              f"official {med['official']:,.0f}/s", f"{med['ours'] / med['official']:.2f}x",
+                              ">= 1.6x", med["ours"] / med["official"] >= 1.6))
+        figures.append(Figure("DNA-only records/s (token ids + labels, batch 1024)", f"{med['ours_dna']:,.0f}/s",
+                              f"official {med['official_dna']:,.0f}/s",
+                              f"{med['ours_dna'] / med['official_dna']:.1f}x", ">= 20x",
+                              med["ours_dna"] / med["official_dna"] >= 20))
+    return figures
+
+
+def convert_area(st: Settings) -> list[Figure]:
+    """Conversion of a release from zips vs unzip of the same zips, and its scaling with records."""
+    w, n = st.workdir, st.convert_records
+    big = _sample(w / f"convert-{n}", n, "--image-size", "64", "--layout", "zips")
+    zips = sorted(big.glob("*.zip"))
+
+    def unzip() -> float:
+        target = w / "unzipped"
+        shutil.rmtree(target, ignore_errors=True)
+        start = time.perf_counter()
+        for z in zips:
+            subprocess.run(["unzip", "-q", "-o", str(z), "-d", str(target)], check=True)
+        return time.perf_counter() - start
+
+    unzip_s = median_of(2, unzip)
+    shutil.rmtree(w / "unzipped", ignore_errors=True)
+    convert_s = median_of(2, lambda: _convert(big, w / "convert-out", "--image-source", "zips")["seconds"])
+    small = _sample(w / f"convert-{n // 10}", n // 10, "--image-size", "64", "--layout", "zips")
+    small_s = median_of(2, lambda: _convert(small, w / "convert-out", "--image-source", "zips")["seconds"])
+    shutil.rmtree(w / "convert-out", ignore_errors=True)
+    return [Figure(f"conversion of {n:,} records from zips, both formats, 2 workers", f"{convert_s:.1f} s",
+                   f"unzip {unzip_s:.1f} s", f"{convert_s / unzip_s:.2f}x", "<= 2x", convert_s / unzip_s <= 2),
+            Figure(f"conversion time, {n // 10:,} -> {n:,} records", f"{small_s:.1f} s -> {convert_s:.1f} s",
+                   "10x records", f"{convert_s / small_s:.1f}x time", "linear (<= 10x)", convert_s / small_s <= 11)]
+
+
+def metadata_area(st: Settings) -> list[Figure]:
+    """Metadata-only conversion of the full row count, and its memory against a tenth of the rows."""
+    figures, runs = [], {}
+    for count in (st.metadata_records // 10, st.metadata_records):
+        meta = _sample(st.workdir / f"metadata-{count}", count, "--no-images")
+        runs[count] = _convert(meta, st.workdir / "metadata-out", "--packages", "none")
+        shutil.rmtree(st.workdir / "metadata-out", ignore_errors=True)
+    small, full = (runs[c] for c in sorted(runs))
+    figures.append(Figure(f"metadata-only conversion of {st.metadata_records:,} rows", f"{full['seconds']:.0f} s",
+                          "-", f"peak {full['peak'] / 2**30:.2f} GiB (heap {full['anon'] / 2**30:.2f} GiB)",
+                          "peak <= 8 GB", full["peak"] <= 8e9))
+    figures.append(Figure("metadata-only conversion heap, 1/10 -> all rows",
+                          f"{small['anon'] / 2**30:.2f} -> {full['anon'] / 2**30:.2f} GiB", "10x rows",
+                          f"{full['anon'] / small['anon']:.1f}x", "-", None))
+    return figures
+
+
+def first_batch_area(st: Settings) -> list[Figure]:
+    """Time to the first batch from a local repo whose pretrain split has >= 1,024 shards."""
+    rel, _, total = _loader_repo(st)
+    many = st.workdir / "many-shards"
+    if not (many / schema.PARQUET_REPO / schema.MANIFEST).exists():
+        _convert(rel, many, "--shard-records", str(max(1, total // 1040)))
+    shards = len(json.loads((many / schema.WDS_REPO / schema.MANIFEST).read_text())["configs"]["cropped_256"][
+        "pretrain"]["shards"])
+    first = median_of(st.repeats, lambda: first_batch_seconds(many / schema.WDS_REPO, "pretrain"))
+    return [Figure(f"time to first batch, local repo, {shards:,}-shard pretrain split", f"{first:.2f} s",
+                   "-", "-", "<= 2 s", first <= 2)]
+
+
+def memory_area(st: Settings) -> list[Figure]:
+    """Loader peak memory with 1x and 10x records (it must not grow with the split)."""
+    w, n = st.workdir, st.convert_records
+    small = _sample(w / f"convert-{n // 10}", n // 10, "--image-size", "64", "--layout", "zips")
+    big = _sample(w / f"convert-{n}", n, "--image-size", "64", "--layout", "zips")
+    _convert(small, w / "scale-small", "--image-source", "zips", "--formats", "webdataset")
+    _convert(big, w / "scale-big", "--image-source", "zips", "--formats", "webdataset")
+    m_small = loader_peak_memory(w / "scale-small", "pretrain")
+    m_big = loader_peak_memory(w / "scale-big", "pretrain")
+    for path in ("scale-small", "scale-big"):
+        shutil.rmtree(w / path, ignore_errors=True)
+    return [Figure("loader peak memory, 1x -> 10x records", f"{m_small / 2**20:,.0f} -> {m_big / 2**20:,.0f} MiB",
+                   "-", f"{m_big / m_small:.2f}x", "flat", m_big / m_small <= 1.5)]
+
+
+def _remote_epoch(root, **kw) -> tuple[float, float]:
+    """(seconds to the first batch, samples/s over the epoch) of make_loader on pretrain."""
+    from ..stream.loader import make_loader
+
+    start = time.perf_counter()
+    loader = make_loader(root, "pretrain", batch_size=64, num_workers=2, image_size=224, persistent_workers=False,
+                         **kw)
+    first, n = None, 0
+    for batch in loader:
+        if first is None:
+            first = time.perf_counter() - start
+        n += len(batch["processid"])
+    return first, n / (time.perf_counter() - start)
+
+
+def remote_area(st: Settings) -> list[Figure]:
+    """Streaming over HTTP (a loopback server with Range support) vs the same shards on local disk,
+    without and with a shard cache, for both repos."""
+    import tempfile
+
+    from .fileserver import RepoServer
+
+    rel = _sample(st.workdir / "remote-release", st.remote_records, "--layout", "zips")
+    out = st.workdir / "remote-out"
+    if not (out / schema.WDS_REPO / schema.MANIFEST).exists():
+        _convert(rel, out, "--shard-records", "500")
+    rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    with RepoServer(out) as server:
+        for _ in range(st.repeats):
+            for repo in (schema.WDS_REPO, schema.PARQUET_REPO):
+                url = f"{server.url}/{repo}"
+                rows.setdefault((repo, "local disk"), []).append(_remote_epoch(out / repo))
+                rows.setdefault((repo, "HTTP, streamed"), []).append(_remote_epoch(url))
+                with tempfile.TemporaryDirectory() as cache:
+                    rows.setdefault((repo, "HTTP + cache, epoch 1"), []).append(_remote_epoch(url, cache_dir=cache))
+                    before = server.shard_requests()
+                    rows.setdefault((repo, "HTTP + cache, epoch 2"), []).append(_remote_epoch(url, cache_dir=cache))
+                    if server.shard_requests() != before:
+                        raise RuntimeError("epoch 2 with a cache made shard requests")
+    figures = []
+    for (repo, source), values in rows.items():
+        if source == "local disk":
+            continue
+        first = statistics.median(v[0] for v in values)
+        rate = statistics.median(v[1] for v in values)
+        local = statistics.median(v[1] for v in rows[repo, "local disk"])
+        target, met = (">= 0.90", rate / local >= 0.9) if source == "HTTP, streamed" else ("-", None)
+        figures.append(Figure(f"{repo}, {source}: samples/s (first batch {first:.2f} s)", f"{rate:,.0f}/s",
+                              f"local disk {local:,.0f}/s", f"{rate / local:.2f}", target, met))
+    return figures
+
+
+#: The areas of the suite, in the order they run and appear in BENCHMARKS.md.
+AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_area,
+         "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area}
+
+
+def suite(st: Settings, areas=tuple(AREAS), echo=print) -> dict[str, list[Figure]]:
+    st.workdir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for area in areas:
+        echo(f"{area} ...")
+        out[area] = AREAS[area](st)
+    return out
+
+
+def table(figures: list[Figure]) -> str:
+    lines = ["| figure | measured | reference (same run) | ratio | target | met |", "|---|---:|---:|---:|---:|:---:|"]
+    for f in figures:
+        met = "-" if f.met is None else ("yes" if f.met else "**no**")
+        lines.append(f"| {f.name} | {f.value} | {f.reference} | {f.ratio} | {f.target} | {met} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def write_benchmarks(area: str, figures: list[Figure], command: str, path: Path) -> None:
+    """Put ``area``'s table into ``path`` between its markers (replacing the last run's), or append it
+    in a new section; the rest of the file (the history in prose) is left as it is."""
+    start, end = f"<!-- bench:{area}:start -->", f"<!-- bench:{area}:end -->"
+    section = (f"{start}\nMachine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. Command:\n\n"
+               f"```bash\n{command}\n```\n\n{table(figures)}\n{end}")
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + f"\n\n## {area}\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bioscan5m-hf bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("workdir", type=Path, help="folder for the generated data (kept between runs)")
+    parser.add_argument("--only", default=",".join(AREAS),
+                        help=f"comma-separated areas to measure (default all: {', '.join(AREAS)})")
+    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"),
+                        help="file whose area sections are rewritten (default ./BENCHMARKS.md)")
+    parser.add_argument("--no-write", action="store_true", help="print the tables, write no file")
+    parser.add_argument("--official-python", type=Path, default=None,
+                        help=f"interpreter with bioscan-dataset installed (default {DEFAULT_OFFICIAL_PYTHON} if "
+                             "present); without one the official-loader figures are left out")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--loader-records", type=int, default=30_000)
+    parser.add_argument("--convert-records", type=int, default=100_000)
+    parser.add_argument("--metadata-records", type=int, default=schema.TOTAL_RECORDS)
+    parser.add_argument("--remote-records", type=int, default=6_000)
+    args = parser.parse_args(argv)
+    areas = [a.strip() for a in args.only.split(",") if a.strip()]
+    unknown = [a for a in areas if a not in AREAS]
+    if unknown:
+        parser.error(f"unknown area(s) {', '.join(unknown)}; choose from {', '.join(AREAS)}")
+    official = args.official_python
+    if official is None and Path(DEFAULT_OFFICIAL_PYTHON).exists():
+        official = Path(DEFAULT_OFFICIAL_PYTHON)
+    st = Settings(args.workdir, args.repeats, args.loader_records, args.convert_records, args.metadata_records,
+                  args.remote_records, official)
+    command = "bioscan5m-hf bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    for area, figures in suite(st, areas).items():
+        print(f"\n{area}:\n{table(figures)}")
+        if not args.no_write:
+            write_benchmarks(area, figures, command, args.output)
+    return 0

@@ -1,0 +1,178 @@
+"""Streaming converted repos from a URL: a loopback server counts what is read and injects faults."""
+
+import json
+import time
+from collections import Counter
+
+import pytest
+
+from bioscan5m_hf import BIOSCAN5M, make_loader, schema
+from bioscan5m_hf.convert import ConvertOptions, convert
+from bioscan5m_hf.errors import ShardError
+from bioscan5m_hf.repo.storage import RetryPolicy, ShardCache, redact
+from bioscan5m_hf.tools.fileserver import RepoServer
+from bioscan5m_hf.tools.sample import write_sample
+
+FAST = RetryPolicy(tries=6, base=0.01, cap=0.05, timeout=1.0)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """A conversion with many small shards per split."""
+    root = tmp_path_factory.mktemp("remote")
+    write_sample(root / "release", 400, 5, ("cropped_256",), image_size=32, layout=("zips",), show_progress=False)
+    convert(root / "release", root / "out", ConvertOptions(shard_records=8, show_progress=False))
+    return root / "out"
+
+
+@pytest.fixture
+def server(out):
+    with RepoServer(out) as s:
+        yield s
+
+
+def manifest(out, repo):
+    return json.loads((out / repo / schema.MANIFEST).read_text())
+
+
+def pids(ds):
+    return [r[0] for r in ds]
+
+
+def local_pids(out, split, repo=schema.WDS_REPO):
+    return sorted(pids(BIOSCAN5M(out / repo, split, modality="processid", target_type=[])))
+
+
+@pytest.mark.parametrize("repo", [schema.WDS_REPO, schema.PARQUET_REPO])
+def test_first_batch_reads_at_most_one_shard_per_worker(out, server, repo):
+    loader = make_loader(f"{server.url}/{repo}", "pretrain", batch_size=3, num_workers=2, image_size=32,
+                         retry=FAST, shuffle=True, prefetch_factor=1)
+    next(iter(loader))
+    arrived = time.perf_counter()
+    before = {p for t, p in server.log if t < arrived}
+    touched = [p for p in before if p.endswith((".tar", ".parquet"))]
+    assert 1 <= len(touched) <= 2, touched  # at most one shard per worker
+    assert before - set(touched) <= {f"{repo}/{schema.MANIFEST}"}  # and the manifest: nothing else
+
+
+def test_streaming_5_percent_reads_at_most_10_percent(out, server):
+    repo = schema.WDS_REPO
+    ds = BIOSCAN5M(f"{server.url}/{repo}", "pretrain", modality=("image", "dna"), retry=FAST)
+    want = len(ds) // 20
+    it = iter(ds)
+    for _ in range(want):
+        next(it)
+    total = manifest(out, repo)["configs"]["cropped_256"]["pretrain"]["num_bytes"]
+    assert server.shard_bytes() <= 0.10 * total, (server.shard_bytes(), total)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_transient_fault_still_gives_every_record_once(out, server, num_workers):
+    repo = schema.WDS_REPO
+    shards = [s["path"] for s in manifest(out, repo)["configs"]["cropped_256"]["train"]["shards"]]
+    shards += [s["path"] for s in manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"]]
+    faults = [[("drop", 700)], ["503", "503", "429"], [("stall", 2.5)], ["ignore-range"], [("drop", 5000), "503"]]
+    for path, actions in zip(shards, faults * 3):
+        server.faults[f"{repo}/{path}"] = list(actions)
+    server.faults[f"{repo}/{schema.MANIFEST}"] = ["503"]
+    loader = make_loader(f"{server.url}/{repo}", "train+val", batch_size=5, num_workers=num_workers, image_size=32,
+                         retry=FAST, verify=True)
+    got = [p for b in loader for p in b["processid"]]
+    assert Counter(got) == Counter(local_pids(out, "train+val"))
+    assert not any(server.faults.values())  # every fault was served
+
+
+def test_corrupted_shard_is_detected_and_named(out, server, tmp_path):
+    repo = schema.WDS_REPO
+    rel = manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"][0]["path"]
+    server.corrupt[f"{repo}/{rel}"] = 600  # inside the first image: the tar still parses
+    with pytest.raises(ShardError, match=rf"{server.url}/{repo}/{rel}: sha256 .* does not match"):
+        list(BIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, verify=True))
+    with pytest.raises(ShardError, match=rf"{rel}: sha256"):
+        list(BIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, cache_dir=tmp_path / "cache"))
+    assert not list((tmp_path / "cache").glob("*.shard"))  # nothing unverified kept
+
+
+def test_missing_shard_fails_fast_naming_the_url(out, server):
+    repo = schema.WDS_REPO
+    rel = manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"][0]["path"]
+    server.folder = out.parent / "nowhere"  # every file is 404 from now on ...
+    ds = None
+    server.folder = out
+    ds = BIOSCAN5M(f"{server.url}/{repo}", "val", retry=RetryPolicy(tries=6, base=0.5))
+    server.folder = out.parent / "nowhere"
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=rf"{server.url}/{repo}/{rel}: not found \(404\)"):
+        list(ds)
+    assert time.perf_counter() - start < 0.5  # no retries of a permanent fault
+    assert server.requests[f"{repo}/{rel}"] == 1
+
+
+def test_cache_serves_the_second_epoch_and_keeps_its_limit(out, server, tmp_path):
+    repo = schema.PARQUET_REPO
+    url = f"{server.url}/{repo}"
+    ds = BIOSCAN5M(url, "train", modality="dna", retry=FAST, cache_dir=tmp_path / "c1")
+    first = pids(ds)
+    assert server.shard_requests() > 0
+    server.reset_counts()
+    assert sorted(pids(ds)) == sorted(first)  # epoch 2
+    assert server.shard_requests() == 0
+    shards = manifest(out, repo)["configs"]["metadata"]["pretrain"]["shards"]
+    limit = 3 * max(s["num_bytes"] for s in shards)
+    small = BIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c2", cache_limit=limit)
+    cache = ShardCache(tmp_path / "c2", limit)
+    for k, _ in enumerate(small):
+        if k % 5 == 0:
+            assert cache.size() <= limit
+    assert 0 < cache.size() <= limit and len(cache.files()) <= 3
+
+
+def test_cache_is_shared_by_workers_and_jobs(out, server, tmp_path):
+    url = f"{server.url}/{schema.WDS_REPO}"
+    kw = dict(batch_size=4, num_workers=2, image_size=32, retry=FAST, cache_dir=str(tmp_path / "c"))
+    a = [p for b in make_loader(url, "train", **kw) for p in b["processid"]]
+    requests = server.shard_requests()
+    b = [p for b in make_loader(url, "train", **kw) for p in b["processid"]]  # another job, same folder
+    assert sorted(a) == sorted(b) == local_pids(out, "train")
+    assert server.shard_requests() == requests
+    assert not list((tmp_path / "c").glob(".*tmp*"))
+
+
+def test_credentials_never_appear_in_errors(server):
+    url = server.url.replace("http://", "http://user:s3cret-token@") + "/nothing-here"
+    with pytest.raises(FileNotFoundError) as e:
+        BIOSCAN5M(url, "val")
+    assert "s3cret" not in str(e.value)
+    assert redact("https://u:p@host:8080/a/b?token=abc") == "https://host:8080/a/b"
+
+
+def test_remote_verify(out, server):
+    from bioscan5m_hf.repo.verify import verify
+
+    assert verify(f"{server.url}/{schema.WDS_REPO}").ok
+    rel = manifest(out, schema.WDS_REPO)["configs"]["cropped_256"]["val"]["shards"][0]["path"]
+    server.corrupt[f"{schema.WDS_REPO}/{rel}"] = 600
+    assert any("does not match" in p for p in verify(f"{server.url}/{schema.WDS_REPO}").problems)
+
+
+def test_datasets_load_dataset_streams_the_same_records(out, server):
+    import datasets
+
+    for repo, builder in ((schema.PARQUET_REPO, "parquet"), (schema.WDS_REPO, "webdataset")):
+        shards = manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"]
+        urls = [f"{server.url}/{repo}/{s['path']}" for s in shards]
+        ds = datasets.load_dataset(builder, data_files={"val": urls}, split="val", streaming=True)
+        keys = sorted(r["__key__"] if builder == "webdataset" else r["processid"] for r in ds)
+        assert keys == local_pids(out, "val")
+
+
+def test_readahead_fetches_the_next_shard_in_the_background(out, server, tmp_path):
+    url = f"{server.url}/{schema.WDS_REPO}"
+    ds = BIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c", readahead=1)
+    it = iter(ds)
+    for _ in range(6):  # past half of the first 8-record shard
+        next(it)
+    deadline = time.time() + 10
+    while time.time() < deadline and len(ShardCache(tmp_path / "c").files()) < 2:
+        time.sleep(0.05)
+    assert len(ShardCache(tmp_path / "c").files()) == 2  # the shard being read, and the next one
