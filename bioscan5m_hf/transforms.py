@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+import zlib
 from collections.abc import Sequence
 from itertools import product
 
@@ -32,6 +34,16 @@ def check_image_size(img: Image.Image) -> None:
         raise ValueError(f"image is {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit")
 
 
+def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the shorter side to ``size`` (the longer side rounded).
+
+    >>> shorter_side_size(400, 300, 256)
+    (256, 341)
+    """
+    scale = size / min(width, height)
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
 def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = False) -> np.ndarray:
     """JPEG bytes (or a lazily opened PIL image) -> ``3 x size x size`` uint8 (``size x size x 3``
     with ``channels_last``): shorter side resized to ``size``, then centre-cropped.
@@ -50,8 +62,7 @@ def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = Fal
     img.draft("RGB", (size, size))
     img = img.convert("RGB")
     w, h = img.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    new = shorter_side_size(w, h, size)[::-1]
     if new != (w, h):
         img = img.resize(new, Image.BILINEAR)
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
@@ -76,13 +87,112 @@ def _decode_simplejpeg(data: bytes, size: int, channels_last: bool) -> np.ndarra
     arr = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
                                  min_height=-(-h // scale), min_width=-(-w // scale))
     h, w = arr.shape[:2]
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    new = shorter_side_size(w, h, size)[::-1]
     if new != (w, h):
         arr = np.asarray(Image.fromarray(arr).resize(new, Image.BILINEAR))
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
     hwc = arr[top: top + size, left: left + size]
     return np.ascontiguousarray(hwc) if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Crops: one geometry for the workers' decoder and the device decoder
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's header, without decoding it."""
+    if simplejpeg is not None:
+        try:
+            h, w = simplejpeg.decode_jpeg_header(data)[:2]
+            return w, h
+        except ValueError:
+            pass
+    return Image.open(io.BytesIO(data)).size
+
+
+def centre_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the centred square of side ``min(width, height)``.
+
+    >>> centre_box(300, 200)
+    (0, 50, 200, 200)
+    """
+    side = min(width, height)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def sample_rng(seed: int, epoch: int, processid: str) -> np.random.Generator:
+    """The random numbers of one sample's augmentation: a function of the seed, the epoch and the
+    record alone, so a resumed run (any workers, any order) draws the same crops."""
+    return np.random.default_rng([seed, epoch, zlib.crc32(processid.encode("utf-8"))])
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            scale: tuple[float, float] = (0.08, 1.0),
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop covering ``scale`` of the area with an aspect
+    ratio in ``ratio`` (log-uniform), as torchvision's ``RandomResizedCrop``: ten tries, then the
+    largest centred crop within ``ratio``.
+
+    >>> box = random_resized_crop_box(400, 300, np.random.default_rng(0))
+    >>> all(0 <= v for v in box) and box[0] + box[2] <= 300 and box[1] + box[3] <= 400
+    True
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+#: The last of the crop parameters: how the box becomes ``size x size``.
+SHORTER_SIDE, STRETCH = 0, 1
+
+
+def crop_params(data: bytes, size: int, augment: bool, rng: np.random.Generator | None) -> np.ndarray:
+    """``[top, left, height, width, flip, mode]`` for one image. Without ``augment``: the whole image,
+    mode :data:`SHORTER_SIDE` (shorter side resized to ``size``, then the centre crop, as
+    :func:`decode_image`). With ``augment``: a random resized crop, mode :data:`STRETCH` (the box
+    resized to ``size x size``), and a horizontal flip with probability one half."""
+    w, h = jpeg_size(data)
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image is {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit")
+    if not augment:
+        return np.array([0, 0, h, w, 0, SHORTER_SIDE], dtype=np.int64)
+    box = random_resized_crop_box(w, h, rng)
+    return np.array([*box, int(rng.random() < 0.5), STRETCH], dtype=np.int64)
+
+
+def decode_crop(data: bytes, params: Sequence[int], size: int) -> np.ndarray:
+    """JPEG bytes -> ``size x size x 3`` uint8 by :func:`crop_params`: the box (top, left, height,
+    width) resized (bilinear, antialiased), flipped horizontally if asked. JPEG's DCT scaling decodes
+    at the smallest scale that keeps the box at least ``size`` pixels on each side."""
+    top, left, h, w, flip, mode = (int(v) for v in params)
+    if mode == SHORTER_SIDE:
+        hwc = decode_image(data, size, channels_last=True)
+        return np.ascontiguousarray(hwc[:, ::-1]) if flip else hwc
+    img = Image.open(io.BytesIO(data))
+    check_image_size(img)
+    full_w, full_h = img.size
+    img.draft("RGB", (max(1, math.ceil(full_w * size / w)), max(1, math.ceil(full_h * size / h))))
+    fx, fy = img.size[0] / full_w, img.size[1] / full_h
+    box = (left * fx, top * fy, min(img.size[0], (left + w) * fx), min(img.size[1], (top + h) * fy))
+    img = img.convert("RGB").resize((size, size), Image.BILINEAR, box=box)
+    hwc = np.asarray(img)
+    return np.ascontiguousarray(hwc[:, ::-1]) if flip else hwc
 
 
 def normalize(images, mean: Sequence[float] = schema.RGB_MEAN, std: Sequence[float] = schema.RGB_STD):

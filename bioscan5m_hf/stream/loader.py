@@ -21,27 +21,45 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import schema
-from ..transforms import KmerTokenizer, decode_image, normalize
+from ..transforms import KmerTokenizer, crop_params, decode_crop, decode_image, normalize, sample_rng
+from ..util import check_choice
+from . import device as on_device
 from . import partition
 from .columnar import ColumnarBatches
 from .dataset import missing_as_nan
 from .records import RecordStream, SharedPosition, WorkerSamples
 
+DECODERS = ("workers", "device")
+
 
 class LoaderSample:
-    """A raw record -> what :class:`Collate` reads (runs in the workers): the image decoded to a
-    ``size x size x 3`` uint8 array, the barcode, metadata values and label indices."""
+    """A raw record of ``epoch`` -> what :class:`Collate` reads (runs in the workers): the barcode,
+    metadata values, label indices and the image, either decoded to a ``size x size x 3`` uint8
+    array (``decode="workers"``) or as its JPEG bytes and crop parameters (``decode="device"``).
+    With ``augment`` the crop is a random resized crop with a random flip, drawn from the seed, the
+    epoch and the record (:func:`~bioscan5m_hf.transforms.sample_rng`); otherwise the centre crop."""
 
     def __init__(self, records: RecordStream, modalities: Sequence[schema.Modality], target_type: Sequence[str],
-                 image_size: int):
+                 image_size: int, decode: str = "workers", augment: bool = False):
         self.records, self.modalities, self.target_type = records, list(modalities), list(target_type)
-        self.image_size = image_size
+        self.image_size, self.decode, self.augment = image_size, decode, augment
 
-    def __call__(self, record: dict) -> dict:
+    def _image(self, data: bytes, processid: str, epoch: int, out: dict) -> None:
+        if self.decode == "workers" and not self.augment:  # the exact centre crop of decode_image
+            out["image"] = decode_image(data, self.image_size, channels_last=True)
+            return
+        rng = sample_rng(self.records.seed, epoch, processid) if self.augment else None
+        params = crop_params(data, self.image_size, self.augment, rng)
+        if self.decode == "device":
+            out["jpeg"], out["crop"] = data, params
+        else:
+            out["image"] = decode_crop(data, params, self.image_size)
+
+    def __call__(self, record: dict, epoch: int = 0) -> dict:
         out = {"processid": record["processid"]}
         for m in self.modalities:
             if m.kind == "image":
-                out["image"] = decode_image(record["image"], self.image_size, channels_last=True)
+                self._image(record["image"], record["processid"], epoch, out)
             elif m.kind == "dna":
                 out["dna"] = self.records.dna(record)
             elif m.kind == "label_index":
@@ -81,7 +99,10 @@ class Collate:
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict = {"processid": [s["processid"] for s in samples]}
         for m in self.modalities:
-            if m.kind == "image":
+            if m.kind == "image" and "jpeg" in samples[0]:  # decoded on the device, in the main process
+                batch["jpeg"], batch["jpeg_offsets"] = on_device.pack([s["jpeg"] for s in samples])
+                batch["crop"] = torch.from_numpy(np.stack([s["crop"] for s in samples]))
+            elif m.kind == "image":
                 batch["image"] = _stack_images([s["image"] for s in samples])
             elif m.kind == "dna":
                 ids, mask = self.tokenizer([s["dna"] for s in samples])
@@ -109,8 +130,10 @@ class Loader:
     def __init__(self, records: RecordStream, dataset: torch.utils.data.IterableDataset, position: SharedPosition,
                  *, batch_size: int, num_workers: int, collate: Collate | None, target_type: Sequence[str],
                  device: str | torch.device | None, normalize_images: bool, drop_last: bool,
-                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None):
+                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None,
+                 image_size: int = 256):
         self.records = records
+        self.image_size = image_size
         self.target_type = list(target_type)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -175,10 +198,16 @@ class Loader:
 
     def _move(self, batch: dict) -> dict:
         out = {}
+        if "jpeg" in batch:  # decode="device": decode, crop and resize here, on the device
+            batch = dict(batch)
+            jpeg, offsets, crop = batch.pop("jpeg"), batch.pop("jpeg_offsets"), batch.pop("crop")
+            image = on_device.decode_batch(jpeg, offsets, crop, self.image_size, self.device or torch.device("cpu"),
+                                           batch["processid"])
+            batch["image"] = normalize(image) if self.normalize_images else image
         for k, v in batch.items():
             if isinstance(v, torch.Tensor):
-                v = v.to(self.device, non_blocking=True)
-                if k == "image" and self.normalize_images:
+                v = v.to(self.device, non_blocking=True) if self.device is not None else v
+                if k == "image" and self.normalize_images and v.dtype == torch.uint8:
                     v = normalize(v)
             out[k] = v
         return out
@@ -188,7 +217,7 @@ class Loader:
         side stream while the model computes on the current one. The same code runs on the CPU,
         where the streams are no-ops (so tests exercise it on machines without a GPU)."""
         if self.device is None:
-            yield from batches
+            yield from (self._move(b) if "jpeg" in b else b for b in batches)
             return
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
@@ -213,7 +242,8 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
                 modality: Sequence[str] = ("image", "dna"), target_type: str | Sequence[str] = "species",
                 k: int = 4, max_nucleotides: int = 660, device: str | torch.device | None = None,
                 normalize: bool = False, shuffle: bool = True, drop_last: bool = False, prefetch_factor: int = 4,
-                persistent_workers: bool = True, pin_memory: bool | None = None, **stream_kwargs) -> Loader:
+                persistent_workers: bool = True, pin_memory: bool | None = None, decode: str = "workers",
+                augment: bool = False, **stream_kwargs) -> Loader:
     """A DataLoader of tensor batches over a converted BIOSCAN-5M repo, for training.
 
     Parameters
@@ -238,7 +268,18 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         Return float images normalised with the dataset's RGB mean/std (after the move to ``device``).
     shuffle, drop_last, prefetch_factor, persistent_workers, pin_memory
         As for :class:`torch.utils.data.DataLoader` (shuffle: seeded shard order + buffer).
+    decode : {"workers", "device"}
+        Where images are decoded: in the worker processes (pixels cross into the main process), or
+        on ``device`` in the main process from JPEG bytes the workers ship (``torchvision.io``;
+        nvJPEG on CUDA; needs the ``gpu`` extra). Same keys, shapes, dtypes and record order.
+    augment : bool
+        Training crops: a random resized crop (scale 0.08-1, ratio 3/4-4/3) and a random horizontal
+        flip per sample, drawn from ``seed``, the epoch and the record, so a resumed run reproduces
+        them; on the device with ``decode="device"``, in the workers otherwise. Default: centre crop.
     """
+    check_choice(decode, "decode", DECODERS)
+    if decode == "device" and "image" in modality:
+        on_device.require_torchvision()
     modalities = [schema.resolve_modality(m) for m in dict.fromkeys(["processid", *modality])]
     targets = schema.resolve_targets(target_type)
     kinds = {m.kind for m in modalities}
@@ -249,12 +290,12 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
     position = SharedPosition(num_workers)
     common = dict(batch_size=batch_size, num_workers=num_workers, target_type=targets, device=device,
                   normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
-                  persistent_workers=persistent_workers, pin_memory=pin_memory)
+                  persistent_workers=persistent_workers, pin_memory=pin_memory, image_size=image_size)
     if {m.name for m in modalities} <= {"dna", "processid"} and "dna" in kinds and records.repo.fmt == "parquet" \
             and records.on_error == "raise":  # DNA-only from Parquet: whole batches from Arrow columns
         source = ColumnarBatches(records, targets, batch_size, tokenizer, position)
         return Loader(records, source, position, collate=None, **common)
-    samples = WorkerSamples(records, LoaderSample(records, modalities, targets, image_size), position)
+    samples = WorkerSamples(records, LoaderSample(records, modalities, targets, image_size, decode, augment), position)
     return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer), **common)
 
 

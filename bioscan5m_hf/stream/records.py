@@ -12,6 +12,7 @@ damaged shard into :data:`SKIPPED` under ``on_error="skip"``.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import warnings
@@ -282,8 +283,8 @@ class SharedPosition:
 
 
 class WorkerSamples(torch.utils.data.IterableDataset):
-    """``fn(record)`` over a :class:`RecordStream` for DataLoader workers, each starting where a
-    :class:`SharedPosition` says (the loader's exact resume)."""
+    """``fn(record, epoch=epoch)`` over a :class:`RecordStream` for DataLoader workers, each starting
+    where a :class:`SharedPosition` says (the loader's exact resume)."""
 
     def __init__(self, records: RecordStream, fn: Callable[[dict], Any], position: SharedPosition):
         super().__init__()
@@ -292,7 +293,8 @@ class WorkerSamples(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         worker, num_workers = worker_identity()
         epoch, worker, done = self.position.read(worker)
-        for sample in self.records.samples(self.fn, epoch, worker, num_workers, done):
+        fn = functools.partial(self.fn, epoch=epoch)
+        for sample in self.records.samples(fn, epoch, worker, num_workers, done):
             if sample is not SKIPPED:
                 yield sample
 

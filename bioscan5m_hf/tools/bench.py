@@ -220,6 +220,8 @@ class Settings:
     metadata_records: int = schema.TOTAL_RECORDS
     remote_records: int = 6_000
     official_python: Path | None = None
+    gpu_records: int = 16_000
+    gpu_workers: tuple[int, ...] = (2, 8, 15)
 
 
 def _loader_repo(st: Settings) -> tuple[Path, Path, int]:
@@ -390,12 +392,75 @@ def remote_area(st: Settings) -> list[Figure]:
     return figures
 
 
+def _gpu_epoch(root: Path, package: str, workers: int, decode: str) -> dict:
+    """One epoch of make_loader on CUDA (image + DNA + label, batch 256, 224 px), synchronised per
+    batch as a training loop would be: images/s after the first batch, batch latency, GPU memory."""
+    import torch
+
+    from ..stream.loader import make_loader
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    free_before = torch.cuda.mem_get_info()[0]
+    loader = make_loader(root, "pretrain", batch_size=256, num_workers=workers, image_size=224, image_package=package,
+                         device="cuda", decode=decode, persistent_workers=False, prefetch_factor=4)
+    times, n, lowest_free = [], 0, free_before
+    last = time.perf_counter()
+    for batch in loader:
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+        n += batch["image"].shape[0]
+        lowest_free = min(lowest_free, torch.cuda.mem_get_info()[0])
+    steady = sum(times[1:])
+    lat = sorted(times[1:]) or [0.0]
+    return {"rate": (n - 256) / steady if steady else 0.0, "p50": lat[len(lat) // 2] * 1e3,
+            "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, "first": times[0],
+            "torch_peak": torch.cuda.max_memory_allocated(), "device_used": free_before - lowest_free}
+
+
+def gpu_area(st: Settings) -> list[Figure]:
+    """Images/s into a CUDA training loop, decode="workers" vs decode="device", on cropped_256-like
+    and original_full-like (1024 x 768) images, with 2, 8 and 15 workers."""
+    import torch
+
+    name = torch.cuda.get_device_name()
+    figures = []
+    for package, records in (("cropped_256", st.gpu_records), ("original_full", max(1000, st.gpu_records // 8))):
+        rel = _sample(st.workdir / f"gpu-{package}-release", records, "--packages", package, "--layout", "folders",
+                      "--workers", str(min(16, os.cpu_count() or 2)))
+        out = st.workdir / f"gpu-{package}-out"
+        if not (out / schema.WDS_REPO / schema.MANIFEST).exists():
+            subprocess.run(CLI + ["convert", str(rel), str(out), "--packages", package, "--formats", "webdataset",
+                                  "--workers", str(min(16, os.cpu_count() or 2)), "--quiet", "--overwrite"], check=True)
+        for p in (out / schema.WDS_REPO).rglob("*.tar"):
+            p.read_bytes()  # warm the page cache
+        for workers in st.gpu_workers:
+            r = {d: _gpu_epoch(out / schema.WDS_REPO, package, workers, d) for d in ("workers", "device")}
+            target, met = "-", None
+            if package == "cropped_256":
+                target, met = ">= 15,000/s (device)", r["device"]["rate"] >= 15_000
+            elif package == "original_full":
+                target, met = ">= 2x", r["device"]["rate"] >= 2 * r["workers"]["rate"]
+            figures.append(Figure(
+                f"{name}: {package}-like, {workers} workers, decode=device (p50/p99 batch "
+                f"{r['device']['p50']:.0f}/{r['device']['p99']:.0f} ms, GPU memory torch "
+                f"{r['device']['torch_peak'] / 2**20:,.0f} MiB, device {r['device']['device_used'] / 2**20:,.0f} MiB)",
+                f"{r['device']['rate']:,.0f} img/s",
+                f"decode=workers {r['workers']['rate']:,.0f} img/s (p50/p99 {r['workers']['p50']:.0f}/"
+                f"{r['workers']['p99']:.0f} ms)", f"{r['device']['rate'] / r['workers']['rate']:.2f}x", target, met))
+    return figures
+
+
 #: The areas of the suite, in the order they run and appear in BENCHMARKS.md.
 AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_area,
-         "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area}
+         "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area, "gpu": gpu_area}
+#: What runs without --only: every area but "gpu", which needs a CUDA device (scripts/gpu_check.sh).
+DEFAULT_AREAS = tuple(a for a in AREAS if a != "gpu")
 
 
-def suite(st: Settings, areas=tuple(AREAS), echo=print) -> dict[str, list[Figure]]:
+def suite(st: Settings, areas=DEFAULT_AREAS, echo=print) -> dict[str, list[Figure]]:
     st.workdir.mkdir(parents=True, exist_ok=True)
     out = {}
     for area in areas:
@@ -442,8 +507,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="bioscan5m-hf bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", type=Path, help="folder for the generated data (kept between runs)")
-    parser.add_argument("--only", default=",".join(AREAS),
-                        help=f"comma-separated areas to measure (default all: {', '.join(AREAS)})")
+    parser.add_argument("--only", default=",".join(DEFAULT_AREAS),
+                        help=f"comma-separated areas to measure (default {', '.join(DEFAULT_AREAS)}; also: gpu)")
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"),
                         help="file whose area sections are rewritten (default ./BENCHMARKS.md)")
     parser.add_argument("--no-write", action="store_true", help="print the tables, write no file")
@@ -455,6 +520,9 @@ def main(argv=None) -> int:
     parser.add_argument("--convert-records", type=int, default=100_000)
     parser.add_argument("--metadata-records", type=int, default=schema.TOTAL_RECORDS)
     parser.add_argument("--remote-records", type=int, default=6_000)
+    parser.add_argument("--gpu-records", type=int, default=16_000,
+                        help="cropped_256-like records of the gpu area (original_full-like: an eighth)")
+    parser.add_argument("--gpu-workers", default="2,8,15", help="worker counts of the gpu area")
     args = parser.parse_args(argv)
     areas = [a.strip() for a in args.only.split(",") if a.strip()]
     unknown = [a for a in areas if a not in AREAS]
@@ -464,7 +532,8 @@ def main(argv=None) -> int:
     if official is None and Path(DEFAULT_OFFICIAL_PYTHON).exists():
         official = Path(DEFAULT_OFFICIAL_PYTHON)
     st = Settings(args.workdir, args.repeats, args.loader_records, args.convert_records, args.metadata_records,
-                  args.remote_records, official)
+                  args.remote_records, official, args.gpu_records,
+                  tuple(int(w) for w in args.gpu_workers.split(",") if w.strip()))
     command = "bioscan5m-hf bench " + " ".join(argv if argv is not None else sys.argv[1:])
     for area, figures in suite(st, areas).items():
         print(f"\n{area}:\n{table(figures)}")

@@ -1,0 +1,81 @@
+"""Decoding on the loader's device (``make_loader(..., decode="device")``).
+
+The workers ship each batch's JPEG bytes undecoded (one byte tensor plus offsets: about 8 KB per
+``cropped_256`` image instead of 196 KB of pixels) with each image's crop box and flip; the main
+process decodes the whole batch with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA,
+batched; libjpeg on the CPU), crops, resizes (bilinear, antialiased) and flips there. The geometry
+is the workers' (:func:`~bioscan5m_hf.transforms.crop_params`), so both paths show the same part of
+each image; pixel values differ slightly (another IDCT and resampler): the tests bound the difference.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from ..errors import ShardError
+from ..transforms import SHORTER_SIDE, STRETCH, shorter_side_size
+
+GPU_EXTRA = "pip install 'bioscan5m-hf[gpu]' (torchvision built for your torch)"
+
+
+def require_torchvision():
+    """``torchvision.io``, or an error naming the extra that provides it."""
+    try:
+        import torchvision.io
+    except (ImportError, RuntimeError, OSError) as e:  # missing, or built for another torch
+        raise ImportError(f"decode='device' needs torchvision: {GPU_EXTRA} ({type(e).__name__}: {e})") from None
+    return torchvision.io
+
+
+def pack(blobs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """JPEG byte strings -> (one uint8 tensor of all bytes, int64 offsets of length ``len(blobs) + 1``)."""
+    offsets = torch.zeros(len(blobs) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor([len(b) for b in blobs], dtype=torch.int64).cumsum(0)
+    data = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+    return data, offsets
+
+
+def decode_batch(data: torch.Tensor, offsets: torch.Tensor, params: torch.Tensor, size: int,
+                 device: torch.device, processids: list[str] | None = None) -> torch.Tensor:
+    """Packed JPEGs (see :func:`pack`) and their crop parameters (rows of
+    :func:`~bioscan5m_hf.transforms.crop_params`) -> ``B x 3 x size x size`` uint8 on ``device``,
+    channels-last, in batch order. An image that does not decode raises
+    :class:`~bioscan5m_hf.errors.ShardError` naming its ``processid``."""
+    io = require_torchvision()
+    data, offsets, params = data.cpu(), offsets.tolist(), params.tolist()
+    blobs = [data[offsets[i]: offsets[i + 1]] for i in range(len(params))]
+    try:
+        images = io.decode_jpeg(blobs, mode=io.ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        images = [_decode_one(io, blob, device, (processids or [])[i:i + 1]) for i, blob in enumerate(blobs)]
+    out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8, device=device,
+                      memory_format=torch.channels_last)
+    groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)  # same box size and mode: one resize
+    for i, (_, _, h, w, _, mode) in enumerate(params):
+        groups[h, w, mode].append(i)
+    for (h, w, mode), members in groups.items():
+        crops = torch.stack([images[i][:, p[0]: p[0] + h, p[1]: p[1] + w] for i, p in
+                             ((i, params[i]) for i in members)])
+        target = (size, size) if mode == STRETCH else shorter_side_size(w, h, size)
+        if (h, w) != target:
+            crops = torch.nn.functional.interpolate(crops.float(), size=target, mode="bilinear",
+                                                    antialias=True, align_corners=False)
+            crops = crops.round_().clamp_(0, 255).to(torch.uint8)
+        if mode == SHORTER_SIDE:  # the centre crop of the resized image, as decode_image
+            top, left = (target[0] - size) // 2, (target[1] - size) // 2
+            crops = crops[:, :, top: top + size, left: left + size]
+        flips = [k for k, i in enumerate(members) if params[i][4]]
+        if flips:
+            crops[flips] = crops[flips].flip(-1)
+        out[members] = crops
+    return out
+
+
+def _decode_one(io, blob: torch.Tensor, device: torch.device, processid: list[str]) -> torch.Tensor:
+    try:
+        return io.decode_jpeg(blob, mode=io.ImageReadMode.RGB, device=device)
+    except RuntimeError as e:
+        name = f"{processid[0]}.jpg" if processid else "an image"
+        raise ShardError(f"{name} does not decode on {device} ({e})") from None

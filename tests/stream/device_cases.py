@@ -1,0 +1,57 @@
+"""decode="device" against decode="workers" on one converted repo: run in-process where torchvision
+loads, else by tests/stream/test_device_decode.py in .venv-official (python device_cases.py ROOT),
+and by scripts/gpu_check.sh with --device cuda. Prints one JSON object."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+
+def epoch(loader) -> list[dict]:
+    return [{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in loader]
+
+
+def compare(root: str, split: str = "train", device: str = "cpu", image_size: int = 64, workers: int = 2) -> dict:
+    from bioscan5m_hf import make_loader
+
+    out: dict = {}
+    for augment in (False, True):
+        kw = dict(batch_size=16, num_workers=workers, image_size=image_size, augment=augment, seed=5,
+                  target_type=["order", "species"], device=device)
+        a = epoch(make_loader(root, split, decode="workers", **kw))
+        b = epoch(make_loader(root, split, decode="device", **kw))
+        same = (len(a) == len(b)
+                and all(x.keys() == y.keys() and x["processid"] == y["processid"] for x, y in zip(a, b))
+                and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x if k not in ("image", "processid")))
+        images = [(x["image"], y["image"]) for x, y in zip(a, b)]
+        diff = torch.cat([(x.int() - y.int()).abs().flatten() for x, y in images]).float()
+        out["augment" if augment else "centre"] = {
+            "same_order_keys_labels": bool(same), "batches": len(a),
+            "shapes_equal": all(x.shape == y.shape and x.dtype == y.dtype for x, y in images),
+            "channels_last": all(y.is_contiguous(memory_format=torch.channels_last) for _, y in images),
+            "max_abs_diff": int(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "p99_abs_diff": float(diff.quantile(0.99)) if diff.numel() < 16_000_000 else None}
+    # exact resume of the device path, augmented: the rest of the epoch is the same batches
+    kw = dict(batch_size=4, num_workers=workers, image_size=image_size, augment=True, seed=5, device=device,
+              decode="device")
+    loader = make_loader(root, split, **kw)
+    full = epoch(loader)
+    loader = make_loader(root, split, **kw)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    state = loader.state_dict()
+    resumed = make_loader(root, split, **kw)
+    resumed.load_state_dict(state)
+    rest = epoch(resumed)
+    out["resume_exact"] = (len(full) > 3 and len(rest) == len(full) - 3 and all(
+        x["processid"] == y["processid"] and torch.equal(x["image"], y["image"]) for x, y in zip(full[3:], rest)))
+    return out
+
+
+if __name__ == "__main__":
+    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
+    print(json.dumps(compare(sys.argv[1], device=device)))
