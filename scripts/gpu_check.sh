@@ -7,7 +7,7 @@
 # 1. installs the few missing pure-Python or small packages from WHEELS_DIR (made beforehand with
 #    `pip download`, e.g. simplejpeg for the workers' fast decoder) into a private folder;
 # 2. runs the CUDA tests: device="cuda" batches, decode="device" against decode="workers" within the
-#    tested bound, exact resume on the GPU;
+#    tested bound, exact resume on the GPU; prints the pixel differences on the embedded sample;
 # 3. runs `bioscan5m-hf bench --only gpu` and writes its table, with the GPU's name, into BENCHMARKS.md.
 # About 4-6 minutes on one H100/H200 with 16 cores.
 set -euo pipefail
@@ -23,5 +23,7 @@ export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 print('GPU', torch.cuda.get_device_name(), '| torch', torch.__version__, '| torchvision', torchvision.__version__)"
 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/stream/test_device_decode.py tests/stream/test_loader.py::test_cuda_path_runs_where_a_gpu_is
+echo "decode=device on cuda vs decode=workers, embedded sample (shards/), pixel differences:"
+"$PYTHON" tests/stream/device_cases.py shards --device cuda
 "$PYTHON" -m bioscan5m_hf bench "${BENCH_DIR:-/tmp/bioscan5m-gpu-bench}" --only gpu --output BENCHMARKS.md \
   ${BENCH_ARGS:-}

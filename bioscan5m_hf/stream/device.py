@@ -4,8 +4,9 @@ The workers ship each batch's JPEG bytes undecoded (one byte tensor plus offsets
 ``cropped_256`` image instead of 196 KB of pixels) with each image's crop box and flip; the main
 process decodes the whole batch with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA,
 batched; libjpeg on the CPU), crops, resizes (bilinear, antialiased) and flips there. The geometry
-is the workers' (:func:`~bioscan5m_hf.transforms.crop_params`), so both paths show the same part of
-each image; pixel values differ slightly (another IDCT and resampler): the tests bound the difference.
+is the workers' (:func:`~bioscan5m_hf.transforms.crop_params`; the centre crop within half a source
+pixel), so both paths show the same part of each image; pixel values differ slightly (another IDCT,
+chroma upsampling and resampler): the tests bound the difference, BENCHMARKS.md reports it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import defaultdict
 import torch
 
 from ..errors import ShardError
-from ..transforms import SHORTER_SIDE, STRETCH, shorter_side_size
+from ..transforms import SHORTER_SIDE, centre_box
 
 GPU_EXTRA = "pip install 'bioscan5m-hf[gpu]' (torchvision built for your torch)"
 
@@ -52,20 +53,21 @@ def decode_batch(data: torch.Tensor, offsets: torch.Tensor, params: torch.Tensor
         images = [_decode_one(io, blob, device, (processids or [])[i:i + 1]) for i, blob in enumerate(blobs)]
     out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8, device=device,
                       memory_format=torch.channels_last)
-    groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)  # same box size and mode: one resize
-    for i, (_, _, h, w, _, mode) in enumerate(params):
-        groups[h, w, mode].append(i)
-    for (h, w, mode), members in groups.items():
+    # The centre crop as one square window per image (the shorter side, centred): images of one
+    # shape then share a window size, so a batch of cropped_256 images is one resize call. It is
+    # within half a source pixel of decode_image's resize-then-crop grid.
+    params = [[*centre_box(w, h), flip] if mode == SHORTER_SIDE else [top, left, h, w, flip]
+              for top, left, h, w, flip, mode in params]
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)  # same window size: one resize call
+    for i, (_, _, h, w, _) in enumerate(params):
+        groups[h, w].append(i)
+    for (h, w), members in groups.items():
         crops = torch.stack([images[i][:, p[0]: p[0] + h, p[1]: p[1] + w] for i, p in
                              ((i, params[i]) for i in members)])
-        target = (size, size) if mode == STRETCH else shorter_side_size(w, h, size)
-        if (h, w) != target:
-            crops = torch.nn.functional.interpolate(crops.float(), size=target, mode="bilinear",
+        if (h, w) != (size, size):
+            crops = torch.nn.functional.interpolate(crops.float(), size=(size, size), mode="bilinear",
                                                     antialias=True, align_corners=False)
             crops = crops.round_().clamp_(0, 255).to(torch.uint8)
-        if mode == SHORTER_SIDE:  # the centre crop of the resized image, as decode_image
-            top, left = (target[0] - size) // 2, (target[1] - size) // 2
-            crops = crops[:, :, top: top + size, left: left + size]
         flips = [k for k, i in enumerate(members) if params[i][4]]
         if flips:
             crops[flips] = crops[flips].flip(-1)

@@ -117,4 +117,6 @@ def test_cuda_device_decode_where_a_gpu_is(converted_zips):
         pytest.skip("needs CUDA and torchvision (scripts/gpu_check.sh runs this on a GPU machine)")
     c = compare(str(converted_zips.repos["parquet"].parent), device="cuda")
     assert c["centre"]["same_order_keys_labels"] and c["augment"]["same_order_keys_labels"] and c["resume_exact"]
-    assert c["centre"]["mean_abs_diff"] <= 4.0 and c["augment"]["mean_abs_diff"] <= 1.0, c
+    # nvJPEG upsamples chroma and computes the IDCT differently from libjpeg: measured on an H200,
+    # mean 1.4 for both crops (BENCHMARKS.md).
+    assert c["centre"]["mean_abs_diff"] <= 4.0 and c["augment"]["mean_abs_diff"] <= 4.0, c
