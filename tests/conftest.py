@@ -13,6 +13,12 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bioscan5m-hf
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI runs the same examples every time (deterministic); locally hypothesis explores new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 from bioscan5m_hf.convert import ConvertOptions, convert  # noqa: E402
 from bioscan5m_hf.tools.sample import write_sample  # noqa: E402
