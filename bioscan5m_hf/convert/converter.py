@@ -21,6 +21,7 @@ from PIL import Image
 
 from .. import __version__, schema
 from ..errors import ReleaseError
+from ..repo.dali import dali_index_path
 from ..transforms import MAX_IMAGE_PIXELS, simplejpeg
 from ..util import file_digest, imap_ordered, progress
 from . import card, sharding, stats, writers
@@ -276,8 +277,9 @@ def _already_complete(repos: dict[str, Path], state: dict) -> dict[str, dict] | 
 def _remove_strays(repo: Path, manifest: dict) -> None:
     """Delete shards of ours that an earlier conversion left and this one did not write."""
     keep = {s["path"] for splits in manifest["configs"].values() for sp in splits.values() for s in sp["shards"]}
+    keep |= set(manifest["files"])  # the tars' DALI indexes among them
     suffix = schema.FORMAT_SUFFIX[manifest["format"]]
-    for path in repo.glob(f"*/*/bioscan5m-*.{suffix}"):
+    for path in [*repo.glob(f"*/*/bioscan5m-*.{suffix}"), *repo.glob("*/*/bioscan5m-*.idx")]:
         if path.relative_to(repo).as_posix() not in keep:
             path.unlink()
 
@@ -374,8 +376,10 @@ def finalize(out: str | os.PathLike) -> ConvertResult:
         order = repo / schema.CSV_ORDER
         writers.write_csv_order(order, table.column("processid"))
         charts = stats.write_charts(statistics, repo)
+        indexes = [dali_index_path(repo / e["path"]) for e in entries if e["format"] == "webdataset"
+                   and fmt == "webdataset"]
         files = {p.relative_to(repo).as_posix(): {"num_bytes": p.stat().st_size, "sha256": file_digest(p)}
-                 for p in (order, *charts)}
+                 for p in (order, *charts, *sorted(indexes))}
         manifest = build_manifest(fmt, entries, state["options"], source, vocab, skipped, files,
                                   statistics)
         _remove_strays(repo, manifest)

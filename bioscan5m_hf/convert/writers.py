@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import schema
-from ..util import atomic_path
+from ..repo.dali import dali_index, dali_index_path
+from ..util import atomic_path, write_atomic
 
 #: Rows per Parquet row group: ``datasets``' own choice for image data (viewer-friendly pages), and a
 #: byte bound for the metadata table; both stay far below the viewer's 100 MB uncompressed limit.
@@ -127,16 +128,19 @@ def ustar_header(name: str, size: int) -> bytes:
 
 
 def write_tar(path: str | os.PathLike, records: Sequence[dict], images: Sequence[bytes]) -> None:
-    """Write ``<processid>.jpg`` and ``<processid>.json`` for each record, in order.
+    """Write ``<processid>.jpg`` and ``<processid>.json`` for each record, in order, and the tar's
+    DALI index next to it (:func:`dali_index_path`; written first, so a tar never lacks its index).
 
     Byte for byte what ``tarfile`` writes in USTAR format with our fixed member attributes
     (:func:`ustar_header`, checked against ``tarfile`` by a test), only faster."""
+    samples = [[(f"{r['processid']}.{schema.IMAGE_EXTENSION}", image),
+                (f"{r['processid']}.{schema.METADATA_EXTENSION}", record_json(r))]
+               for r, image in zip(records, images, strict=True)]
+    write_atomic(dali_index_path(path), dali_index([[(n, len(d)) for n, d in s] for s in samples]))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for record, image in zip(records, images, strict=True):
-                key = record["processid"]
-                for name, data in ((f"{key}.{schema.IMAGE_EXTENSION}", image),
-                                   (f"{key}.{schema.METADATA_EXTENSION}", record_json(record))):
+            for sample in samples:
+                for name, data in sample:
                     header = ustar_header(name, len(data))
                     pad = -len(data) % tarfile.BLOCKSIZE
                     f.write(header)

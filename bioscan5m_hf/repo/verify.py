@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tarfile
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from .. import schema
 from ..errors import ShardError
 from ..transforms import MAX_IMAGE_PIXELS
 from ..util import file_digest
+from .dali import dali_index_path, index_of_tar
 from .manifest import Repo, ShardInfo, open_repos
 from .readers import open_image, read_records
 from .storage import RangeFile
@@ -108,17 +110,37 @@ def verify_repo(repo: Repo, report: Report, decode: bool = False) -> dict[tuple[
                 count = _check_records(shard, where, config, split, seen, keys[config, split], report, decode)
                 if count is not None and count != shard.num_records:
                     report.add(where, f"holds {count} records, the manifest says {shard.num_records}")
+                if repo.fmt == "webdataset":
+                    _check_dali_index(repo, shard, report)
             if total != info["num_records"]:
                 report.add(f"{repo.name}/{schema.MANIFEST}", f"{config}/{split}: shards add up to {total} records, "
                                                               f"the split says {info['num_records']}")
     if not repo.store.remote:  # a plain file server cannot list its files
         root = repo.store.local_path("")
         suffix = schema.FORMAT_SUFFIX[repo.fmt]
-        for path in sorted(root.glob(f"*/*/*.{suffix}")):
+        for path in sorted([*root.glob(f"*/*/*.{suffix}"), *root.glob("*/*/*.idx")]):
             rel = path.relative_to(root).as_posix()
             if rel not in listed:
                 report.add(f"{repo.name}/{rel}", "not listed in the manifest")
     return keys
+
+
+def _check_dali_index(repo: Repo, shard: ShardInfo, report: Report) -> None:
+    """The tar's DALI index is listed in the manifest and matches the tar's members."""
+    rel = dali_index_path(shard.rel).as_posix()
+    where = f"{repo.name}/{rel}"
+    if rel not in repo.manifest.get("files", {}):
+        report.add(where, "the tar's DALI index is not listed in the manifest")
+        return
+    try:
+        with shard.open() as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            expected = index_of_tar(tar)
+        actual = repo.store.read_bytes(rel).decode("utf-8")
+    except (OSError, tarfile.TarError, UnicodeDecodeError, ShardError) as e:
+        report.add(where, f"cannot be checked against {shard.rel} ({e})")
+        return
+    if actual != expected:
+        report.add(where, f"does not match the members of {shard.rel} (offsets or sizes differ)")
 
 
 def _check_file(repo: Repo, rel: str, size: int, sha256: str, report: Report) -> bool:

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 from bioscan5m_hf import schema
 from bioscan5m_hf.cli import main
 from bioscan5m_hf.convert import writers
+from bioscan5m_hf.repo.dali import dali_index_path
 from bioscan5m_hf.repo.verify import check_record, verify
 from bioscan5m_hf.util import file_digest
 
@@ -26,6 +27,10 @@ def relist(out, repo, rel, num_records):
     data["configs"][config][split]["num_records"] += num_records - entry["num_records"]
     entry.update(num_records=num_records, num_bytes=(out / repo / rel).stat().st_size,
                  sha256=file_digest(out / repo / rel))
+    index = dali_index_path(rel).as_posix()
+    if index in data["files"]:  # write_tar rewrote the tar's DALI index too
+        data["files"][index] = {"num_bytes": (out / repo / index).stat().st_size,
+                                "sha256": file_digest(out / repo / index)}
     save(out, repo, data)
 
 
