@@ -21,9 +21,12 @@ from PIL import Image
 
 from .. import __version__, schema
 from ..errors import ReleaseError
+from ..repo import record_index
 from ..repo.dali import dali_index_path
+from ..repo.manifest import Repo
+from ..repo.storage import Store
 from ..transforms import MAX_IMAGE_PIXELS, simplejpeg
-from ..util import file_digest, imap_ordered, progress
+from ..util import atomic_path, file_digest, imap_ordered, progress
 from . import card, sharding, stats, writers
 from .journal import Journal, read_json, remove_temporary, write_json
 from .release import (
@@ -279,7 +282,8 @@ def _remove_strays(repo: Path, manifest: dict) -> None:
     keep = {s["path"] for splits in manifest["configs"].values() for sp in splits.values() for s in sp["shards"]}
     keep |= set(manifest["files"])  # the tars' DALI indexes among them
     suffix = schema.FORMAT_SUFFIX[manifest["format"]]
-    for path in [*repo.glob(f"*/*/bioscan5m-*.{suffix}"), *repo.glob("*/*/bioscan5m-*.idx")]:
+    for path in [*repo.glob(f"*/*/bioscan5m-*.{suffix}"), *repo.glob("*/*/bioscan5m-*.idx"),
+                 *repo.glob(f"{record_index.INDEX_DIR}/*.parquet")]:
         if path.relative_to(repo).as_posix() not in keep:
             path.unlink()
 
@@ -382,6 +386,13 @@ def finalize(out: str | os.PathLike) -> ConvertResult:
                  for p in (order, *charts, *sorted(indexes))}
         manifest = build_manifest(fmt, entries, state["options"], source, vocab, skipped, files,
                                   statistics)
+        for config in manifest["configs"]:  # per-record random access (repo/record_index.py)
+            index = repo / record_index.index_relpath(config)
+            with atomic_path(index) as tmp:
+                record_index.write_record_index(record_index.build_record_index(
+                    Repo(Store(str(repo)), manifest), config, table.column("processid")), tmp)
+            manifest["files"][index.relative_to(repo).as_posix()] = {"num_bytes": index.stat().st_size,
+                                                                   "sha256": file_digest(index)}
         _remove_strays(repo, manifest)
         write_json(repo / schema.MANIFEST, manifest)
         card.write_card(repo, manifest)

@@ -13,12 +13,14 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from .. import schema
 from ..errors import ShardError
 from ..transforms import MAX_IMAGE_PIXELS
 from ..util import file_digest
+from . import record_index
 from .dali import dali_index_path, index_of_tar
 from .manifest import Repo, ShardInfo, open_repos
 from .readers import open_image, read_records
@@ -115,6 +117,7 @@ def verify_repo(repo: Repo, report: Report, decode: bool = False) -> dict[tuple[
             if total != info["num_records"]:
                 report.add(f"{repo.name}/{schema.MANIFEST}", f"{config}/{split}: shards add up to {total} records, "
                                                               f"the split says {info['num_records']}")
+    _check_record_indexes(repo, report)
     if not repo.store.remote:  # a plain file server cannot list its files
         root = repo.store.local_path("")
         suffix = schema.FORMAT_SUFFIX[repo.fmt]
@@ -123,6 +126,33 @@ def verify_repo(repo: Repo, report: Report, decode: bool = False) -> dict[tuple[
             if rel not in listed:
                 report.add(f"{repo.name}/{rel}", "not listed in the manifest")
     return keys
+
+
+def _check_record_indexes(repo: Repo, report: Report) -> None:
+    """Each config's per-record index is listed and equals the one rebuilt from the shards."""
+    try:
+        csv_pids = repo.read_table(schema.CSV_ORDER, ["processid"]).column("processid")
+    except (OSError, ValueError) as e:
+        report.add(f"{repo.name}/{schema.CSV_ORDER}", f"unreadable ({e})")
+        return
+    for config in repo.configs:
+        rel = record_index.index_relpath(config)
+        where = f"{repo.name}/{rel}"
+        if rel not in repo.manifest.get("files", {}):
+            report.add(where, f"no per-record index for {config!r} (convert again to add it)")
+            continue
+        try:
+            expected = record_index.build_record_index(repo, config, csv_pids)
+            actual = record_index.read_record_index(repo, config)
+        except (OSError, ValueError, ShardError) as e:
+            report.add(where, f"cannot be checked ({e})")
+            continue
+        for name in expected.column_names:
+            want, got = expected.column(name).to_numpy(), actual.get(name)
+            if got is None or len(got) != len(want) or (got != want).any():
+                row = int(np.flatnonzero(got != want)[0]) if got is not None and len(got) == len(want) else 0
+                report.add(where, f"column {name!r} disagrees with the shards (first at CSV row {row})")
+                break
 
 
 def _check_dali_index(repo: Repo, shard: ShardInfo, report: Report) -> None:

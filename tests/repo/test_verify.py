@@ -7,6 +7,8 @@ from bioscan5m_hf import schema
 from bioscan5m_hf.cli import main
 from bioscan5m_hf.convert import writers
 from bioscan5m_hf.repo.dali import dali_index_path
+from bioscan5m_hf.repo.manifest import open_repos
+from bioscan5m_hf.repo.record_index import build_record_index, index_relpath, write_record_index
 from bioscan5m_hf.repo.verify import check_record, verify
 from bioscan5m_hf.util import file_digest
 
@@ -31,6 +33,13 @@ def relist(out, repo, rel, num_records):
     if index in data["files"]:  # write_tar rewrote the tar's DALI index too
         data["files"][index] = {"num_bytes": (out / repo / index).stat().st_size,
                                 "sha256": file_digest(out / repo / index)}
+    save(out, repo, data)
+    # ... and the per-record index follows the rewritten shard
+    opened = open_repos(out / repo)[data["format"]]
+    table = build_record_index(opened, config, opened.read_table(schema.CSV_ORDER, ["processid"])["processid"])
+    path = out / repo / index_relpath(config)
+    write_record_index(table, path)
+    data["files"][index_relpath(config)] = {"num_bytes": path.stat().st_size, "sha256": file_digest(path)}
     save(out, repo, data)
 
 

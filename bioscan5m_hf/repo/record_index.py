@@ -1,0 +1,97 @@
+"""Per-record random access: where each record of a config lives, one row per CSV row.
+
+``index/<config>.parquet`` in each repo has one row per row of the metadata CSV (the order of
+:data:`schema.CSV_ORDER`): ``shard`` (position in the config's shard list, splits in canonical
+order, ``-1`` where the config lacks the record), ``row`` (the record's position in its shard) and,
+in the WebDataset repo, ``offset`` and ``size`` of its JPEG member's bytes in the tar (the same
+numbers as the tar's DALI index). ``convert`` writes it, the manifest lists it with its sha256,
+``verify`` rebuilds it from the shards and compares, and the map-style ``BIOSCAN5M`` reads one
+record's bytes with it: one read in a tar, one row group of a Parquet shard.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import schema
+from ..errors import ShardError
+from .dali import dali_index_path
+from .manifest import Repo
+from .readers import parquet_rows
+
+INDEX_DIR = "index"
+
+
+def index_relpath(config: str) -> str:
+    return f"{INDEX_DIR}/{config}.parquet"
+
+
+def _tar_members(repo: Repo, rel: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(processids, JPEG data offsets, JPEG sizes) of a tar, from its DALI index."""
+    text = repo.store.read_bytes(dali_index_path(rel).as_posix()).decode("utf-8")
+    pids, offsets, sizes = [], [], []
+    for line in text.splitlines()[1:]:
+        fields = line.split(" ")
+        for i in range(0, len(fields), 4):
+            if fields[i] == schema.IMAGE_EXTENSION:
+                pids.append(fields[i + 3].rsplit(".", 1)[0])
+                offsets.append(int(fields[i + 1]))
+                sizes.append(int(fields[i + 2]))
+    return pids, np.array(offsets, dtype=np.int64), np.array(sizes, dtype=np.int64)
+
+
+def build_record_index(repo: Repo, config: str, csv_processids: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """The record index of ``config`` from its shards (their ``processid`` columns or DALI indexes)."""
+    n = len(csv_processids)
+    shard_col = np.full(n, -1, dtype=np.int32)
+    row_col = np.full(n, -1, dtype=np.int32)
+    offset_col = np.full(n, -1, dtype=np.int64)
+    size_col = np.full(n, -1, dtype=np.int32)
+    pids, shard_of, row_of, offsets, sizes = [], [], [], [], []
+    for k, shard in enumerate(repo.shards(config, schema.SPLITS)):
+        if repo.fmt == "parquet":
+            got = pa.concat_tables(parquet_rows(shard, None, ["processid"])).column("processid").to_pylist()
+        else:
+            got, off, size = _tar_members(repo, shard.rel)
+            offsets.append(off)
+            sizes.append(size)
+        pids += got
+        shard_of.append(np.full(len(got), k, dtype=np.int32))
+        row_of.append(np.arange(len(got), dtype=np.int32))
+    if pids:
+        where = pc.index_in(pa.array(pids, pa.string()), value_set=pa.array(csv_processids, pa.string()))
+        if where.null_count:
+            bad = pids[pc.index(pc.is_null(where), True).as_py()]
+            raise ShardError(f"{repo.root}: {config}: record {bad!r} is in a shard but not in the metadata CSV")
+        rows = where.to_numpy(zero_copy_only=False).astype(np.int64)
+        shard_col[rows] = np.concatenate(shard_of)
+        row_col[rows] = np.concatenate(row_of)
+        if offsets:
+            offset_col[rows] = np.concatenate(offsets)
+            size_col[rows] = np.concatenate(sizes)
+    columns = {"shard": shard_col, "row": row_col}
+    if repo.fmt == "webdataset":
+        columns.update(offset=offset_col, size=size_col)
+    return pa.table(columns)
+
+
+def write_record_index(table: pa.Table, path) -> None:
+    pq.write_table(table, str(path), compression="zstd", row_group_size=1 << 20, write_page_index=True)
+
+
+def read_record_index(repo: Repo, config: str) -> dict[str, np.ndarray]:
+    """The record index of ``config`` as numpy arrays; a clear error for repos converted before it
+    existed."""
+    rel = index_relpath(config)
+    if rel not in repo.manifest.get("files", {}):
+        raise FileNotFoundError(
+            f"{repo.root}: no per-record index for {config!r} (converted before random access existed); "
+            "convert the release again (bioscan5m-hf convert RELEASE OUT --overwrite), or use streaming=True")
+    source = repo.store.local_path(rel) if not repo.store.remote else io.BytesIO(repo.store.read_bytes(rel))
+    table = pq.read_table(source)
+    return {name: table.column(name).to_numpy() for name in table.column_names}
