@@ -7,7 +7,7 @@ verifying a converted repo, local or remote), ``stream`` (records into PyTorch t
 
 __version__ = "0.1.0"
 
-__all__ = ["BIOSCAN5M", "make_loader", "KmerTokenizer", "normalize", "__version__"]
+__all__ = ["BIOSCAN5M", "StreamingBIOSCAN5M", "make_loader", "KmerTokenizer", "normalize", "__version__"]
 
 
 def __getattr__(name):
@@ -16,6 +16,10 @@ def __getattr__(name):
         from .stream.dataset import BIOSCAN5M
 
         return BIOSCAN5M
+    if name == "StreamingBIOSCAN5M":
+        from .stream.streaming import StreamingBIOSCAN5M
+
+        return StreamingBIOSCAN5M
     if name == "make_loader":
         from .stream.loader import make_loader
 

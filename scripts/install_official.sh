@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A separate environment with the official loader, bioscan-dataset 1.3.0, for the conformance test
-# (tests/test_conformance.py) and the benchmarks that compare against it (which also import our
-# image decode and tokenizer there, hence pyarrow). It needs torchvision, whose
-# wheels pin their own torch, so it lives apart from .venv.
+# (tests/stream/test_conformance.py), the benchmarks that compare against it (which also import our
+# image decode and tokenizer there, hence pyarrow), and the decode="device" tests, which need
+# torchvision too (tests/stream/test_device_decode.py). torchvision's wheels pin their own torch, so
+# it lives apart from .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${OFFICIAL_VENV:-.venv-official}

@@ -4,7 +4,7 @@ Run after any change that alters the output (schema, sample generator, writers, 
 
     .venv/bin/python scripts/make_shards.py
 
-tests/test_shards.py fails while shards/ differs from what this writes.
+tests/tools/test_embedded.py fails while shards/ differs from what this writes.
 """
 
 import shutil

@@ -26,7 +26,7 @@ from ..util import check_choice
 from . import device as on_device
 from . import partition
 from .columnar import ColumnarBatches
-from .dataset import missing_as_nan
+from .outputs import missing_as_nan
 from .records import RecordStream, SharedPosition, WorkerSamples
 
 DECODERS = ("workers", "device")
@@ -63,11 +63,11 @@ class LoaderSample:
             elif m.kind == "dna":
                 out["dna"] = self.records.dna(record)
             elif m.kind == "label_index":
-                out[m.name] = self.records.label_index(m.columns[0], record[m.columns[0]])
+                out[m.name] = self.records.labels.index(m.columns[0], record[m.columns[0]])
             elif m.name != "processid":
                 out[m.name] = missing_as_nan(record[m.name])
         for t in self.target_type:
-            out[f"{t}_index"] = self.records.label_index(t, record[t])
+            out[f"{t}_index"] = self.records.labels.index(t, record[t])
         return out
 
 

@@ -32,6 +32,8 @@ from ..repo.readers import parquet_rows, read_column, read_records
 from ..repo.storage import RetryPolicy
 from ..util import check_choice
 from . import partition
+from .metadata import reduced_rows, release_table
+from .outputs import Labels
 
 DEFAULT_BUFFER = 1000
 #: What :meth:`RecordStream.samples` yields for a record lost to damage under ``on_error="skip"``.
@@ -92,8 +94,7 @@ class RecordStream:
         if not self.shards:
             raise ValueError(f"{self.repo.root}: config {self.config!r} has no records for split "
                              f"{'+'.join(self.splits)!r}")
-        self.vocabularies: dict[str, list[str]] = self.repo.manifest["vocabularies"]
-        self._label_index: dict[str, dict[str, int]] = {}
+        self.labels = Labels(self.repo.manifest["vocabularies"])
         self.selection: list[np.ndarray] | None = self._reduce() if reduce_repeated_barcodes else None
         self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
                             else [s.num_records for s in self.shards])
@@ -121,7 +122,9 @@ class RecordStream:
 
     def _reduce(self) -> list[np.ndarray]:
         """Per shard, the row offsets the official ``reduce_repeated_barcodes`` keeps."""
-        keep = repeated_barcode_keep_set(self.repos, self.max_nucleotides)
+        table = release_table(self.repos, ["processid", "dna_barcode"])
+        rows = reduced_rows(table.column("dna_barcode"), self.max_nucleotides)
+        keep = set(table.column("processid").take(pa.array(rows)).to_pylist())
         return [np.array([i for i, pid in enumerate(read_column(s, "processid")) if pid in keep], dtype=np.int64)
                 for s in self.shards]
 
@@ -246,16 +249,11 @@ class RecordStream:
         self.skipped[shard] = self.skipped.get(shard, 0) + count
         warnings.warn(f"skipped {count} record(s) of {shard}: {why}", RuntimeWarning, stacklevel=3)
 
-    # -- labels ------------------------------------------------------------------------------------------
+    # -- values ------------------------------------------------------------------------------------------
 
-    def label_index(self, column: str, label: str | None) -> int:
-        """The official category code of ``label`` in ``column`` (``-1`` for a missing label)."""
-        if label is None:
-            return -1
-        table = self._label_index.get(column)
-        if table is None:
-            table = self._label_index[column] = {v: i for i, v in enumerate(self.vocabularies[column])}
-        return table[label]
+    @property
+    def vocabularies(self) -> dict[str, list[str]]:
+        return self.labels.vocabularies
 
     def dna(self, record: dict) -> str:
         """The record's barcode, truncated to ``max_nucleotides``."""
@@ -305,32 +303,3 @@ def _warm(shard: ShardInfo) -> None:
         shard.store.cache.get(shard.store, shard.rel, shard.num_bytes, shard.sha256)
     except Exception:  # noqa: BLE001
         pass
-
-
-def repeated_barcode_keep_set(repos: dict[str, Repo], max_nucleotides: int | None) -> set[str]:
-    """The ``processid``s the official ``reduce_repeated_barcodes=True`` keeps, over the whole release.
-
-    Official semantics: truncate barcodes to ``max_nucleotides``, shuffle the rows of the whole CSV
-    with ``DataFrame.sample(frac=1, random_state=0)`` (numpy ``RandomState(0).permutation``), keep
-    the first row of each barcode with trailing ``N`` stripped.
-    """
-    repo = repos.get("parquet") if "parquet" in repos and schema.METADATA_CONFIG in repos["parquet"].configs else None
-    repo = repo or next(iter(repos.values()))
-    config = schema.METADATA_CONFIG if schema.METADATA_CONFIG in repo.configs else next(iter(repo.configs))
-    barcode: dict[str, str] = {}
-    for shard in repo.shards(config, schema.SPLITS):
-        for r in read_records(shard, np.arange(shard.num_records), ["processid", "dna_barcode"], image=False):
-            barcode[r["processid"]] = r["dna_barcode"]
-    order = repo.read_table(schema.CSV_ORDER, ["processid"]).column("processid").to_pylist()
-    missing = len(order) - len(barcode)
-    if missing:
-        raise ValueError(f"{repo.root}: reduce_repeated_barcodes needs every record's barcode, but config "
-                         f"{config!r} lacks {missing} of {len(order)}")
-    stripped = [(barcode[p] if max_nucleotides is None else barcode[p][:max_nucleotides]).rstrip("N") for p in order]
-    seen: set[str] = set()
-    keep: set[str] = set()
-    for row in np.random.RandomState(0).permutation(len(order)).tolist():
-        if stripped[row] not in seen:
-            seen.add(stripped[row])
-            keep.add(order[row])
-    return keep

@@ -1,4 +1,4 @@
-"""``BIOSCAN5M``: the official ``bioscan_dataset.BIOSCAN5M`` API, streaming from converted shards.
+"""``StreamingBIOSCAN5M`` (``BIOSCAN5M(..., streaming=True)``): the official API, streamed from shards.
 
 Same constructor, same outputs record for record (modalities, index and text targets, tuple and
 dict formats, metasplits, ``reduce_repeated_barcodes``, ``max_nucleotides``), as a PyTorch
@@ -12,23 +12,19 @@ what distributed training needs: seeded shuffling (shard order + a buffer of und
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from .. import schema
-from ..repo.readers import open_image
 from ..repo.storage import RetryPolicy
-from ..transforms import check_image_size
+from .outputs import OfficialAPI, OfficialOutputs
 from .records import SKIPPED, RecordStream, worker_identity
 
 
-class BIOSCAN5M(IterableDataset):
-    r"""BIOSCAN-5M from converted shards, as a streaming drop-in for ``bioscan_dataset.BIOSCAN5M``.
+class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
+    r"""BIOSCAN-5M from converted shards, streamed: ``BIOSCAN5M(..., streaming=True)`` returns one.
 
     Parameters
     ----------
@@ -110,31 +106,24 @@ class BIOSCAN5M(IterableDataset):
         super().__init__()
         self.root = root
         self.split = schema.SPLIT_ALIASES.get(split, split)
-        self.modality = [modality] if isinstance(modality, str) else list(modality)
-        self.modalities = [schema.resolve_modality(m) for m in self.modality]
-        self.target_type = schema.resolve_targets(target_type)
-        if target_format not in ("index", "text"):
-            raise ValueError(f"Unknown target_format: {target_format!r}")
-        self.target_format = target_format
-        self.output_format = "dict" if output_format == "dictionary" else output_format
-        if self.output_format not in ("tuple", "dict"):
-            raise ValueError(f"Unknown output_format: {output_format!r}")
-        if not self.target_type and target_transform is not None:
-            raise RuntimeError("target_transform is specified but target_type is empty")
+        self.outputs = OfficialOutputs(modality, target_type, target_format, output_format, transform,
+                                       dna_transform, target_transform, max_nucleotides)
         self.image_package = image_package
         self.reduce_repeated_barcodes = reduce_repeated_barcodes
         self.max_nucleotides = max_nucleotides
-        self.transform, self.dna_transform, self.target_transform = transform, dna_transform, target_transform
-        columns = {c for m in self.modalities for c in m.columns} | set(self.target_type)
         self.records = RecordStream(
-            root, schema.explode_split(split), columns=columns, image=any(m.kind == "image" for m in self.modalities),
+            root, schema.explode_split(split), columns=self.outputs.columns, image=self.outputs.image,
             image_package=image_package, reduce_repeated_barcodes=reduce_repeated_barcodes,
             max_nucleotides=max_nucleotides, shuffle=shuffle, seed=seed, buffer_size=buffer_size, rank=rank,
             world_size=world_size, even=even, on_error=on_error, cache_dir=cache_dir, cache_limit=cache_limit,
             storage_options=storage_options, verify=verify, retry=retry, readahead=readahead)
-        self.vocabularies = self.records.vocabularies
+        self.outputs.labels = self.records.labels
         self.epoch = 0
         self.yielded = 0  # samples of this epoch already yielded (iterating directly, in the main process)
+
+    @property
+    def transform(self):
+        return self.outputs.transform
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -183,7 +172,7 @@ class BIOSCAN5M(IterableDataset):
         in_main = torch.utils.data.get_worker_info() is None
         epoch = self.epoch
         done = self.yielded if num_workers == 1 else 0
-        for out in self.records.samples(self._output, epoch, worker, num_workers, done):
+        for out in self.records.samples(self.outputs, epoch, worker, num_workers, done):
             if in_main:
                 self.yielded += 1
             if out is not SKIPPED:
@@ -191,81 +180,7 @@ class BIOSCAN5M(IterableDataset):
         if in_main:
             self.epoch, self.yielded = epoch + 1, 0
 
-    # ---------------------------------------------------------------------------------------------
-    # Outputs, as the official loader makes them
-
-    def _output(self, record: dict) -> Any:
-        index = self.records.label_index
-        values = []
-        for m in self.modalities:
-            if m.kind == "image":
-                x = open_image(record["image"])
-                check_image_size(x)
-                if self.transform is not None:
-                    x = self.transform(x)
-            elif m.kind == "dna":
-                x = self.records.dna(record)
-                if self.dna_transform is not None:
-                    x = self.dna_transform(x)
-            elif m.kind == "image_path":
-                chunk = record["chunk"]
-                x = "/".join([record["split"], *([chunk] if chunk else []), f"{record['processid']}.jpg"])
-            elif m.kind == "label_index":
-                x = index(m.columns[0], record[m.columns[0]])
-            else:
-                x = missing_as_nan(record[m.name])
-            values.append((m.name, x))
-        target = []
-        for t in self.target_type:
-            label = record[t]
-            target.append(index(t, label) if self.target_format == "index" else missing_as_nan(label))
-            if self.output_format == "dict":
-                values.append((t, missing_as_nan(label)))
-                values.append((f"{t}_index", index(t, label)))
-        if target:
-            target = tuple(target) if len(target) > 1 else target[0]
-            if self.target_transform is not None:
-                target = self.target_transform(target)
-        else:
-            target = None
-        values.append(("target", target))
-        return tuple(v for _, v in values) if self.output_format == "tuple" else dict(values)
-
-    # ---------------------------------------------------------------------------------------------
-    # Label look-up, as in the official loader
-
-    def _column(self, column: str | None) -> str:
-        if column is not None:
-            return schema.TARGET_ALIASES.get(column, column)
-        if len(self.target_type) == 1:
-            return self.target_type[0]
-        raise ValueError("column must be specified if there isn't a single target_type")
-
-    def index2label(self, index, column: str | None = None):
-        """Text label(s) of target index(es); negative indices (missing) map to ``""``."""
-        labels = self.vocabularies[self._column(column)]
-        if not hasattr(index, "__len__"):
-            return "" if index < 0 else labels[index]
-        index = np.asarray(index)
-        return np.array(["" if i < 0 else labels[i] for i in index.tolist()], dtype=object)
-
-    def label2index(self, label, column: str | None = None):
-        """Index(es) of text label(s); ``""`` (missing) maps to ``-1``."""
-        column = self._column(column)
-        single = isinstance(label, str)
-        out = []
-        for lab in [label] if single else label:
-            try:
-                out.append(-1 if lab == "" else self.records.label_index(column, lab))
-            except KeyError:
-                raise KeyError(f"Label {lab!r} not found in metadata column {column!r}") from None
-        return out[0] if single else np.asarray(out)
-
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "
                 f"records={self.records.num_records}, shards={len(self.records.shards)}, "
                 f"rank={self.rank}/{self.world_size})")
-
-
-def missing_as_nan(value):
-    return math.nan if value is None else value

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from bioscan5m_hf import BIOSCAN5M, make_loader, schema
+from bioscan5m_hf import StreamingBIOSCAN5M, make_loader, schema
 from bioscan5m_hf.convert import ConvertOptions, convert
 from bioscan5m_hf.convert.release import open_image_source
 from bioscan5m_hf.errors import ReleaseError, ShardError
@@ -70,9 +70,9 @@ def test_pickle_members_are_refused_never_loaded(out, tmp_path, ext):
     members.insert(2, (f"{key}.{ext}", pickle.dumps(Payload(str(marker)))))
     rewrite_tar(out, rel, members)
     with pytest.raises(ShardError, match=rf"{rel}: member {key}\.{ext}: unexpected member"):
-        list(BIOSCAN5M(out / schema.WDS_REPO, split="val"))
+        list(StreamingBIOSCAN5M(out / schema.WDS_REPO, split="val"))
     with warnings.catch_warnings(record=True):
-        ds = BIOSCAN5M(out / schema.WDS_REPO, split="val", on_error="skip")
+        ds = StreamingBIOSCAN5M(out / schema.WDS_REPO, split="val", on_error="skip")
         assert list(ds) == [] and ds.skipped == {str(out / schema.WDS_REPO / rel): len(members) // 2}
     assert not marker.exists()
 
@@ -82,8 +82,8 @@ def test_truncated_tar_names_the_shard_and_skip_counts(out):
     path = out / schema.WDS_REPO / rel
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ShardError, match=rf"{rel}"):
-        list(BIOSCAN5M(out / schema.WDS_REPO, split="pretrain", modality="dna"))
-    ds = BIOSCAN5M(out / schema.WDS_REPO, split="pretrain", modality="dna", on_error="skip")
+        list(StreamingBIOSCAN5M(out / schema.WDS_REPO, split="pretrain", modality="dna"))
+    ds = StreamingBIOSCAN5M(out / schema.WDS_REPO, split="pretrain", modality="dna", on_error="skip")
     with pytest.warns(RuntimeWarning, match=rf"skipped \d+ record\(s\) of .*{rel}"):
         got = list(ds)
     assert 0 < ds.skipped[str(path)] < len(ds) and len(got) == len(ds) - ds.skipped[str(path)]
@@ -97,7 +97,7 @@ def test_corrupt_parquet_names_the_shard_and_row_group(out):
     data[100:4000] = bytes(3900)  # zero the first pages
     path.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=rf"{rel}: row group 0"):
-        list(BIOSCAN5M(out, split="pretrain"))
+        list(StreamingBIOSCAN5M(out, split="pretrain"))
 
 
 def test_sample_missing_a_member_and_odd_member_types(out):
@@ -105,18 +105,18 @@ def test_sample_missing_a_member_and_odd_member_types(out):
     members = members_of(out, rel)
     rewrite_tar(out, rel, members[1:])  # the first sample has no .jpg
     with pytest.raises(ShardError, match=rf"{rel}: sample '.*' has no \.jpg member"):
-        list(BIOSCAN5M(out / schema.WDS_REPO, split="val"))
+        list(StreamingBIOSCAN5M(out / schema.WDS_REPO, split="val"))
     rewrite_tar(out, rel, [("evil.jpg", "symlink")] + members)
     with pytest.raises(ShardError, match=rf"{rel}: member evil.jpg: not a regular file"):
-        list(BIOSCAN5M(out / schema.WDS_REPO, split="val"))
+        list(StreamingBIOSCAN5M(out / schema.WDS_REPO, split="val"))
     rewrite_tar(out, rel, members[:4] + members[:2] + members[4:])  # sample 0 again, third
     with pytest.raises(ShardError, match="appears twice"):
-        list(BIOSCAN5M(out / schema.WDS_REPO, split="val", modality="dna"))
+        list(StreamingBIOSCAN5M(out / schema.WDS_REPO, split="val", modality="dna"))
 
 
 def test_pipe_urls_are_refused(out):
     with pytest.raises(ValueError, match="pipe: URLs run shell commands"):
-        BIOSCAN5M("pipe:curl -s http://example.invalid | tar x")
+        StreamingBIOSCAN5M("pipe:curl -s http://example.invalid | tar x")
     manifest = json.loads((out / schema.WDS_REPO / schema.MANIFEST).read_text())
     manifest["configs"]["cropped_256"]["val"]["shards"][0]["path"] = f"pipe:touch {MARKER}"
     (out / schema.WDS_REPO / schema.MANIFEST).write_text(json.dumps(manifest))
@@ -158,7 +158,7 @@ def test_decompression_bombs_are_refused_by_converter_and_loader(tmp_path, out):
     rewrite_tar(out, rel, members)
     key = members[0][0].split(".")[0]
     with pytest.raises(ShardError, match=rf"{rel}: member {key}\.jpg: image does not decode .*over the"):
-        list(BIOSCAN5M(out / schema.WDS_REPO, split="val"))
+        list(StreamingBIOSCAN5M(out / schema.WDS_REPO, split="val"))
     loader = make_loader(out / schema.WDS_REPO, "val", batch_size=4, num_workers=0, on_error="skip")
     with pytest.warns(RuntimeWarning, match=f"member {key}.jpg does not decode"):
         got = [p for b in loader for p in b["processid"]]

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from bioscan5m_hf import BIOSCAN5M, make_loader, schema
+from bioscan5m_hf import StreamingBIOSCAN5M, make_loader, schema
 from bioscan5m_hf.convert import ConvertOptions, convert
 from bioscan5m_hf.errors import ShardError
 from bioscan5m_hf.repo.storage import RetryPolicy, ShardCache, redact
@@ -40,7 +40,7 @@ def pids(ds):
 
 
 def local_pids(out, split, repo=schema.WDS_REPO):
-    return sorted(pids(BIOSCAN5M(out / repo, split, modality="processid", target_type=[])))
+    return sorted(pids(StreamingBIOSCAN5M(out / repo, split, modality="processid", target_type=[])))
 
 
 @pytest.mark.parametrize("repo", [schema.WDS_REPO, schema.PARQUET_REPO])
@@ -57,7 +57,7 @@ def test_first_batch_reads_at_most_one_shard_per_worker(out, server, repo):
 
 def test_streaming_5_percent_reads_at_most_10_percent(out, server):
     repo = schema.WDS_REPO
-    ds = BIOSCAN5M(f"{server.url}/{repo}", "pretrain", modality=("image", "dna"), retry=FAST)
+    ds = StreamingBIOSCAN5M(f"{server.url}/{repo}", "pretrain", modality=("image", "dna"), retry=FAST)
     want = len(ds) // 20
     it = iter(ds)
     for _ in range(want):
@@ -87,9 +87,9 @@ def test_corrupted_shard_is_detected_and_named(out, server, tmp_path):
     rel = manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"][0]["path"]
     server.corrupt[f"{repo}/{rel}"] = 600  # inside the first image: the tar still parses
     with pytest.raises(ShardError, match=rf"{server.url}/{repo}/{rel}: sha256 .* does not match"):
-        list(BIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, verify=True))
+        list(StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, verify=True))
     with pytest.raises(ShardError, match=rf"{rel}: sha256"):
-        list(BIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, cache_dir=tmp_path / "cache"))
+        list(StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, cache_dir=tmp_path / "cache"))
     assert not list((tmp_path / "cache").glob("*.shard"))  # nothing unverified kept
 
 
@@ -99,7 +99,7 @@ def test_missing_shard_fails_fast_naming_the_url(out, server):
     server.folder = out.parent / "nowhere"  # every file is 404 from now on ...
     ds = None
     server.folder = out
-    ds = BIOSCAN5M(f"{server.url}/{repo}", "val", retry=RetryPolicy(tries=6, base=0.5))
+    ds = StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", retry=RetryPolicy(tries=6, base=0.5))
     server.folder = out.parent / "nowhere"
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError, match=rf"{server.url}/{repo}/{rel}: not found \(404\)"):
@@ -111,7 +111,7 @@ def test_missing_shard_fails_fast_naming_the_url(out, server):
 def test_cache_serves_the_second_epoch_and_keeps_its_limit(out, server, tmp_path):
     repo = schema.PARQUET_REPO
     url = f"{server.url}/{repo}"
-    ds = BIOSCAN5M(url, "train", modality="dna", retry=FAST, cache_dir=tmp_path / "c1")
+    ds = StreamingBIOSCAN5M(url, "train", modality="dna", retry=FAST, cache_dir=tmp_path / "c1")
     first = pids(ds)
     assert server.shard_requests() > 0
     server.reset_counts()
@@ -119,7 +119,8 @@ def test_cache_serves_the_second_epoch_and_keeps_its_limit(out, server, tmp_path
     assert server.shard_requests() == 0
     shards = manifest(out, repo)["configs"]["metadata"]["pretrain"]["shards"]
     limit = 3 * max(s["num_bytes"] for s in shards)
-    small = BIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c2", cache_limit=limit)
+    small = StreamingBIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c2",
+                               cache_limit=limit)
     cache = ShardCache(tmp_path / "c2", limit)
     for k, _ in enumerate(small):
         if k % 5 == 0:
@@ -141,7 +142,7 @@ def test_cache_is_shared_by_workers_and_jobs(out, server, tmp_path):
 def test_credentials_never_appear_in_errors(server):
     url = server.url.replace("http://", "http://user:s3cret-token@") + "/nothing-here"
     with pytest.raises(FileNotFoundError) as e:
-        BIOSCAN5M(url, "val")
+        StreamingBIOSCAN5M(url, "val")
     assert "s3cret" not in str(e.value)
     assert redact("https://u:p@host:8080/a/b?token=abc") == "https://host:8080/a/b"
 
@@ -168,7 +169,7 @@ def test_datasets_load_dataset_streams_the_same_records(out, server):
 
 def test_readahead_fetches_the_next_shard_in_the_background(out, server, tmp_path):
     url = f"{server.url}/{schema.WDS_REPO}"
-    ds = BIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c", readahead=1)
+    ds = StreamingBIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c", readahead=1)
     it = iter(ds)
     for _ in range(6):  # past half of the first 8-record shard
         next(it)

@@ -14,6 +14,36 @@ SPLITS = ["pretrain", "train", "val", "test", "key_unseen", "val_unseen", "test_
           "all", "seen", "unseen", "pretrain+train", "validation"]
 COLUMNS = ["processid", "dna", "coord-lat", "coord-lon", "country", "province_state", "image_measurement_value",
            "area_fraction", "scale_factor", "chunk", "split", "image_path", "species_index", "dna_bin_index"]
+RANKS = ["class", "order", "family", "subfamily", "genus", "species"]
+#: The dataset's RGB statistics (bioscan_dataset.bioscan5m.RGB_MEAN / RGB_STDEV).
+RGB_MEAN = (0.76281859, 0.76503749, 0.76373138)
+RGB_STDEV = (0.14205404, 0.15642502, 0.17309470)
+#: Splits whose metadata DataFrame the conformance test compares.
+METADATA_CASES = ["split=train", "split=seen", "reduce=True-max=660-all", "reduce=True-max=40-train"]
+
+
+# The transforms of the official README's "Data transforms" section, without torchvision (which
+# .venv lacks): a centre crop to a normalised float tensor, a character-level DNA tokenizer, and
+# the taxonomic text of several ranks.
+def image_transform(image):
+    import torch
+
+    w, h = image.size
+    crop = image.convert("RGB").crop(((w - 32) // 2, (h - 32) // 2, (w - 32) // 2 + 32, (h - 32) // 2 + 32))
+    x = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1).float() / 255
+    return (x - torch.tensor(RGB_MEAN).view(3, 1, 1)) / torch.tensor(RGB_STDEV).view(3, 1, 1)
+
+
+def dna_transform(seq):
+    import torch
+
+    charmap = {"P": 0, "A": 1, "C": 2, "G": 3, "T": 4, "N": 5}
+    return torch.tensor([charmap.get(c, 5) for c in seq] + [0] * (660 - len(seq)), dtype=torch.long)
+
+
+def taxonomic_transform(labels):
+    labels = [f"{k.title()}: {v}" for k, v in zip(RANKS, labels) if v and v == v]
+    return ", ".join(labels)
 
 
 def cases():
@@ -29,6 +59,22 @@ def cases():
             out[f"target={target}-{fmt}"] = dict(split="all", modality=["processid"], target_type=target,
                                                  target_format=fmt)
     out["no-target"] = dict(split="train", modality=["processid", "dna"], target_type=[])
+    # The idioms of the official README (bioscan_dataset-1.3.0.dist-info/METADATA), in its order.
+    out["readme-default"] = dict(modality=["image", "dna"])
+    out["readme-val"] = dict(split="val")
+    out["readme-pretrain+train"] = dict(split="pretrain+train")
+    out["readme-image"] = dict(modality="image")
+    out["readme-dna"] = dict(modality="dna")
+    out["readme-coords"] = dict(modality=("coord-lat", "coord-lon"))
+    out["readme-size"] = dict(modality=("dna", "image_measurement_value"))
+    out["readme-genus"] = dict(target_type="genus")
+    out["readme-ranks"] = dict(target_type=["genus", "species", "dna_bin"])
+    out["readme-index"] = dict(target_type="species", target_format="index")
+    out["readme-text"] = dict(target_type="species", target_format="text")
+    out["readme-dict"] = dict(output_format="dict")
+    out["readme-transforms"] = dict(split="train", transform=image_transform, dna_transform=dna_transform)
+    out["readme-taxonomic"] = dict(split="train", target_type=RANKS, target_format="text",
+                                   target_transform=taxonomic_transform)
     for reduce in (False, True):
         for max_nt in (660, None, 40):
             for split in ("all", "train"):
@@ -46,6 +92,9 @@ def encode(value):
         return {k: encode(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return [encode(v) for v in value]
+    if hasattr(value, "numpy") and getattr(value, "ndim", 0) > 0:  # a tensor: shape and rounded values
+        arr = np.round(value.numpy().astype(np.float64), 4)
+        return ["tensor", list(arr.shape), hashlib.sha256(arr.tobytes()).hexdigest()]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if value is None:
@@ -57,8 +106,13 @@ def encode(value):
     return value
 
 
-def key_of(sample, kwargs):
-    """The processid of an output sample (tuple or dict)."""
+def key_of(sample, kwargs, position=None):
+    """The processid of an output sample (tuple or dict); a case without the processid modality is
+    keyed by the sample's position."""
+    modality = kwargs.get("modality", ("image", "dna"))
+    modality = [modality] if isinstance(modality, str) else list(modality)
+    if "processid" not in modality:
+        return str(position)
     if isinstance(sample, dict):
         return sample["processid"]
-    return sample[list(kwargs["modality"]).index("processid")]
+    return sample[modality.index("processid")]

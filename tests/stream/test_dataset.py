@@ -5,19 +5,19 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from bioscan5m_hf import BIOSCAN5M, schema
+from bioscan5m_hf import StreamingBIOSCAN5M, schema
 from bioscan5m_hf.repo import readers as shards_module
 
 
 def ids(root, **kw):
     kw.setdefault("modality", ("processid",))
     kw.setdefault("target_type", [])
-    return BIOSCAN5M(root, **kw)
+    return StreamingBIOSCAN5M(root, **kw)
 
 
 def csv_split_pids(manifest_source, converted, split):
-    return {r["processid"] for r in BIOSCAN5M(converted.repos["parquet"].parent, split, modality=("processid",),
-                                              target_type=[], output_format="dict")}
+    return {r["processid"] for r in StreamingBIOSCAN5M(converted.repos["parquet"].parent, split,
+                                                       modality=("processid",), target_type=[], output_format="dict")}
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
@@ -100,7 +100,7 @@ def test_dna_only_never_reads_image_bytes(converted_zips, monkeypatch):
 
     monkeypatch.setattr("bioscan5m_hf.stream.records.read_records", spy)
     for root in (converted_zips.repos["parquet"].parent, converted_zips.repos["webdataset"]):
-        ds = BIOSCAN5M(root, split="train", modality=("dna",), target_type="order")
+        ds = StreamingBIOSCAN5M(root, split="train", modality=("dna",), target_type="order")
         records = list(ds)
         assert len(records) == ds.num_records and isinstance(records[0][0], str)
     assert calls and not any(image for _, image in calls)
@@ -109,7 +109,7 @@ def test_dna_only_never_reads_image_bytes(converted_zips, monkeypatch):
 
 def test_tar_and_parquet_repos_give_the_same_outputs(converted_zips):
     def by_pid(root):
-        ds = BIOSCAN5M(root, split="seen", modality=("processid", "image", "dna", "coord-lat"),
+        ds = StreamingBIOSCAN5M(root, split="seen", modality=("processid", "image", "dna", "coord-lat"),
                        target_type=["genus", "species"], output_format="dict")
         out = {}
         for r in ds:
@@ -128,7 +128,8 @@ def test_tar_and_parquet_repos_give_the_same_outputs(converted_zips):
 
 def test_outputs_formats_and_label_lookup(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    ds = BIOSCAN5M(root, split="validation", target_type=["order", "uri"], modality=("image", "dna", "image_path"))
+    ds = StreamingBIOSCAN5M(root, split="validation", target_type=["order", "uri"],
+                            modality=("image", "dna", "image_path"))
     image, dna, path, target = next(iter(ds))
     assert image.format == "JPEG" and isinstance(dna, str) and len(dna) <= 660
     assert path.startswith("val/") and path.endswith(".jpg")
@@ -139,19 +140,19 @@ def test_outputs_formats_and_label_lookup(converted_zips):
     assert ds.label2index(["", ds.vocabularies["order"][1]], "order").tolist() == [-1, 1]
     with pytest.raises(KeyError, match="not found"):
         ds.label2index("Nonexistentia", "order")
-    text = BIOSCAN5M(root, split="pretrain", modality=(), target_type="species", target_format="text")
+    text = StreamingBIOSCAN5M(root, split="pretrain", modality=(), target_type="species", target_format="text")
     assert all(isinstance(t, float) and math.isnan(t) for (t,) in text)  # pretrain has no species
     with pytest.raises(ValueError, match="Unfamiliar modality"):
-        BIOSCAN5M(root, modality=("smell",))
+        StreamingBIOSCAN5M(root, modality=("smell",))
     with pytest.raises(ValueError, match="invalid split name 'training'"):
-        BIOSCAN5M(root, split="training")
-    assert len(BIOSCAN5M(root, split="seen", modality="dna")) == sum(
-        len(BIOSCAN5M(root, split=s, modality="dna")) for s in schema.SEEN_SPLITS)
+        StreamingBIOSCAN5M(root, split="training")
+    assert len(StreamingBIOSCAN5M(root, split="seen", modality="dna")) == sum(
+        len(StreamingBIOSCAN5M(root, split=s, modality="dna")) for s in schema.SEEN_SPLITS)
 
 
 def test_transforms_are_applied(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    ds = BIOSCAN5M(root, split="val", transform=lambda im: im.size, dna_transform=len,
+    ds = StreamingBIOSCAN5M(root, split="val", transform=lambda im: im.size, dna_transform=len,
                    target_transform=lambda t: t + 1000)
     size, length, target = next(iter(ds))
     assert isinstance(size, tuple) and isinstance(length, int) and target >= 999

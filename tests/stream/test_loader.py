@@ -19,7 +19,7 @@ def test_batches_are_tensors(converted_zips):
     assert b["order"].dtype == torch.int64 and b["species"].shape == (8,)
     assert (b["dna"] >= 0).all() and (b["dna"] < 2 + 4 ** 4).all()
     assert len(batches) == len(loader)
-    assert sorted(pids(batches)) == sorted(p for p, _ in __import__("bioscan5m_hf").BIOSCAN5M(
+    assert sorted(pids(batches)) == sorted(p for p, _ in __import__("bioscan5m_hf").StreamingBIOSCAN5M(
         root, "train", modality="processid", target_type=[]))
 
 

@@ -1,0 +1,262 @@
+"""``BIOSCAN5M``: the official ``bioscan_dataset.BIOSCAN5M``, map-style, over converted repos.
+
+Same constructor, same ``ds[i]`` for every ``i`` (the index order is the official one: CSV order
+within the split or metasplit, after ``reduce_repeated_barcodes``), ``len``, ``metadata`` (the
+official DataFrame, built lazily), ``index2label``, ``label2index``; so ``Subset``,
+``DataLoader(shuffle=True, num_workers=N)`` and ``DistributedSampler`` work as with the official
+class. ``ds[i]`` reads only that record's bytes through the repo's per-record index
+(:mod:`~bioscan5m_hf.repo.record_index`): one read in a tar (one ranged request over HTTP), or one
+Parquet row group, kept per worker for its neighbours. ``BIOSCAN5M(..., streaming=True)`` returns the
+streaming dataset instead (:class:`~bioscan5m_hf.stream.streaming.StreamingBIOSCAN5M`).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from torch.utils.data import Dataset
+
+from .. import schema
+from ..errors import ShardError
+from ..repo.manifest import Repo, ShardInfo, open_repos
+from ..repo.readers import row_group_starts
+from ..repo.record_index import INDEX_DIR, index_relpath, read_record_index
+from ..repo.storage import CHUNK_BYTES, RangeFile, RetryPolicy, redact
+from ..util import atomic_path, write_atomic
+from .metadata import OFFICIAL_COLUMNS, metadata_frame, metadata_repo, reduced_rows, release_table, split_rows
+from .outputs import Labels, OfficialAPI, OfficialOutputs
+from .streaming import StreamingBIOSCAN5M
+
+#: Keywords of the streaming dataset alone (the map-style one is shuffled and split by samplers).
+STREAMING_ONLY = ("shuffle", "seed", "buffer_size", "rank", "world_size", "even", "readahead", "on_error")
+
+
+class BIOSCAN5M(OfficialAPI, Dataset):
+    r"""BIOSCAN-5M from converted shards: a drop-in for ``bioscan_dataset.BIOSCAN5M``.
+
+    The parameters are the official ones (see :class:`StreamingBIOSCAN5M` for each), plus:
+
+    root : str
+        The ``OUT`` folder of ``bioscan5m-hf convert`` or a repo folder, local or a URL
+        (``hf://datasets/ORG/NAME``, ``https://...``, ``s3://...``).
+    download : bool, default=False
+        For a remote ``root``: copy into ``cache_dir`` (default ``~/.cache/bioscan5m-hf``) only what
+        this split and these modalities need (the metadata table, the indexes, and the split's image
+        shards only with the ``"image"`` modality), then read the copy. A local root needs nothing.
+    streaming : bool, default=False
+        Return the streaming dataset (:class:`StreamingBIOSCAN5M`: shuffling, ranks, exact resume),
+        as ``datasets.load_dataset(..., streaming=True)`` does. Its keywords (``shuffle``, ``seed``,
+        ``buffer_size``, ``rank``, ``world_size``, ``even``, ``readahead``, ``on_error``) need it; a
+        damaged record here raises :class:`~bioscan5m_hf.errors.ShardError` naming shard and record.
+    cache_dir, cache_limit, storage_options, verify, retry
+        As for the streaming dataset (``cache_dir`` is also where ``download=True`` copies to).
+    """
+
+    def __new__(cls, *args, streaming: bool = False, **kwargs):
+        if streaming:
+            return StreamingBIOSCAN5M(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, root, split: str = "train", modality: str | Iterable[str] = ("image", "dna"),
+                 image_package: str = schema.DEFAULT_PACKAGE, reduce_repeated_barcodes: bool = False,
+                 max_nucleotides: int | None = 660, target_type: str | Iterable[str] = "species",
+                 target_format: str = "index", output_format: str = "tuple", transform: Callable | None = None,
+                 dna_transform: Callable | None = None, target_transform: Callable | None = None,
+                 download: bool = False, *, streaming: bool = False, cache_dir: str | None = None,
+                 cache_limit: int | None = None, storage_options: dict | None = None,
+                 verify: bool = False, retry: RetryPolicy | None = None, **streaming_only) -> None:
+        unknown = sorted(set(streaming_only) - set(STREAMING_ONLY))
+        if unknown:
+            raise TypeError(f"BIOSCAN5M() got an unexpected keyword argument {unknown[0]!r}")
+        if streaming_only:
+            raise ValueError(f"{', '.join(sorted(streaming_only))}: only for the streaming dataset; pass "
+                             "streaming=True (a map-style dataset is shuffled and split by its DataLoader's sampler)")
+        super().__init__()
+        self.root = root
+        self.split = schema.SPLIT_ALIASES.get(split, split)
+        self.outputs = OfficialOutputs(modality, target_type, target_format, output_format, transform,
+                                       dna_transform, target_transform, max_nucleotides)
+        self.image_package = image_package
+        self.reduce_repeated_barcodes = reduce_repeated_barcodes
+        self.max_nucleotides = max_nucleotides
+        self.splits = schema.explode_split(split)
+        options = dict(storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit, verify=verify,
+                       retry=retry)
+        repos = open_repos(root, **options)
+        if download and any(r.store.remote for r in repos.values()):
+            repos = open_repos(download_needed(repos, self.splits, image_package if self.outputs.image else None,
+                                               cache_dir), retry=retry)
+        self.repos = repos
+        self.outputs.labels = _labels(repos)
+        columns = sorted(self.outputs.columns | {"split"} | ({"dna_barcode"} if reduce_repeated_barcodes else set()))
+        self.table = release_table(repos, [c for c in schema.COLUMN_NAMES if c in columns])
+        keep = reduced_rows(self.table.column("dna_barcode"), max_nucleotides) if reduce_repeated_barcodes else None
+        self.rows = split_rows(self.table, self.splits, keep)  # CSV rows, in index order
+        self.images = ShardImages(repos, image_package) if self.outputs.image else None
+        self._metadata = None
+
+    @property
+    def transform(self):
+        return self.outputs.transform
+
+    @property
+    def metadata(self):
+        """The official ``metadata`` DataFrame (built on first use; reads no image bytes)."""
+        if self._metadata is None:
+            self._metadata = metadata_frame(release_table(self.repos, OFFICIAL_COLUMNS), self.split,
+                                            self.max_nucleotides, self.reduce_repeated_barcodes)
+        return self._metadata
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def record(self, index: int) -> dict:
+        """The raw record at ``index``: its metadata values and, with the image modality, JPEG bytes."""
+        n = len(self.rows)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} is out of range for {n} records")
+        row = int(self.rows[index])
+        record = {name: self.table.column(name)[row].as_py() for name in self.table.column_names}
+        if self.images is not None:
+            record["image"] = self.images.read(row, record["processid"])
+        return record
+
+    def __getitem__(self, index: int) -> Any:
+        record = self.record(index)
+        try:
+            return self.outputs(record)
+        except (OSError, SyntaxError, ValueError) as e:
+            if "image" not in record:
+                raise
+            raise ShardError(f"{self.images.where(int(self.rows[index]))}: member {record['processid']}."
+                             f"{schema.IMAGE_EXTENSION}: image does not decode ({e})") from None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "
+                f"records={len(self)})")
+
+
+def _labels(repos: dict[str, Repo]) -> Labels:
+    return Labels(next(iter(repos.values())).manifest["vocabularies"])
+
+
+def image_repo(repos: dict[str, Repo], package: str) -> Repo:
+    """The repo to read ``package``'s images from: the tars if converted (one read per record)."""
+    order = [repos[f] for f in ("webdataset", "parquet") if f in repos]
+    repo = next((r for r in order if package in r.configs), None)
+    if repo is None:
+        raise ValueError(f"no config {package!r} converted (have { {r.name: list(r.configs) for r in order} })")
+    return repo
+
+
+class ShardImages:
+    """One record's JPEG bytes by its CSV row, through the per-record index: a tar is read at the
+    member's offset (its header checked against the record), a Parquet shard one row group at a
+    time (the last few kept, per process). An index that disagrees with its shard raises
+    :class:`ShardError` naming the shard and the record."""
+
+    KEEP_ROW_GROUPS = 4
+
+    def __init__(self, repos: dict[str, Repo], package: str):
+        repo = self.repo = image_repo(repos, package)
+        self.package = package
+        self.shards: list[ShardInfo] = repo.shards(package, schema.SPLITS)
+        self.index = read_record_index(repo, package)
+        self._files: dict[int, tuple] = {}  # per process: __getstate__ leaves them behind
+        self._groups: dict[tuple[int, int], dict] = {}
+
+    def where(self, row: int) -> str:
+        shard = int(self.index["shard"][row])
+        return self.shards[shard].path if shard >= 0 else f"{self.repo.root}/{index_relpath(self.package)}"
+
+    def read(self, row: int, processid: str) -> bytes:
+        shard = int(self.index["shard"][row])
+        if shard < 0:
+            raise ShardError(f"{self.repo.root}: {self.package} has no image of record {processid} "
+                             "(skipped at conversion: see the manifest's 'skipped')")
+        info = self.shards[shard]
+        if self.repo.fmt == "webdataset":
+            return self._read_tar(info, int(self.index["offset"][row]), int(self.index["size"][row]), processid)
+        return self._read_parquet(info, shard, int(self.index["row"][row]), processid)
+
+    def _read_tar(self, info: ShardInfo, offset: int, size: int, processid: str) -> bytes:
+        start = offset - tarfile.BLOCKSIZE
+        if start < 0 or offset + size > info.num_bytes:
+            raise ShardError(f"{info.path}: record {processid}: the index points outside the shard")
+        data = info.store.fetch(info.rel, start, offset + size)  # remote faults name the URL themselves
+        try:
+            member = tarfile.TarInfo.frombuf(data[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+        except tarfile.TarError as e:
+            raise ShardError(f"{info.path}: record {processid}: no tar header where the index points ({e})") from None
+        expected = f"{processid}.{schema.IMAGE_EXTENSION}"
+        if member.name != expected or member.size != size or len(data) != tarfile.BLOCKSIZE + size:
+            raise ShardError(f"{info.path}: record {processid}: the index points at {member.name!r} "
+                             f"({member.size} bytes), not {expected!r} ({size} bytes)")
+        return data[tarfile.BLOCKSIZE:]
+
+    def _read_parquet(self, info: ShardInfo, shard: int, row: int, processid: str) -> bytes:
+        opened = self._files.get(shard)
+        if opened is None:
+            try:
+                pf = pq.ParquetFile(info.path if not info.store.remote else info.open())
+            except (OSError, ValueError) as e:
+                raise ShardError(f"{info.path}: not a readable Parquet shard ({e})") from None
+            opened = self._files[shard] = (pf, row_group_starts(pf))
+        pf, starts = opened
+        group = int(np.searchsorted(starts, row, side="right") - 1)
+        if not 0 <= group < pf.num_row_groups:
+            raise ShardError(f"{info.path}: record {processid}: the index points at row {row}, past the shard")
+        cached = self._groups.get((shard, group))
+        if cached is None:
+            try:
+                table = pf.read_row_group(group, columns=["processid", schema.IMAGE_COLUMN])
+            except (OSError, ValueError) as e:
+                raise ShardError(f"{info.path}: row group {group} is damaged ({e})") from None
+            cached = {"processid": table.column("processid").to_pylist(),
+                      "image": table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes")}
+            if len(self._groups) >= self.KEEP_ROW_GROUPS:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[shard, group] = cached
+        k = row - int(starts[group])
+        if cached["processid"][k] != processid:
+            raise ShardError(f"{info.path}: record {processid}: the index points at {cached['processid'][k]!r}")
+        return cached["image"][k].as_py()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_files"], state["_groups"] = {}, {}  # file handles and caches are per process
+        return state
+
+
+def download_needed(repos: dict[str, Repo], splits, package: str | None, cache_dir=None) -> Path:
+    """Copy from remote repos into a local folder only the files a dataset of ``splits`` needs (with
+    ``package``'s image shards of those splits when given); returns the folder, reusable later."""
+    base = Path(cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "bioscan5m-hf"))
+    first = next(iter(repos.values()))
+    target = base / redact(str(first.store.root)).split("://", 1)[-1].replace("/", "_").replace(":", "_")
+    meta_repo, meta_config = metadata_repo(repos)
+    images = image_repo(repos, package) if package else None
+    for repo in repos.values():
+        folder = target / repo.name if len(repos) > 1 else target
+        small = [schema.MANIFEST, schema.CSV_ORDER, *(p for p in repo.manifest.get("files", {})
+                                                       if p.startswith(f"{INDEX_DIR}/"))]
+        for rel in small:
+            if not (folder / rel).is_file():
+                write_atomic(folder / rel, repo.store.read_bytes(rel))
+        for config in repo.configs:
+            every_split = repo is meta_repo and config == meta_config  # the metadata of every record
+            if every_split or (repo is images and config == package):
+                for shard in repo.shards(config, schema.SPLITS if every_split else splits):
+                    path = folder / shard.rel
+                    if not path.is_file():
+                        source = RangeFile(repo.store, shard.rel, shard.num_bytes, shard.sha256)  # checked
+                        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                            while chunk := source.read(CHUNK_BYTES):
+                                f.write(chunk)
+    return target

@@ -1,0 +1,104 @@
+"""The release's metadata as the official loader sees it: every record in CSV order, the records a
+split keeps (``reduce_repeated_barcodes``), and the official ``metadata`` DataFrame.
+
+Read from a converted repo without touching image bytes: the Parquet repo's ``metadata`` config
+(column projection), or the JSON members of a WebDataset repo's tars, put back in CSV order with
+``csv-order.parquet``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import schema
+from ..repo.manifest import Repo
+from ..repo.readers import parquet_rows, read_records
+
+#: The official loader's metadata columns (its ``USECOLS``), in CSV order, and their pandas dtypes.
+OFFICIAL_COLUMNS = ("processid", "phylum", "class", "order", "family", "subfamily", "genus", "species", "dna_bin",
+                    "dna_barcode", "country", "province_state", "coord-lat", "coord-lon", "image_measurement_value",
+                    "area_fraction", "scale_factor", "split", "chunk")
+OFFICIAL_DTYPES = {"processid": str, "phylum": "category", "class": "category", "order": "category",
+                   "family": "category", "subfamily": "category", "genus": "category", "species": "category",
+                   "dna_bin": "category", "dna_barcode": str, "country": "category", "province_state": "category",
+                   "coord-lat": float, "coord-lon": float, "image_measurement_value": float, "area_fraction": float,
+                   "scale_factor": float, "split": str, "chunk": str}
+
+
+def metadata_repo(repos: dict[str, Repo]) -> tuple[Repo, str]:
+    """Where to read every record's metadata: the Parquet metadata config, else any full config."""
+    parquet = repos.get("parquet")
+    if parquet is not None and schema.METADATA_CONFIG in parquet.configs:
+        return parquet, schema.METADATA_CONFIG
+    repo = next(iter(repos.values()))
+    return repo, next(iter(repo.configs))
+
+
+def release_table(repos: dict[str, Repo], columns: Sequence[str]) -> pa.Table:
+    """``columns`` of every record of the release, in the metadata CSV's row order."""
+    repo, config = metadata_repo(repos)
+    wanted = list(dict.fromkeys(["processid", *columns]))
+    fields = pa.schema([schema.arrow_schema().field(c) for c in wanted])
+    parts = []
+    for shard in repo.shards(config, schema.SPLITS):
+        if shard.fmt == "parquet":
+            parts += parquet_rows(shard, None, wanted)
+        else:
+            parts.append(pa.Table.from_pylist(list(read_records(shard, None, wanted, image=False)), schema=fields))
+    table = pa.concat_tables(parts) if parts else fields.empty_table()
+    order = repo.read_table(schema.CSV_ORDER, ["processid"]).column("processid")
+    where = pc.index_in(order, value_set=table.column("processid"))
+    if where.null_count or table.num_rows != len(order):
+        raise ValueError(f"{repo.root}: config {config!r} holds {table.num_rows} of the release's {len(order)} "
+                         "records; the metadata needs them all")
+    return table.take(where).select(list(columns))
+
+
+def reduced_rows(barcodes: pa.ChunkedArray, max_nucleotides: int | None) -> np.ndarray:
+    """CSV rows ``reduce_repeated_barcodes=True`` keeps, ascending: after truncation to
+    ``max_nucleotides``, the rows of the whole CSV are shuffled with ``random_state=0`` (numpy's
+    ``RandomState(0).permutation``, as pandas' ``sample(frac=1)``), and the first row of each
+    barcode with trailing ``N`` stripped is kept."""
+    import pandas
+
+    if max_nucleotides is not None:
+        barcodes = pc.utf8_slice_codeunits(barcodes, 0, max_nucleotides)
+    stripped = pc.utf8_rtrim(barcodes, characters="N")
+    perm = np.random.RandomState(0).permutation(len(barcodes))
+    duplicated = pandas.Series(stripped.take(pa.array(perm)).to_numpy(zero_copy_only=False)).duplicated().to_numpy()
+    return np.sort(perm[~duplicated])
+
+
+def split_rows(table: pa.Table, splits: Sequence[str], keep: np.ndarray | None = None) -> np.ndarray:
+    """CSV rows of ``splits`` (among ``keep``, if given), ascending."""
+    mask = pc.is_in(table.column("split"), value_set=pa.array(list(splits), pa.string())).to_numpy(
+        zero_copy_only=False)
+    rows = np.flatnonzero(mask)
+    return rows if keep is None else np.intersect1d(rows, keep)
+
+
+def metadata_frame(table: pa.Table, split: str, max_nucleotides: int | None, reduce_repeated_barcodes: bool):
+    """The official ``metadata`` DataFrame from the release's :data:`OFFICIAL_COLUMNS` in CSV order
+    (its index is the CSV row): the same dtypes (labels as categories over the whole release), the
+    same truncation, reduction and split filter, ``<rank>_index`` codes and ``image_path``."""
+    import os
+
+    df = table.select(list(OFFICIAL_COLUMNS)).to_pandas().astype(OFFICIAL_DTYPES)
+    if max_nucleotides is not None:
+        df["dna_barcode"] = df["dna_barcode"].str[:max_nucleotides]
+    if reduce_repeated_barcodes:
+        shuffled = df.sample(frac=1, random_state=0)
+        stripped = shuffled["dna_barcode"].str.rstrip("N")
+        df = shuffled.loc[~stripped.duplicated()].sort_index()
+    if split is not None and split != "all":
+        df = df.loc[df["split"].isin(schema.explode_split(split))]
+    for column in schema.LABEL_COLUMNS:
+        df[column + "_index"] = df[column].cat.codes
+    chunk = df["chunk"].astype(str) + os.path.sep
+    chunk = chunk.where(df["chunk"].notna(), "")
+    df["image_path"] = df["split"] + os.path.sep + chunk + df["processid"] + ".jpg"
+    return df

@@ -1,0 +1,168 @@
+"""The official loader's API layer, shared by the map-style and the streaming ``BIOSCAN5M``: what
+one raw record (metadata values and JPEG bytes) becomes (modalities, index or text targets, tuple
+or dict, the three transforms), and the label look-ups (``index2label``, ``label2index``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from .. import schema
+from ..repo.readers import open_image
+from ..transforms import check_image_size
+
+
+def missing_as_nan(value):
+    return math.nan if value is None else value
+
+
+class Labels:
+    """Label <-> index over the whole release: an index is the label's position among the sorted
+    distinct labels of its column (the official category code); a missing label is ``-1``."""
+
+    def __init__(self, vocabularies: dict[str, list[str]]):
+        self.vocabularies = vocabularies
+        self._index: dict[str, dict[str, int]] = {}
+
+    def index(self, column: str, label: str | None) -> int:
+        if label is None:
+            return -1
+        table = self._index.get(column)
+        if table is None:
+            table = self._index[column] = {v: i for i, v in enumerate(self.vocabularies[column])}
+        return table[label]
+
+    def index2label(self, index, column: str):
+        labels = self.vocabularies[column]
+        if not hasattr(index, "__len__"):
+            return "" if index < 0 else labels[index]
+        return np.array(["" if i < 0 else labels[i] for i in np.asarray(index).tolist()], dtype=object)
+
+    def label2index(self, label, column: str):
+        single = isinstance(label, str)
+        out = []
+        for lab in [label] if single else label:
+            try:
+                out.append(-1 if lab == "" else self.index(column, lab))
+            except KeyError:
+                raise KeyError(f"Label {lab!r} not found in metadata column {column!r}") from None
+        return out[0] if single else np.asarray(out)
+
+
+class OfficialOutputs:
+    """A raw record -> the official ``BIOSCAN5M`` sample, for the given constructor arguments."""
+
+    def __init__(self, modality: str | Iterable[str], target_type: str | Iterable[str], target_format: str,
+                 output_format: str, transform: Callable | None, dna_transform: Callable | None,
+                 target_transform: Callable | None, max_nucleotides: int | None):
+        self.modality = [modality] if isinstance(modality, str) else list(modality)
+        self.modalities = [schema.resolve_modality(m) for m in self.modality]
+        self.target_type = schema.resolve_targets(target_type)
+        if target_format not in ("index", "text"):
+            raise ValueError(f"Unknown target_format: {target_format!r}")
+        self.target_format = target_format
+        self.output_format = "dict" if output_format == "dictionary" else output_format
+        if self.output_format not in ("tuple", "dict"):
+            raise ValueError(f"Unknown output_format: {output_format!r}")
+        if not self.target_type and target_transform is not None:
+            raise RuntimeError("target_transform is specified but target_type is empty")
+        self.transform, self.dna_transform, self.target_transform = transform, dna_transform, target_transform
+        self.max_nucleotides = max_nucleotides
+        self.labels: Labels | None = None  # set by the dataset once the repo's vocabularies are known
+
+    @property
+    def columns(self) -> set[str]:
+        """The metadata columns a record must carry."""
+        return {"processid", *(c for m in self.modalities for c in m.columns), *self.target_type}
+
+    @property
+    def image(self) -> bool:
+        return any(m.kind == "image" for m in self.modalities)
+
+    def dna(self, record: dict) -> str:
+        dna = record["dna_barcode"]
+        return dna if self.max_nucleotides is None else dna[: self.max_nucleotides]
+
+    def __call__(self, record: dict) -> Any:
+        index = self.labels.index
+        values = []
+        for m in self.modalities:
+            if m.kind == "image":
+                x = open_image(record["image"])
+                check_image_size(x)
+                if self.transform is not None:
+                    x = self.transform(x)
+            elif m.kind == "dna":
+                x = self.dna(record)
+                if self.dna_transform is not None:
+                    x = self.dna_transform(x)
+            elif m.kind == "image_path":
+                chunk = record["chunk"]
+                x = "/".join([record["split"], *([chunk] if chunk else []), f"{record['processid']}.jpg"])
+            elif m.kind == "label_index":
+                x = index(m.columns[0], record[m.columns[0]])
+            else:
+                x = missing_as_nan(record[m.name])
+            values.append((m.name, x))
+        target = []
+        for t in self.target_type:
+            label = record[t]
+            target.append(index(t, label) if self.target_format == "index" else missing_as_nan(label))
+            if self.output_format == "dict":
+                values.append((t, missing_as_nan(label)))
+                values.append((f"{t}_index", index(t, label)))
+        if target:
+            target = tuple(target) if len(target) > 1 else target[0]
+            if self.target_transform is not None:
+                target = self.target_transform(target)
+        else:
+            target = None
+        values.append(("target", target))
+        return tuple(v for _, v in values) if self.output_format == "tuple" else dict(values)
+
+    def column(self, column: str | None) -> str:
+        """The label column a look-up means: the one named, or the single target type."""
+        if column is not None:
+            return schema.TARGET_ALIASES.get(column, column)
+        if len(self.target_type) == 1:
+            return self.target_type[0]
+        raise ValueError("column must be specified if there isn't a single target_type")
+
+
+class OfficialAPI:
+    """What both ``BIOSCAN5M`` classes expose of the official one besides samples: the constructor's
+    arguments as attributes and the label look-ups. A class using it sets ``self.outputs``."""
+
+    outputs: OfficialOutputs
+
+    @property
+    def modality(self) -> list[str]:
+        return self.outputs.modality
+
+    @property
+    def target_type(self) -> list[str]:
+        return self.outputs.target_type
+
+    @property
+    def target_format(self) -> str:
+        return self.outputs.target_format
+
+    @property
+    def output_format(self) -> str:
+        return self.outputs.output_format
+
+    @property
+    def vocabularies(self) -> dict[str, list[str]]:
+        return self.outputs.labels.vocabularies
+
+    def index2label(self, index, column: str | None = None):
+        """Text label(s) of target index(es); negative indices (missing) map to ``""``."""
+        return self.outputs.labels.index2label(index, self.outputs.column(column))
+
+    def label2index(self, label, column: str | None = None):
+        """Index(es) of text label(s); ``""`` (missing) maps to ``-1``."""
+        return self.outputs.labels.label2index(label, self.outputs.column(column))

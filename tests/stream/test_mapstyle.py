@@ -1,0 +1,154 @@
+"""The map-style BIOSCAN5M as training code uses it: samplers, workers, random access (locally and
+over HTTP with faults), the per-record index, download=True, and the official module's names."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from bioscan5m_hf import BIOSCAN5M, StreamingBIOSCAN5M, schema
+from bioscan5m_hf.errors import ShardError
+from bioscan5m_hf.repo.storage import RetryPolicy, Store
+from bioscan5m_hf.repo.verify import verify
+from bioscan5m_hf.tools.fileserver import RepoServer
+
+from .conformance_cases import encode
+
+FAST = RetryPolicy(tries=6, base=0.01, cap=0.05, timeout=2.0)
+
+
+def as_list(batch):
+    return batch
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_with_shuffle_and_workers_gives_every_record_once(converted_zips, num_workers):
+    ds = BIOSCAN5M(converted_zips.repos["parquet"].parent, "all", modality=("processid", "image"), target_type=[])
+    loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=num_workers, collate_fn=as_list)
+    got = [sample[0] for batch in loader for sample in batch]
+    assert sorted(got) == sorted(ds[i][0] for i in range(len(ds))) and len(set(got)) == len(ds) == 240
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_distributed_sampler_splits_an_epoch_among_ranks(converted_zips, world_size):
+    ds = BIOSCAN5M(converted_zips.repos["webdataset"], "pretrain", modality="processid", target_type=[])
+    per_rank = []
+    for rank in range(world_size):
+        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=3)
+        sampler.set_epoch(1)
+        per_rank.append([ds[i][0] for i in sampler])
+    assert len({len(r) for r in per_rank}) == 1
+    flat = [p for r in per_rank for p in r]
+    assert set(flat) == {ds[i][0] for i in range(len(ds))}
+    assert len(flat) - len(set(flat)) == (-len(ds)) % world_size  # only the sampler's own padding repeats
+
+
+def test_subset_and_official_module_names(converted_zips, release):
+    from bioscan5m_hf.bioscan5m import BIOSCAN5M as Official
+    from bioscan5m_hf.bioscan5m import RGB_MEAN, RGB_STDEV, load_bioscan5m_metadata
+
+    root = converted_zips.repos["parquet"].parent
+    ds = Official(root, "val", modality=("processid", "dna"))
+    sub = Subset(ds, [2, 0])
+    assert [encode(s) for s in sub] == [encode(ds[2]), encode(ds[0])]
+    assert torch.allclose(RGB_MEAN, torch.tensor(schema.RGB_MEAN)) and RGB_STDEV.shape == (3,)
+    csv = release / schema.METADATA_CSV
+    import pandas as pd
+
+    for split in ("train", "all"):
+        pd.testing.assert_frame_equal(load_bioscan5m_metadata(csv, split=split),
+                                      BIOSCAN5M(root, split).metadata, check_exact=True)
+    assert len(load_bioscan5m_metadata(root, split="val")) == len(ds)
+
+
+def test_streaming_flag_and_its_keywords(converted_zips):
+    root = converted_zips.repos["parquet"].parent
+    stream = BIOSCAN5M(root, "train", streaming=True, shuffle=True, seed=1)
+    assert isinstance(stream, StreamingBIOSCAN5M) and isinstance(stream, torch.utils.data.IterableDataset)
+    assert not isinstance(BIOSCAN5M(root, "train"), torch.utils.data.IterableDataset)
+    for keyword in ("shuffle", "rank", "world_size", "buffer_size", "on_error"):
+        with pytest.raises(ValueError, match=f"{keyword}.*streaming=True"):
+            BIOSCAN5M(root, "train", **{keyword: {"on_error": "skip"}.get(keyword, 1)})
+    with pytest.raises(TypeError, match="colour"):
+        BIOSCAN5M(root, "train", colour=1)
+
+
+def test_one_record_is_one_read_of_its_own_bytes(converted_zips, monkeypatch):
+    reads = []
+    real = Store.fetch
+
+    def spy(self, rel, start, end):
+        reads.append((rel, end - start))
+        return real(self, rel, start, end)
+
+    monkeypatch.setattr(Store, "fetch", spy)
+    ds = BIOSCAN5M(converted_zips.repos["webdataset"], "pretrain", modality=("processid", "image"))
+    for i in (5, 0, len(ds) - 1):
+        reads.clear()
+        pid, image, _ = ds[i]
+        assert len(reads) == 1 and reads[0][0].endswith(".tar") and reads[0][1] < 512 + 64 * 1024, reads
+        assert image.format == "JPEG"
+
+
+@pytest.fixture
+def served(out):
+    with RepoServer(out) as server:
+        yield out, server
+
+
+@pytest.mark.parametrize("repo", [schema.WDS_REPO, schema.PARQUET_REPO])
+def test_random_access_over_http_with_faults_gives_the_local_records(served, repo):
+    out, server = served
+    kw = dict(modality=("processid", "image", "dna"), target_type=["genus", "species"])
+    local = BIOSCAN5M(out / repo, "val", **kw)
+    remote = BIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, **kw)
+    manifest = json.loads((out / repo / schema.MANIFEST).read_text())
+    for shard in manifest["configs"]["cropped_256"]["val"]["shards"]:
+        server.faults[f"{repo}/{shard['path']}"] += ["503", ("drop", 300), "429"]
+    assert len(remote) == len(local)
+    for i in np.random.default_rng(0).permutation(len(local)).tolist():
+        assert encode(remote[i]) == encode(local[i])
+
+
+def test_an_index_that_disagrees_with_its_shard_names_shard_and_record(out):
+    repo = out / schema.WDS_REPO
+    path = repo / "index" / "cropped_256.parquet"
+    table = pq.read_table(path)
+    offsets = table.column("offset").to_numpy().copy()
+    offsets[offsets >= 0] += 512  # every member one block off
+    pq.write_table(table.set_column(2, "offset", pa.array(offsets)), path)
+    ds = BIOSCAN5M(repo, "val")
+    pid = ds.table.column("processid")[int(ds.rows[0])].as_py()
+    with pytest.raises(ShardError, match=rf"bioscan5m-cropped_256-val-\d+\.tar: record {pid}"):
+        ds[0]
+    assert any("index/cropped_256.parquet" in p for p in verify(out).problems)
+
+
+def test_a_repo_without_the_index_says_how_to_add_it(out):
+    repo = out / schema.WDS_REPO
+    manifest = json.loads((repo / schema.MANIFEST).read_text())
+    del manifest["files"]["index/cropped_256.parquet"]
+    (repo / schema.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match=r"no per-record index.*bioscan5m-hf convert .*streaming=True"):
+        BIOSCAN5M(repo, "val")
+    assert len(list(BIOSCAN5M(repo, "val", streaming=True))) > 0
+
+
+def test_download_copies_only_what_the_split_and_modalities_need(served, tmp_path):
+    out, server = served
+    ds = BIOSCAN5M(server.url, "val", download=True, cache_dir=tmp_path / "copy", retry=FAST)
+    local = BIOSCAN5M(out, "val")
+    assert [encode(ds[i]) for i in range(len(ds))] == [encode(local[i]) for i in range(len(local))]
+    copied = {p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file()}
+    assert any("/cropped_256/val/" in p for p in copied)
+    assert not any("/cropped_256/pretrain/" in p or "/cropped_256/train/" in p for p in copied)
+    assert any("/metadata/pretrain/" in p for p in copied)  # every record's metadata
+    before = server.shard_requests()
+    dna = BIOSCAN5M(server.url, "train", modality="dna", download=True, cache_dir=tmp_path / "copy", retry=FAST)
+    assert len(dna) and server.shard_requests() == before  # metadata already copied, no images needed
+    shutil.rmtree(tmp_path / "copy")
