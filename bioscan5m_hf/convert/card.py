@@ -83,11 +83,13 @@ dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True)
 dna = dna.select_columns(["processid", "dna_barcode", "species"])
 ```
 
-The drop-in for the official PyTorch loader, streaming from this repo:
+The drop-in for the official PyTorch loader (`pip install bioscan5m-hf`), reading one record at a
+time from this repo through its per-record index (`streaming=True` streams the shards instead):
 
 ```python
 from bioscan5m_hf import BIOSCAN5M
 ds = BIOSCAN5M("hf://datasets/{repo_id}", split="train", modality=("image", "dna"), target_type="species")
+image, dna, species_index = ds[0]
 ```"""
     return f"""```python
 from datasets import load_dataset
