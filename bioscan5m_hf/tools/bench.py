@@ -392,6 +392,98 @@ def remote_area(st: Settings) -> list[Figure]:
     return figures
 
 
+def _bytes_decode(image):
+    """The map-style benchmark's image transform: make_loader's decode (simplejpeg when installed),
+    from the bytes the lazily opened PIL image holds."""
+    from ..transforms import decode_image
+
+    return decode_image(image.fp.getvalue(), 256, channels_last=True)
+
+
+def _map_collate(samples):
+    """(image HWC uint8, barcode, species index) samples -> make_loader's batch tensors."""
+    import numpy as np
+    import torch
+
+    from ..transforms import KmerTokenizer
+
+    ids, mask = KmerTokenizer(4, 660)([s[1] for s in samples])
+    return {"image": torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2),
+            "dna": torch.from_numpy(ids), "dna_mask": torch.from_numpy(mask),
+            "species": torch.tensor([int(s[2]) for s in samples], dtype=torch.int64)}
+
+
+def _map_rate(root: Path, split: str) -> float:
+    from torch.utils.data import DataLoader
+
+    from ..stream.dataset import BIOSCAN5M
+
+    start = time.perf_counter()
+    ds = BIOSCAN5M(root, split, transform=_bytes_decode)
+    n = sum(len(b["dna"]) for b in DataLoader(ds, batch_size=256, shuffle=True, num_workers=2,
+                                              collate_fn=_map_collate))
+    return n / (time.perf_counter() - start)
+
+
+def _latencies(ds, picks) -> tuple[float, float]:
+    times = []
+    for i in picks:
+        start = time.perf_counter()
+        ds[i]
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2] * 1e3, times[int(len(times) * 0.99)] * 1e3
+
+
+def mapstyle_area(st: Settings) -> list[Figure]:
+    """The map-style BIOSCAN5M: a shuffled DataLoader vs make_loader on the same repo, ds[i] latency
+    locally and over HTTP, and the memory of ``metadata`` for the full row count vs the official
+    loader's."""
+    import numpy as np
+
+    from ..stream.dataset import BIOSCAN5M
+    from .fileserver import RepoServer
+
+    rel, _, _ = _loader_repo(st)
+    out = st.workdir / "mapstyle-out"
+    if not (out / schema.WDS_REPO / schema.MANIFEST).exists():
+        _convert(rel, out, "--formats", "webdataset")
+    repo = out / schema.WDS_REPO
+    for p in repo.rglob("*.tar"):
+        p.read_bytes()
+    rates = {"map": [], "loader": []}
+    for _ in range(st.repeats):
+        rates["map"].append(_map_rate(repo, "pretrain"))
+        rates["loader"].append(loader_rate(repo, "pretrain", True, 256))
+    ours, loader = statistics.median(rates["map"]), statistics.median(rates["loader"])
+    figures = [Figure("map-style DataLoader(batch 256, shuffle=True, 2 workers), image+DNA+label", f"{ours:,.0f}/s",
+                      f"make_loader {loader:,.0f}/s", f"{ours / loader:.2f}", ">= 0.8", ours / loader >= 0.8)]
+    ds = BIOSCAN5M(repo, "pretrain")
+    picks = np.random.default_rng(0).integers(0, len(ds), 500).tolist()
+    local = _latencies(ds, picks)
+    with RepoServer(out) as server:
+        remote = _latencies(BIOSCAN5M(f"{server.url}/{schema.WDS_REPO}", "pretrain"), picks[:200])
+    figures.append(Figure("ds[i] latency (image + DNA + label), p50 / p99", f"local {local[0]:.2f} / {local[1]:.2f} ms",
+                          f"HTTP (loopback) {remote[0]:.2f} / {remote[1]:.2f} ms", "-", "-", None))
+    meta = _sample(st.workdir / f"metadata-{st.metadata_records}", st.metadata_records, "--no-images")
+    converted = st.workdir / "mapstyle-metadata-out"
+    if not (converted / schema.PARQUET_REPO / schema.MANIFEST).exists():
+        _convert(meta, converted, "--packages", "none")
+    code = (f"from bioscan5m_hf import BIOSCAN5M\n"
+            f"ds = BIOSCAN5M({str(converted)!r}, 'all', modality='dna')\nprint(len(ds.metadata))")
+    ours = run_measured([sys.executable, "-c", code])
+    if st.official_python is not None:
+        csv = meta / schema.METADATA_CSV
+        official = run_measured([str(st.official_python), "-c",
+                                 "from bioscan_dataset.bioscan5m import load_bioscan5m_metadata, USECOLS\n"
+                                 f"print(len(load_bioscan5m_metadata({str(csv)!r}, split='all', usecols=USECOLS)))"])
+        figures.append(Figure(f"BIOSCAN5M(..., 'all').metadata of {st.metadata_records:,} rows, peak memory",
+                              f"{ours['peak'] / 2**30:.2f} GiB ({ours['seconds']:.0f} s)",
+                              f"official {official['peak'] / 2**30:.2f} GiB ({official['seconds']:.0f} s)",
+                              f"{ours['peak'] / official['peak']:.2f}", "<= 1.0", ours["peak"] <= official["peak"]))
+    return figures
+
+
 def _gpu_epoch(root: Path, package: str, workers: int, decode: str) -> dict:
     """One epoch of make_loader on CUDA (image + DNA + label, batch 256, 224 px), synchronised per
     batch as a training loop would be: images/s over the whole epoch (start-up included, as a
@@ -456,7 +548,8 @@ def gpu_area(st: Settings) -> list[Figure]:
 
 #: The areas of the suite, in the order they run and appear in BENCHMARKS.md.
 AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_area,
-         "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area, "gpu": gpu_area}
+         "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area, "mapstyle": mapstyle_area,
+         "gpu": gpu_area}
 #: What runs without --only: every area but "gpu", which needs a CUDA device (scripts/gpu_check.sh).
 DEFAULT_AREAS = tuple(a for a in AREAS if a != "gpu")
 
