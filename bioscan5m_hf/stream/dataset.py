@@ -30,7 +30,7 @@ from ..repo.record_index import INDEX_DIR, index_relpath, read_record_index
 from ..repo.storage import CHUNK_BYTES, RangeFile, RetryPolicy, redact
 from ..util import atomic_path, write_atomic
 from .metadata import OFFICIAL_COLUMNS, metadata_frame, metadata_repo, reduced_rows, release_table, split_rows
-from .outputs import Labels, OfficialAPI, OfficialOutputs
+from .outputs import Labels, OfficialAPI
 from .streaming import StreamingBIOSCAN5M
 
 #: Keywords of the streaming dataset alone (the map-style one is shuffled and split by samplers).
@@ -78,13 +78,8 @@ class BIOSCAN5M(OfficialAPI, Dataset):
             raise ValueError(f"{', '.join(sorted(streaming_only))}: only for the streaming dataset; pass "
                              "streaming=True (a map-style dataset is shuffled and split by its DataLoader's sampler)")
         super().__init__()
-        self.root = root
-        self.split = schema.SPLIT_ALIASES.get(split, split)
-        self.outputs = OfficialOutputs(modality, target_type, target_format, output_format, transform,
-                                       dna_transform, target_transform, max_nucleotides)
-        self.image_package = image_package
-        self.reduce_repeated_barcodes = reduce_repeated_barcodes
-        self.max_nucleotides = max_nucleotides
+        self.configure(root, split, modality, image_package, reduce_repeated_barcodes, max_nucleotides, target_type,
+                       target_format, output_format, transform, dna_transform, target_transform)
         self.splits = schema.explode_split(split)
         options = dict(storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit, verify=verify,
                        retry=retry)
@@ -100,10 +95,6 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         self.rows = split_rows(self.table, self.splits, keep)  # CSV rows, in index order
         self.images = ShardImages(repos, image_package) if self.outputs.image else None
         self._metadata = None
-
-    @property
-    def transform(self):
-        return self.outputs.transform
 
     @property
     def metadata(self):

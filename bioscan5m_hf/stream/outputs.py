@@ -135,9 +135,25 @@ class OfficialOutputs:
 
 class OfficialAPI:
     """What both ``BIOSCAN5M`` classes expose of the official one besides samples: the constructor's
-    arguments as attributes and the label look-ups. A class using it sets ``self.outputs``."""
+    arguments as attributes and the label look-ups. A class using it calls :meth:`configure`."""
 
     outputs: OfficialOutputs
+
+    def configure(self, root, split: str, modality, image_package: str, reduce_repeated_barcodes: bool,
+                  max_nucleotides: int | None, target_type, target_format: str, output_format: str,
+                  transform, dna_transform, target_transform) -> None:
+        """Check and keep the official constructor's arguments (the repo's labels come later)."""
+        self.root = root
+        self.split = schema.SPLIT_ALIASES.get(split, split)
+        self.outputs = OfficialOutputs(modality, target_type, target_format, output_format, transform,
+                                       dna_transform, target_transform, max_nucleotides)
+        self.image_package = image_package
+        self.reduce_repeated_barcodes = reduce_repeated_barcodes
+        self.max_nucleotides = max_nucleotides
+
+    @property
+    def transform(self):
+        return self.outputs.transform
 
     @property
     def modality(self) -> list[str]:

@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset
 
 from .. import schema
 from ..repo.storage import RetryPolicy
-from .outputs import OfficialAPI, OfficialOutputs
+from .outputs import OfficialAPI
 from .records import SKIPPED, RecordStream, worker_identity
 
 
@@ -104,13 +104,8 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
                  storage_options: dict | None = None, verify: bool = False,
                  retry: RetryPolicy | None = None, readahead: int = 1) -> None:
         super().__init__()
-        self.root = root
-        self.split = schema.SPLIT_ALIASES.get(split, split)
-        self.outputs = OfficialOutputs(modality, target_type, target_format, output_format, transform,
-                                       dna_transform, target_transform, max_nucleotides)
-        self.image_package = image_package
-        self.reduce_repeated_barcodes = reduce_repeated_barcodes
-        self.max_nucleotides = max_nucleotides
+        self.configure(root, split, modality, image_package, reduce_repeated_barcodes, max_nucleotides, target_type,
+                       target_format, output_format, transform, dna_transform, target_transform)
         self.records = RecordStream(
             root, schema.explode_split(split), columns=self.outputs.columns, image=self.outputs.image,
             image_package=image_package, reduce_repeated_barcodes=reduce_repeated_barcodes,
@@ -120,10 +115,6 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
         self.outputs.labels = self.records.labels
         self.epoch = 0
         self.yielded = 0  # samples of this epoch already yielded (iterating directly, in the main process)
-
-    @property
-    def transform(self):
-        return self.outputs.transform
 
     @property
     def skipped(self) -> dict[str, int]:

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -554,13 +555,12 @@ AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_ar
 DEFAULT_AREAS = tuple(a for a in AREAS if a != "gpu")
 
 
-def suite(st: Settings, areas=DEFAULT_AREAS, echo=print) -> dict[str, list[Figure]]:
+def suite(st: Settings, areas=DEFAULT_AREAS, echo=print) -> Iterator[tuple[str, list[Figure]]]:
+    """(area, figures) for each area, as soon as it is measured."""
     st.workdir.mkdir(parents=True, exist_ok=True)
-    out = {}
     for area in areas:
         echo(f"{area} ...")
-        out[area] = AREAS[area](st)
-    return out
+        yield area, AREAS[area](st)
 
 
 def table(figures: list[Figure]) -> str:
@@ -629,7 +629,7 @@ def main(argv=None) -> int:
                   args.remote_records, official, args.gpu_records,
                   tuple(int(w) for w in args.gpu_workers.split(",") if w.strip()))
     command = "bioscan5m-hf bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    for area, figures in suite(st, areas).items():
+    for area, figures in suite(st, areas):  # each area written as soon as it is measured
         print(f"\n{area}:\n{table(figures)}")
         if not args.no_write:
             write_benchmarks(area, figures, command, args.output)
