@@ -26,7 +26,7 @@ from ..repo.dali import dali_index_path
 from ..repo.manifest import Repo
 from ..repo.storage import Store
 from ..transforms import MAX_IMAGE_PIXELS, simplejpeg
-from ..util import atomic_path, file_digest, imap_ordered, progress
+from ..util import atomic_path, check_choice, file_digest, imap_ordered, progress
 from . import card, sharding, stats, writers
 from .journal import Journal, read_json, remove_temporary, write_json
 from .release import (
@@ -61,16 +61,12 @@ class ConvertOptions:
 
     def __post_init__(self):
         for p in self.packages:
-            if p not in schema.PACKAGES:
-                raise ValueError(f"unknown image package {p!r}; choose from {', '.join(schema.PACKAGES)}")
+            check_choice(p, "image package", schema.PACKAGES)
         for s in self.splits:
-            if s not in schema.SPLITS:
-                raise ValueError(f"unknown split {s!r}; choose from {', '.join(schema.SPLITS)}")
+            check_choice(s, "split", schema.SPLITS)
         for f in self.formats:
-            if f not in schema.FORMATS:
-                raise ValueError(f"unknown format {f!r}; choose from {', '.join(schema.FORMATS)}")
-        if self.image_source not in ("auto", "folders", "zips"):
-            raise ValueError(f"unknown image source {self.image_source!r}; choose from auto, folders, zips")
+            check_choice(f, "format", schema.FORMATS)
+        check_choice(self.image_source, "image_source", ("auto", "folders", "zips"))
 
     def recorded(self) -> dict:
         """The options that decide the output, as recorded in the manifests."""

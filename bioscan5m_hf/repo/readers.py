@@ -47,7 +47,9 @@ def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
         except (OSError, ValueError, pa.ArrowException) as e:
             raise ShardError(f"{shard.path}: row group {g} (rows {starts[g]}-{starts[g + 1] - 1}) is damaged ({e})") \
                 from None
-        yield table.take(pa.array(offsets[groups == g] - starts[g]))
+        local = offsets[groups == g] - starts[g]
+        whole = len(local) == table.num_rows and local[0] == 0 and local[-1] == table.num_rows - 1
+        yield table if whole else table.take(pa.array(local))  # (offsets ascend: all rows means in order)
 
 
 def read_parquet(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],

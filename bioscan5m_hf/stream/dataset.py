@@ -89,9 +89,11 @@ class BIOSCAN5M(OfficialAPI, Dataset):
                                                cache_dir), retry=retry)
         self.repos = repos
         self.outputs.labels = _labels(repos)
-        columns = sorted(self.outputs.columns | {"split"} | ({"dna_barcode"} if reduce_repeated_barcodes else set()))
-        self.table = release_table(repos, [c for c in schema.COLUMN_NAMES if c in columns])
-        keep = reduced_rows(self.table.column("dna_barcode"), max_nucleotides) if reduce_repeated_barcodes else None
+        # One table in CSV order serves the records and the metadata DataFrame (which shares its
+        # strings): the official columns, plus any other the modalities ask for.
+        columns = set(OFFICIAL_COLUMNS) | self.outputs.columns
+        self.table = release_table(repos, [c for c in schema.COLUMN_NAMES if c in columns], max_nucleotides)
+        keep = reduced_rows(self.table.column("dna_barcode"), None) if reduce_repeated_barcodes else None
         self.rows = split_rows(self.table, self.splits, keep)  # CSV rows, in index order
         self.images = ShardImages(repos, image_package) if self.outputs.image else None
         self._metadata = None
@@ -100,8 +102,8 @@ class BIOSCAN5M(OfficialAPI, Dataset):
     def metadata(self):
         """The official ``metadata`` DataFrame (built on first use; reads no image bytes)."""
         if self._metadata is None:
-            self._metadata = metadata_frame(release_table(self.repos, OFFICIAL_COLUMNS), self.split,
-                                            self.max_nucleotides, self.reduce_repeated_barcodes)
+            self._metadata = metadata_frame(self.table, self.split, self.max_nucleotides,
+                                            self.reduce_repeated_barcodes, truncated=True)
         return self._metadata
 
     def __len__(self) -> int:

@@ -38,57 +38,83 @@ def metadata_repo(repos: dict[str, Repo]) -> tuple[Repo, str]:
     return repo, next(iter(repo.configs))
 
 
-def release_table(repos: dict[str, Repo], columns: Sequence[str]) -> pa.Table:
-    """``columns`` of every record of the release, in the metadata CSV's row order."""
+def release_table(repos: dict[str, Repo], columns: Sequence[str], max_nucleotides: int | None = None) -> pa.Table:
+    """``columns`` of every record of the release, in the metadata CSV's row order, strings with
+    64-bit offsets (the release's barcodes pass 2 GB), barcodes truncated to ``max_nucleotides``.
+
+    Memory: each shard's part is narrowed as it is read, and the reordering copies one column at a
+    time in blocks, so the peak is the table plus twice its largest column."""
     repo, config = metadata_repo(repos)
     wanted = list(dict.fromkeys(["processid", *columns]))
     fields = pa.schema([schema.arrow_schema().field(c) for c in wanted])
+    large = pa.schema([f.with_type(pa.large_string()) if pa.types.is_string(f.type) else f for f in fields])
     parts = []
     for shard in repo.shards(config, schema.SPLITS):
         if shard.fmt == "parquet":
-            parts += parquet_rows(shard, None, wanted)
+            tables = list(parquet_rows(shard, None, wanted))
         else:
-            parts.append(pa.Table.from_pylist(list(read_records(shard, None, wanted, image=False)), schema=fields))
-    table = pa.concat_tables(parts) if parts else fields.empty_table()
+            tables = [pa.Table.from_pylist(list(read_records(shard, None, wanted, image=False)), schema=fields)]
+        for part in tables:
+            part = part.cast(large)
+            if max_nucleotides is not None and "dna_barcode" in wanted:
+                barcode = pc.utf8_slice_codeunits(part.column("dna_barcode"), 0, max_nucleotides)
+                part = part.set_column(part.schema.get_field_index("dna_barcode"), "dna_barcode", barcode)
+            parts.append(part)
+    table = pa.concat_tables(parts) if parts else large.empty_table()
+    del parts
     order = repo.read_table(schema.CSV_ORDER, ["processid"]).column("processid")
-    where = pc.index_in(order, value_set=table.column("processid"))
+    where = pc.index_in(order.cast(pa.large_string()), value_set=table.column("processid"))
     if where.null_count or table.num_rows != len(order):
         raise ValueError(f"{repo.root}: config {config!r} holds {table.num_rows} of the release's {len(order)} "
                          "records; the metadata needs them all")
-    return table.take(where).select(list(columns))
+    where = pa.array(where.to_numpy(zero_copy_only=False).astype(np.int64))  # chunked indices cost a copy more
+    out = {}
+    for name in columns:  # one column at a time, each dropped from the source once copied
+        values = table.column(name).combine_chunks()  # a take on chunks would concatenate them again
+        table = table.drop_columns([name])
+        out[name] = pa.chunked_array([values.take(where[i: i + TAKE_BLOCK]) for i in range(0, len(where), TAKE_BLOCK)],
+                                     type=values.type)
+        del values
+    return pa.table(out)
+
+
+#: CSV rows gathered per output chunk when putting the release in CSV order.
+TAKE_BLOCK = 1 << 18
 
 
 def reduced_rows(barcodes: pa.ChunkedArray, max_nucleotides: int | None) -> np.ndarray:
     """CSV rows ``reduce_repeated_barcodes=True`` keeps, ascending: after truncation to
     ``max_nucleotides``, the rows of the whole CSV are shuffled with ``random_state=0`` (numpy's
     ``RandomState(0).permutation``, as pandas' ``sample(frac=1)``), and the first row of each
-    barcode with trailing ``N`` stripped is kept."""
-    import pandas
-
+    barcode with trailing ``N`` stripped is kept. ``barcodes`` are in CSV order."""
     if max_nucleotides is not None:
         barcodes = pc.utf8_slice_codeunits(barcodes, 0, max_nucleotides)
     stripped = pc.utf8_rtrim(barcodes, characters="N")
-    perm = np.random.RandomState(0).permutation(len(barcodes))
-    duplicated = pandas.Series(stripped.take(pa.array(perm)).to_numpy(zero_copy_only=False)).duplicated().to_numpy()
-    return np.sort(perm[~duplicated])
+    ids = pc.index_in(stripped, value_set=pc.unique(stripped)).to_numpy(zero_copy_only=False)  # one id per barcode
+    del stripped
+    perm = np.random.RandomState(0).permutation(len(ids))
+    _, first = np.unique(ids[perm], return_index=True)  # the first row of each barcode in shuffled order
+    return np.sort(perm[first])
 
 
 def split_rows(table: pa.Table, splits: Sequence[str], keep: np.ndarray | None = None) -> np.ndarray:
     """CSV rows of ``splits`` (among ``keep``, if given), ascending."""
-    mask = pc.is_in(table.column("split"), value_set=pa.array(list(splits), pa.string())).to_numpy(
+    mask = pc.is_in(table.column("split"), value_set=pa.array(list(splits), pa.large_string())).to_numpy(
         zero_copy_only=False)
     rows = np.flatnonzero(mask)
     return rows if keep is None else np.intersect1d(rows, keep)
 
 
-def metadata_frame(table: pa.Table, split: str, max_nucleotides: int | None, reduce_repeated_barcodes: bool):
+def metadata_frame(table: pa.Table, split: str, max_nucleotides: int | None, reduce_repeated_barcodes: bool,
+                   truncated: bool = False):
     """The official ``metadata`` DataFrame from the release's :data:`OFFICIAL_COLUMNS` in CSV order
     (its index is the CSV row): the same dtypes (labels as categories over the whole release), the
-    same truncation, reduction and split filter, ``<rank>_index`` codes and ``image_path``."""
+    same truncation (unless the table's barcodes are ``truncated`` already), reduction and split
+    filter, ``<rank>_index`` codes and ``image_path``. Strings share the table's memory."""
     import os
 
     df = table.select(list(OFFICIAL_COLUMNS)).to_pandas().astype(OFFICIAL_DTYPES)
-    if max_nucleotides is not None:
+    if max_nucleotides is not None and not truncated:
         df["dna_barcode"] = df["dna_barcode"].str[:max_nucleotides]
     if reduce_repeated_barcodes:
         shuffled = df.sample(frac=1, random_state=0)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..util import check_choice
+
 EVEN_POLICIES = ("pad", "drop")
 
 
@@ -46,8 +48,7 @@ def rank_block(total: int, rank: int, world_size: int, even: str = "pad") -> tup
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    if even not in EVEN_POLICIES:
-        raise ValueError(f"even must be one of {EVEN_POLICIES}, got {even!r}")
+    check_choice(even, "even", EVEN_POLICIES)
     if total == 0:
         return 0, 0
     per = math.ceil(total / world_size) if even == "pad" else total // world_size

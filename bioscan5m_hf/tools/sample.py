@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import schema
-from ..util import imap_ordered, progress
+from ..util import check_choice, imap_ordered, progress
 
 #: Default size of a sample release (the embedded default in ``shards/`` is made with it).
 DEFAULT_RECORDS = 400
@@ -488,11 +488,9 @@ def write_sample(out: str | os.PathLike, records: int = DEFAULT_RECORDS, seed: i
     """
     root = Path(out)
     for p in packages:
-        if p not in schema.PACKAGES:
-            raise ValueError(f"unknown image package {p!r}; choose from {', '.join(schema.PACKAGES)}")
+        check_choice(p, "image package", schema.PACKAGES)
     for item in layout:
-        if item not in ("folders", "zips"):
-            raise ValueError(f"unknown layout {item!r}; choose from folders, zips")
+        check_choice(item, "layout", ("folders", "zips"))
     plan = plan_sample(records, seed)
     prefixes = _prefixes(seed, records)
     prototypes = _barcode_prototypes(seed, len(plan.taxa))
