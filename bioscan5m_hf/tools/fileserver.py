@@ -64,21 +64,23 @@ class RepoServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                data = path.read_bytes()
-                start, end, status = 0, len(data), 200
+                size = path.stat().st_size
+                start, end, status = 0, size, 200
                 m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
                 if m and fault != "ignore-range":
                     start = int(m.group(1))
-                    end = min(len(data), int(m.group(2)) + 1) if m.group(2) else len(data)
+                    end = min(size, int(m.group(2)) + 1) if m.group(2) else size
                     status = 206
-                body = bytearray(data[start:end])
+                with open(path, "rb") as f:  # only the bytes asked for
+                    f.seek(start)
+                    body = bytearray(f.read(max(0, end - start)))
                 if rel in server.corrupt and start <= server.corrupt[rel] < end:
                     body[server.corrupt[rel] - start] ^= 0xFF
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
                 self.end_headers()
                 if head:
                     return
