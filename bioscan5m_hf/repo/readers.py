@@ -27,10 +27,11 @@ def row_group_starts(f: pq.ParquetFile) -> np.ndarray:
     return np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
 
 
-def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str]) -> Iterator[pa.Table]:
+def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],
+                 groups_per_read: int = 1) -> Iterator[pa.Table]:
     """Rows ``offsets`` (ascending; None: all) of a Parquet shard with the given columns, as one table
-    per row group read (memory stays bounded by a row group). The one place Parquet shards are read:
-    damage raises :class:`ShardError` naming the shard and the row group."""
+    per ``groups_per_read`` row groups read (memory stays bounded by that). The one place Parquet
+    shards are read: damage raises :class:`ShardError` naming the shard and the row group(s)."""
     try:
         f = pq.ParquetFile(shard.path if not shard.store.remote else shard.open())
     except (ValueError, pa.ArrowException) as e:
@@ -41,13 +42,18 @@ def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
         return
     starts = row_group_starts(f)
     groups = np.searchsorted(starts, offsets, side="right") - 1
-    for g in np.unique(groups):
+    wanted = np.unique(groups)
+    for k in range(0, len(wanted), groups_per_read):
+        read = wanted[k: k + groups_per_read]
         try:
-            table = f.read_row_group(int(g), columns=list(columns))
+            table = f.read_row_groups(read.tolist(), columns=list(columns))
         except (OSError, ValueError, pa.ArrowException) as e:
-            raise ShardError(f"{shard.path}: row group {g} (rows {starts[g]}-{starts[g + 1] - 1}) is damaged ({e})") \
-                from None
-        local = offsets[groups == g] - starts[g]
+            rows = f"rows {starts[read[0]]}-{starts[read[-1] + 1] - 1}"
+            which = f"row group {read[0]}" if len(read) == 1 else f"row groups {read[0]}-{read[-1]}"
+            raise ShardError(f"{shard.path}: {which} ({rows}) is damaged ({e})") from None
+        picked = (groups >= read[0]) & (groups <= read[-1]) & np.isin(groups, read)
+        base = np.cumsum([0, *(starts[read + 1] - starts[read])[:-1]])  # where each group starts in `table`
+        local = offsets[picked] - starts[groups[picked]] + base[np.searchsorted(read, groups[picked])]
         whole = len(local) == table.num_rows and local[0] == 0 and local[-1] == table.num_rows - 1
         yield table if whole else table.take(pa.array(local))  # (offsets ascend: all rows means in order)
 

@@ -203,10 +203,10 @@ class RecordStream:
             positions = [p for p in range(i, j) if p not in skip]
             info, offsets = self.visit_rows(plan, i, positions)
             upcoming = [self.shards[int(plan.shards[a])] for a, _ in visits[k + 1: k + 1 + self.readahead]]
-            got = 0
+            got, where = 0, info.path
             try:
                 for position, record in zip(positions, read_records(info, offsets, self.columns, self.image)):
-                    record["__shard__"] = info.path
+                    record["__shard__"] = where
                     yield position, record
                     got += 1
                     if got == len(positions) // 2 + 1:
@@ -214,7 +214,7 @@ class RecordStream:
             except ShardError as e:
                 if self.on_error == "raise":
                     raise
-                self.skip(info.path, len(positions) - got, str(e))
+                self.skip(where, len(positions) - got, str(e))
                 for position in positions[got:]:
                     yield position, None
 
@@ -231,7 +231,7 @@ class RecordStream:
         """The metadata columns of read positions ``[a, b)`` (one visit of a Parquet shard) as one
         Arrow table, in read order: the columnar path's counterpart of :meth:`records`."""
         info, offsets = self.visit_rows(plan, a, np.arange(a, b))
-        return pa.concat_tables(parquet_rows(info, offsets, self.columns))
+        return pa.concat_tables(parquet_rows(info, offsets, self.columns, groups_per_read=len(offsets)))
 
     def _prefetch(self, shards: list[ShardInfo]) -> None:
         """Fetch shards into the cache in the background (remote repos with a cache only)."""
