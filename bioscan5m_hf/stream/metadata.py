@@ -43,7 +43,7 @@ def release_table(repos: dict[str, Repo], columns: Sequence[str], max_nucleotide
     64-bit offsets (the release's barcodes pass 2 GB), barcodes truncated to ``max_nucleotides``.
 
     Memory: each shard's part is narrowed as it is read, and the reordering copies one column at a
-    time in blocks, so the peak is the table plus twice its largest column."""
+    time, chunk by chunk (:func:`csv_ordered`), so the peak is about the table and one chunk."""
     repo, config = metadata_repo(repos)
     wanted = list(dict.fromkeys(["processid", *columns]))
     fields = pa.schema([schema.arrow_schema().field(c) for c in wanted])
@@ -67,15 +67,40 @@ def release_table(repos: dict[str, Repo], columns: Sequence[str], max_nucleotide
     if where.null_count or table.num_rows != len(order):
         raise ValueError(f"{repo.root}: config {config!r} holds {table.num_rows} of the release's {len(order)} "
                          "records; the metadata needs them all")
-    where = pa.array(where.to_numpy(zero_copy_only=False).astype(np.int64))  # chunked indices cost a copy more
+    where = where.to_numpy(zero_copy_only=False).astype(np.int64)  # table row of each CSV row
+    csv_row = np.empty(len(where), dtype=np.int64)
+    csv_row[where] = np.arange(len(where))  # the CSV row of each table row
     out = {}
-    for name in columns:  # one column at a time, each dropped from the source once copied
-        values = table.column(name).combine_chunks()  # a take on chunks would concatenate them again
-        table = table.drop_columns([name])
-        out[name] = pa.chunked_array([values.take(where[i: i + TAKE_BLOCK]) for i in range(0, len(where), TAKE_BLOCK)],
-                                     type=values.type)
-        del values
+    for name in columns:
+        chunks, kind = table.column(name).chunks, table.schema.field(name).type
+        table = table.drop_columns([name])  # the chunks list holds the only references now
+        out[name] = csv_ordered(chunks, csv_row, kind)
     return pa.table(out)
+
+
+def csv_ordered(chunks: list[pa.Array], csv_row: np.ndarray, kind: pa.DataType) -> pa.ChunkedArray:
+    """The values of ``chunks`` (in table order; the list is emptied) put in CSV order, with about
+    one copy of the data alive at a time: each chunk is cut into pieces by destination block of
+    :data:`TAKE_BLOCK` CSV rows and released, then each block is assembled from its pieces. (A plain
+    ``take`` first concatenates every chunk: twice the column, and more than 32-bit string offsets
+    can hold for the release's barcodes.)"""
+    block_of = csv_row // TAKE_BLOCK
+    pieces: dict[int, list[tuple[np.ndarray, pa.Array]]] = {}
+    start = 0
+    while chunks:
+        chunk = chunks.pop(0)  # released once cut
+        rows = np.arange(start, start + len(chunk))
+        start += len(chunk)
+        for b in np.unique(block_of[rows]).tolist():
+            mine = rows[block_of[rows] == b]
+            pieces.setdefault(b, []).append((csv_row[mine], chunk.take(pa.array(mine - rows[0]))))
+        del chunk
+    blocks = []
+    for b in sorted(pieces):
+        rows = np.concatenate([r for r, _ in pieces[b]])
+        values = pa.concat_arrays([v for _, v in pieces.pop(b)])
+        blocks.append(values.take(pa.array(np.argsort(rows, kind="stable"))))
+    return pa.chunked_array(blocks, type=kind)
 
 
 #: CSV rows gathered per output chunk when putting the release in CSV order.
