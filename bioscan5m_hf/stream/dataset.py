@@ -95,6 +95,7 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         self.table = release_table(repos, [c for c in schema.COLUMN_NAMES if c in columns], max_nucleotides)
         keep = reduced_rows(self.table.column("dna_barcode"), None) if reduce_repeated_barcodes else None
         self.rows = split_rows(self.table, self.splits, keep)  # CSV rows, in index order
+        self.record_columns = [c for c in self.table.column_names if c in self.outputs.columns]
         self.images = ShardImages(repos, image_package) if self.outputs.image else None
         self._metadata = None
 
@@ -115,7 +116,7 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for {n} records")
         row = int(self.rows[index])
-        record = {name: self.table.column(name)[row].as_py() for name in self.table.column_names}
+        record = {name: self.table.column(name)[row].as_py() for name in self.record_columns}
         if self.images is not None:
             record["image"] = self.images.read(row, record["processid"])
         return record
@@ -161,7 +162,7 @@ class ShardImages:
         self.package = package
         self.shards: list[ShardInfo] = repo.shards(package, schema.SPLITS)
         self.index = read_record_index(repo, package)
-        self._files: dict[int, tuple] = {}  # per process: __getstate__ leaves them behind
+        self._files: dict = {}  # open files per process (__getstate__ leaves them behind)
         self._groups: dict[tuple[int, int], dict] = {}
 
     def where(self, row: int) -> str:
@@ -182,25 +183,34 @@ class ShardImages:
         start = offset - tarfile.BLOCKSIZE
         if start < 0 or offset + size > info.num_bytes:
             raise ShardError(f"{info.path}: record {processid}: the index points outside the shard")
-        data = info.store.fetch(info.rel, start, offset + size)  # remote faults name the URL themselves
+        if info.store.remote:
+            data = info.store.fetch(info.rel, start, offset + size)  # remote faults name the URL themselves
+        else:  # one pread on a descriptor kept open per shard (pread has no position to share)
+            fd = self._files.get(info.rel)
+            if fd is None:
+                fd = self._files[info.rel] = os.open(info.path, os.O_RDONLY)
+            data = os.pread(fd, tarfile.BLOCKSIZE + size, start)
+        expected = f"{processid}.{schema.IMAGE_EXTENSION}".encode()
+        header = data[: tarfile.BLOCKSIZE]
+        name = header[:100].split(b"\0", 1)[0]
         try:
-            member = tarfile.TarInfo.frombuf(data[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
-        except tarfile.TarError as e:
-            raise ShardError(f"{info.path}: record {processid}: no tar header where the index points ({e})") from None
-        expected = f"{processid}.{schema.IMAGE_EXTENSION}"
-        if member.name != expected or member.size != size or len(data) != tarfile.BLOCKSIZE + size:
-            raise ShardError(f"{info.path}: record {processid}: the index points at {member.name!r} "
-                             f"({member.size} bytes), not {expected!r} ({size} bytes)")
+            stored = int(header[124:136].strip(b"\0 ") or b"-1", 8)
+        except ValueError:
+            stored = -1
+        if name != expected or stored != size or len(data) != tarfile.BLOCKSIZE + size:
+            found = name[:64].decode(errors="replace")
+            raise ShardError(f"{info.path}: record {processid}: the index points at {found!r} ({stored} bytes), "
+                             f"not {expected.decode()!r} ({size} bytes)")
         return data[tarfile.BLOCKSIZE:]
 
     def _read_parquet(self, info: ShardInfo, shard: int, row: int, processid: str) -> bytes:
-        opened = self._files.get(shard)
+        opened = self._files.get((os.getpid(), shard))  # a file object's position must not cross a fork
         if opened is None:
             try:
                 pf = pq.ParquetFile(info.path if not info.store.remote else info.open())
             except (OSError, ValueError) as e:
                 raise ShardError(f"{info.path}: not a readable Parquet shard ({e})") from None
-            opened = self._files[shard] = (pf, row_group_starts(pf))
+            opened = self._files[os.getpid(), shard] = (pf, row_group_starts(pf))
         pf, starts = opened
         group = int(np.searchsorted(starts, row, side="right") - 1)
         if not 0 <= group < pf.num_row_groups:

@@ -71,7 +71,7 @@ class LoaderSample:
         return out
 
 
-def _stack_images(images: list[np.ndarray]) -> torch.Tensor:
+def stack_images(images: list[np.ndarray]) -> torch.Tensor:
     """HWC uint8 images -> one ``B x 3 x H x W`` tensor in channels-last memory format (plain copies,
     no transposition), written straight into shared memory when in a DataLoader worker (as
     ``default_collate`` does), so the batch is not copied again to reach the main process."""
@@ -103,7 +103,7 @@ class Collate:
                 batch["jpeg"], batch["jpeg_offsets"] = on_device.pack([s["jpeg"] for s in samples])
                 batch["crop"] = torch.from_numpy(np.stack([s["crop"] for s in samples]))
             elif m.kind == "image":
-                batch["image"] = _stack_images([s["image"] for s in samples])
+                batch["image"] = stack_images([s["image"] for s in samples])
             elif m.kind == "dna":
                 ids, mask = self.tokenizer([s["dna"] for s in samples])
                 batch["dna"] = torch.from_numpy(ids)

@@ -402,14 +402,15 @@ def _bytes_decode(image):
 
 
 def _map_collate(samples):
-    """(image HWC uint8, barcode, species index) samples -> make_loader's batch tensors."""
-    import numpy as np
+    """(image HWC uint8, barcode, species index) samples -> make_loader's batch tensors, with its
+    collate's image stacking (straight into shared memory in a worker)."""
     import torch
 
+    from ..stream.loader import stack_images
     from ..transforms import KmerTokenizer
 
     ids, mask = KmerTokenizer(4, 660)([s[1] for s in samples])
-    return {"image": torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2),
+    return {"image": stack_images([s[0] for s in samples]),
             "dna": torch.from_numpy(ids), "dna_mask": torch.from_numpy(mask),
             "species": torch.tensor([int(s[2]) for s in samples], dtype=torch.int64)}
 
