@@ -254,6 +254,8 @@ def shard_relpath(fmt: str, config: str, split: str, index: int) -> str:
 SHARD_PATH_PATTERN = re.compile(r"^(?!\.)[\w.\-]+/(?!\.)[\w.\-]+/bioscan5m-[\w.\-]+-\d{6}\.(parquet|tar)$",
                                 re.ASCII)
 
-#: Keys must be usable as tar member stems: webdataset splits a member name at its first dot, and a
-#: USTAR name field holds 100 bytes.
-PROCESSID_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+#: Keys must be usable as tar member stems: webdataset splits a member name at its first dot, a USTAR
+#: name field holds 100 bytes, and `datasets` (so the Hub's viewer) silently skips tar members whose
+#: name starts with "." or "__" (datasets/utils/file_utils.py, ArchiveIterable). Written for RE2
+#: (Arrow's regex engine), which has no look-ahead.
+PROCESSID_PATTERN = re.compile(r"^(?:[A-Za-z0-9\-][A-Za-z0-9_\-]{0,63}|_[A-Za-z0-9\-][A-Za-z0-9_\-]{0,62}|_)$")

@@ -15,7 +15,9 @@ from . import writers
 from .stats import CHART_DIR, CHARTS
 
 TEMPLATE = "dataset_card.md"
-TASK_CATEGORIES = ["image-classification", "zero-shot-classification", "feature-extraction"]
+#: Hub task ids (huggingface.js, packages/tasks/src/pipelines.ts): the image ones, since
+#: "zero-shot-classification" and "feature-extraction" are text tasks there.
+TASK_CATEGORIES = ["image-classification", "zero-shot-image-classification", "image-feature-extraction"]
 TAGS = ["biology", "biodiversity", "insects", "dna", "dna-barcoding", "taxonomy", "multimodal", "bioscan"]
 
 

@@ -144,7 +144,8 @@ def _check_keys_and_splits(batch: pa.RecordBatch, path: Path, first_row: int) ->
     if not pc.all(good).as_py():
         k = _first_true(pc.invert(good))
         raise _fail(path, first_row + k, "processid",
-                    f"{pids[k].as_py()!r} is not a valid key (letters, digits, '-' and '_' only)")
+                    f"{pids[k].as_py()!r} is not a valid key (letters, digits, '-' and '_' only, at most 64, "
+                    "not starting with '__', which datasets and the Hub viewer skip as hidden)")
     splits = batch.column("split")
     known = pc.is_in(splits, value_set=pa.array(schema.SPLITS))
     if not pc.all(known).as_py():

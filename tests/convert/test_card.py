@@ -44,3 +44,10 @@ def test_card_tables_list_every_split_and_field(converted_zips):
 def test_size_category():
     assert size_category(400) == "n<1K"
     assert size_category(5_150_850) == "1M<n<10M"
+
+
+def test_task_categories_are_the_hubs_image_task_ids(converted_zips):
+    from bioscan5m_hf.convert.card import card_yaml
+
+    tasks = card_yaml(converted_zips.manifests["parquet"])["task_categories"]
+    assert tasks == ["image-classification", "zero-shot-image-classification", "image-feature-extraction"]

@@ -100,6 +100,7 @@ def test_missing_and_unknown_columns(tmp_path, rows):
     ("split", "training", r"row 5, column 'split': unknown split 'training'"),
     ("processid", "", r"row 5, column 'processid': value is missing"),
     ("processid", "AB.12-20", r"row 5, column 'processid': 'AB.12-20' is not a valid key"),
+    ("processid", "__AB12-20", r"row 5, column 'processid': '__AB12-20' is not a valid key .*not starting with '__'"),
     ("dna_barcode", "A" * 70_000, r"row 5, column 'dna_barcode': value is longer than"),
 ])
 def test_unparsable_values_name_file_row_and_column(tmp_path, rows, column, value, message):

@@ -11,8 +11,9 @@ from bioscan5m_hf.convert.release import CSV_NULL_VALUES, load_metadata
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=24)
 value_text = text.filter(lambda s: s not in CSV_NULL_VALUES)  # those read as missing, as pandas does
 finite = st.floats(allow_nan=False, allow_infinity=False)
-# a processid such as "NA" or "null" would be read as missing (as pandas reads it), never a real id
-pid = st.from_regex(r"[A-Za-z0-9_\-]{1,16}", fullmatch=True).filter(lambda s: s not in CSV_NULL_VALUES)
+# any key the schema allows, but one such as "NA" or "null" would be read as missing (as pandas reads it)
+pid = st.from_regex(r"[A-Za-z0-9_\-]{1,16}", fullmatch=True).filter(
+    lambda s: s not in CSV_NULL_VALUES and schema.PROCESSID_PATTERN.match(s))
 
 
 @st.composite
