@@ -17,3 +17,8 @@ class ShardError(RuntimeError):
 
 class RemoteError(OSError):
     """A permanent fault reading a URL (or transient ones past the retry limit); the message names the URL."""
+
+
+class UnreachableError(RemoteError):
+    """A URL that could not be reached at all (connection refused, DNS or TLS failure, timeouts after
+    the retries): not the same as a location that answers without a converted repo."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import RemoteError, ShardError
+from ..errors import RemoteError, ShardError, UnreachableError
 from ..util import atomic_path
 
 #: Bytes per ranged request when reading a shard sequentially.
@@ -145,11 +145,16 @@ class Store:
     # -- reading ------------------------------------------------------------------------------------
 
     def exists(self, rel: str) -> bool:
+        """Whether the file is there. A location that cannot be reached raises
+        :class:`UnreachableError` instead of answering no; access denied counts as absent (object
+        stores answer 403 for a missing key to clients that may not list)."""
         if not self.remote:
             return self.local_path(rel).is_file()
         try:
             self.fetch(rel, 0, 1)
             return True
+        except UnreachableError:
+            raise
         except (FileNotFoundError, RemoteError):
             return False
 
@@ -197,8 +202,9 @@ class Store:
                 if not is_transient(e):
                     raise RemoteError(f"{url}: {type(e).__name__}: {redact(str(e))}") from None
                 if k + 1 == self.retry.tries:
-                    raise RemoteError(f"{url}: still failing after {self.retry.tries} tries "
-                                      f"({type(e).__name__}{f' {status}' if status else ''})") from None
+                    cause = f"HTTP {status}" if status else f"{type(e).__name__}: {redact(str(e))[:200]}"
+                    raise UnreachableError(f"{url}: unreachable, still failing after {self.retry.tries} tries "
+                                           f"({cause})") from None
                 time.sleep(self.retry.delay(k))
         raise AssertionError("unreachable")
 

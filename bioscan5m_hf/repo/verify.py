@@ -231,10 +231,11 @@ def _check_records(shard: ShardInfo, where: str, config: str, split: str, seen: 
     return count
 
 
-def verify(root: str | os.PathLike, decode: bool = False) -> Report:
-    """Verify the repos under ``root`` (the ``OUT`` of convert, or one repo folder)."""
+def verify(root: str | os.PathLike, decode: bool = False, retry=None) -> Report:
+    """Verify the repos under ``root`` (the ``OUT`` of convert, or one repo folder, or a URL; ``retry``
+    is the :class:`~bioscan5m_hf.repo.storage.RetryPolicy` for a URL)."""
     report = Report()
-    repos = open_repos(root)
+    repos = open_repos(root, retry=retry)
     keys = {fmt: verify_repo(repo, report, decode) for fmt, repo in repos.items()}
     if len(keys) == 2:
         parquet, tars = keys["parquet"], keys["webdataset"]

@@ -177,3 +177,14 @@ def test_readahead_fetches_the_next_shard_in_the_background(out, server, tmp_pat
     while time.time() < deadline and len(ShardCache(tmp_path / "c").files()) < 2:
         time.sleep(0.05)
     assert len(ShardCache(tmp_path / "c").files()) == 2  # the shard being read, and the next one
+
+
+def test_an_unreachable_root_says_so_naming_the_url(tmp_path):
+    from bioscan5m_hf.errors import UnreachableError
+    from bioscan5m_hf.repo.verify import verify
+
+    url = "http://user:secret@127.0.0.1:9/nope"  # port 9 (discard): connection refused
+    for attempt in (lambda: StreamingBIOSCAN5M(url, "val", retry=FAST), lambda: verify(url, retry=FAST)):
+        with pytest.raises(UnreachableError, match=r"http://127\.0\.0\.1:9/nope/manifest\.json: unreachable") as e:
+            attempt()
+        assert "no converted repo" not in str(e.value) and "secret" not in str(e.value)
