@@ -283,6 +283,15 @@ class RangeFile(io.RawIOBase):
                                  f"the manifest's {self.expected} (corrupted in storage or in transit)")
 
 
+def copy_verified(store: Store, rel: str, size: int, sha256: str, path: str | os.PathLike) -> None:
+    """Copy a remote file to ``path`` in bounded ranges, checked against ``sha256``; ``path`` appears
+    only once the whole file is there and verified."""
+    source = RangeFile(store, rel, size, sha256)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        while chunk := source.read(CHUNK_BYTES):
+            f.write(chunk)
+
+
 class ShardCache:
     """Verified shard files on local disk, shared by processes and jobs; least recently used evicted
     beyond ``limit`` bytes. Files are named by their sha256, written to a temporary name and renamed
@@ -313,10 +322,7 @@ class ShardCache:
         return path
 
     def _download(self, store: Store, rel: str, size: int, sha256: str, path: Path) -> None:
-        source = RangeFile(store, rel, size, sha256)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            while chunk := source.read(CHUNK_BYTES):
-                f.write(chunk)
+        copy_verified(store, rel, size, sha256, path)
 
     def files(self) -> list[Path]:
         return [p for p in self.folder.glob("*.shard") if p.is_file()]

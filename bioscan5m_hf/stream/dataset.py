@@ -27,8 +27,8 @@ from ..errors import ShardError
 from ..repo.manifest import Repo, ShardInfo, open_repos
 from ..repo.readers import row_group_starts
 from ..repo.record_index import INDEX_DIR, index_relpath, read_record_index
-from ..repo.storage import CHUNK_BYTES, RangeFile, RetryPolicy, redact
-from ..util import atomic_path, write_atomic
+from ..repo.storage import RetryPolicy, copy_verified, redact
+from ..util import write_atomic
 from .metadata import OFFICIAL_COLUMNS, metadata_frame, metadata_repo, reduced_rows, release_table, split_rows
 from .outputs import Labels, OfficialAPI
 from .streaming import StreamingBIOSCAN5M
@@ -256,10 +256,6 @@ def download_needed(repos: dict[str, Repo], splits, package: str | None, cache_d
             every_split = repo is meta_repo and config == meta_config  # the metadata of every record
             if every_split or (repo is images and config == package):
                 for shard in repo.shards(config, schema.SPLITS if every_split else splits):
-                    path = folder / shard.rel
-                    if not path.is_file():
-                        source = RangeFile(repo.store, shard.rel, shard.num_bytes, shard.sha256)  # checked
-                        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                            while chunk := source.read(CHUNK_BYTES):
-                                f.write(chunk)
+                    if not (folder / shard.rel).is_file():
+                        copy_verified(repo.store, shard.rel, shard.num_bytes, shard.sha256, folder / shard.rel)
     return target
