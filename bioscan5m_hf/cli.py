@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", type=_csv_list(("folders", "zips")), default=("folders", "zips"),
                    help="image folders, official zips, or both (default folders,zips)")
     p.add_argument("--image-size", type=_positive, default=None, help="shorter image side for every package")
+    p.add_argument("--grain", type=float, default=0.0,
+                   help="sensor-like noise, for JPEGs as large as real photographs (16: ~1 MB original_full)")
     p.add_argument("--workers", type=_positive, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -117,6 +119,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def format_plan(rows: list[dict], options) -> str:
+    """``convert --plan``: shards, records, bytes and files per folder; then the same layout at full
+    scale for the packages converted, against the Hub's limit of entries per folder."""
+    from .convert.sharding import FILES_PER_SHARD, full_scale_folders
+    from .hub.rules import HubLimits
+
+    limit = HubLimits().files_per_folder
+    lines = [f"{'format':<11}{'config':<14}{'split':<15}{'shards':>7}{'records':>11}{'bytes':>16}{'files':>7}"]
+    for r in rows:
+        lines.append(f"{r['format']:<11}{r['config']:<14}{r['split']:<15}{r['shards']:>7}{r['records']:>11,}"
+                     f"{r['bytes']:>16,}{r['shards'] * FILES_PER_SHARD[r['format']]:>7}")
+    lines.append(f"{'total':<40}{sum(r['shards'] for r in rows):>7}{'':>11}{sum(r['bytes'] for r in rows):>16,}")
+    for package in options.packages:
+        size = schema.PACKAGE_BYTES.get(package)
+        if size is None:
+            lines.append(f"full scale, {package}: no published size to project from")
+            continue
+        folders = full_scale_folders(package, size, options.shard_bytes, options.shard_records)
+        split, shards = max(folders.items(), key=lambda kv: kv[1])
+        files = shards * max(FILES_PER_SHARD.values())
+        lines.append(f"full scale, {package} (~{size / 1e9:,.0f} GB): at most {shards:,} shards in one folder "
+                     f"({package}/{split}/), {files:,} files with the tars' indexes: "
+                     + ("within" if files <= limit else "OVER") + f" the Hub's {limit:,} entries per folder")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # its own options, its own --help
@@ -130,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             info = write_sample(args.out, args.records or DEFAULT_RECORDS, args.seed, args.packages,
                                 images=not args.no_images, layout=args.layout, image_size=args.image_size,
-                                workers=args.workers, show_progress=not args.quiet)
+                                grain=args.grain, workers=args.workers, show_progress=not args.quiet)
             counts = ", ".join(f"{s} {n:,}" for s, n in info.split_counts.items())
             print(f"wrote {info.records:,} records to {info.root} ({counts}); "
                   f"{info.images:,} images, {len(info.zips)} zips")
@@ -146,12 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.plan:
                 from .convert import plan_conversion
 
-                rows = plan_conversion(args.release, options)
-                print(f"{'format':<11}{'config':<14}{'split':<15}{'shards':>7}{'records':>11}{'bytes':>16}")
-                for r in rows:
-                    print(f"{r['format']:<11}{r['config']:<14}{r['split']:<15}{r['shards']:>7}{r['records']:>11,}"
-                          f"{r['bytes']:>16,}")
-                print(f"{'total':<40}{sum(r['shards'] for r in rows):>7}{'':>11}{sum(r['bytes'] for r in rows):>16,}")
+                print(format_plan(plan_conversion(args.release, options), options))
                 return 0
             from .convert import task_from_environment
 

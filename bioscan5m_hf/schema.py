@@ -141,6 +141,9 @@ SPLIT_RECORDS: dict[str, int] = {
     "key_unseen": 36_465, "val_unseen": 8_819, "test_unseen": 7_887, "other_heldout": 76_590,
 }
 TOTAL_RECORDS = sum(SPLIT_RECORDS.values())  # 5,150,850
+#: Approximate bytes of each image package in the official release (its zips), where published.
+PACKAGE_BYTES: dict[str, int] = {"original_full": 200_000_000_000, "cropped": 80_000_000_000,
+                                 "cropped_256": 39_000_000_000}
 
 
 def explode_split(split: str | None) -> tuple[str, ...]:

@@ -44,10 +44,11 @@ def card_yaml(manifest: dict) -> dict:
         infos.append({
             "config_name": config,
             "features": writers.hf_features_yaml(fmt, with_image),
-            "splits": [{"name": s, "num_bytes": v["num_bytes"], "num_examples": v["num_records"]}
+            # As `datasets` records them: Arrow bytes per split (and in all), the files' bytes to download.
+            "splits": [{"name": s, "num_bytes": v["arrow_bytes"], "num_examples": v["num_records"]}
                        for s, v in splits.items()],
             "download_size": sum(v["num_bytes"] for v in splits.values()),
-            "dataset_size": sum(v["num_bytes"] for v in splits.values()),
+            "dataset_size": sum(v["arrow_bytes"] for v in splits.values()),
         })
     return {
         "pretty_name": "BIOSCAN-5M" if fmt == "parquet" else "BIOSCAN-5M (WebDataset)",
@@ -120,6 +121,25 @@ loader = make_loader("hf://datasets/{repo_id}", "train", batch_size=256, num_wor
 ```"""
 
 
+#: The dataset viewer converts a repo that is not Parquet only up to this many bytes per split (its
+#: ``partial-`` conversion; ``parquetAndInfo.maxDatasetSizeBytes`` in the viewer's ``chart/env/prod.yaml``).
+VIEWER_CONVERT_BYTES = 5_000_000_000
+
+
+def _viewer_note(manifest: dict, namespace: str, other: str) -> str:
+    if manifest["format"] == "parquet":
+        return ("The dataset viewer reads these Parquet files in place, so every config and split can be browsed "
+                "and searched in full, images included.")
+    large = [f"`{config}/{split}`" for config, splits in manifest["configs"].items()
+             for split, v in splits.items() if v["num_bytes"] > VIEWER_CONVERT_BYTES]
+    where = (f"In this copy that applies to {', '.join(large)}." if large else
+             "Every split of this copy is under that size, so all are shown in full.")
+    return (f"The dataset viewer converts WebDataset tars to Parquet only up to 5 GB per split (a `partial-` "
+            f"conversion): larger splits show only their first records there. {where} To browse every record, "
+            f"use the Parquet repo [`{namespace}/{other}`](https://huggingface.co/datasets/{namespace}/{other}), "
+            f"which the viewer reads in place.")
+
+
 def render(manifest: dict, template: str | None = None, namespace: str = "bioscan-ml",
            name: str = schema.PARQUET_REPO) -> str:
     """The full ``README.md`` of a converted repo, published as ``namespace/name`` (Parquet) and
@@ -163,6 +183,7 @@ def render(manifest: dict, template: str | None = None, namespace: str = "biosca
     charts = "\n".join(f"![{title}]({CHART_DIR}/{key}.png)" for key, title in CHARTS.items()
                        if f"{CHART_DIR}/{key}.png" in manifest.get("files", {}))
     values = {
+        "viewer_note": _viewer_note(manifest, namespace, other),
         "statistics_table": stats_table,
         "charts": charts,
         "pretty_name": card_yaml(manifest)["pretty_name"],

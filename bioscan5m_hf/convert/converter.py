@@ -124,11 +124,12 @@ def write_shard(task: ShardTask) -> list[dict]:
         rel = schema.shard_relpath(fmt, s.config, s.split, s.index)
         path = Path(task.repos[fmt]) / rel
         if fmt == "parquet":
-            writers.write_parquet(path, writers.parquet_table(rows, images), images is not None)
+            arrow_bytes = writers.write_parquet(path, writers.parquet_table(rows, images), images is not None)
         else:
             writers.write_tar(path, rows.to_pylist(), images)
+            arrow_bytes = writers.tar_arrow_bytes(writers.parquet_table(rows, images), rel)
         entry = {"format": fmt, "config": s.config, "split": s.split, "path": rel, "num_records": len(s),
-                 "num_bytes": path.stat().st_size, "sha256": file_digest(path)}
+                 "num_bytes": path.stat().st_size, "arrow_bytes": arrow_bytes, "sha256": file_digest(path)}
         if task.journal is not None:
             task.journal.record_done(task.done_paths()[fmt], entry)
         entries.append(entry)
@@ -234,10 +235,11 @@ def build_manifest(fmt: str, entries: list[dict], options: dict, source: dict,
         if e["format"] != fmt:
             continue
         split = configs.setdefault(e["config"], {}).setdefault(e["split"], {"num_records": 0, "num_bytes": 0,
-                                                                           "shards": []})
+                                                                           "arrow_bytes": 0, "shards": []})
         split["num_records"] += e["num_records"]
         split["num_bytes"] += e["num_bytes"]
-        split["shards"].append({k: e[k] for k in ("path", "num_records", "num_bytes", "sha256")})
+        split["arrow_bytes"] += e["arrow_bytes"]
+        split["shards"].append({k: e[k] for k in ("path", "num_records", "num_bytes", "arrow_bytes", "sha256")})
     # Configs and splits in canonical order.
     order = [*schema.PACKAGES, schema.METADATA_CONFIG]
     configs = {c: {s: configs[c][s] for s in schema.SPLITS if s in configs[c]}

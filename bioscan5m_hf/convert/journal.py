@@ -101,7 +101,7 @@ class Journal:
                 size = (Path(repos[fmt]) / entry["path"]).stat().st_size
             except (OSError, TypeError, KeyError):
                 return None
-            if size != entry["num_bytes"]:
+            if size != entry["num_bytes"] or "arrow_bytes" not in entry:  # (older converters did not record it)
                 return None
             entries.append(entry)
         return entries

@@ -94,3 +94,22 @@ def plan_split(config: str, split: str, rows: np.ndarray, record_bytes: np.ndarr
     total = int(np.sum(record_bytes))
     bounds = shard_bounds(len(rows), shard_count(len(rows), total, shard_bytes, shard_records))
     return [Shard(config, split, i, rows[a:b], int(np.sum(record_bytes[a:b]))) for i, (a, b) in enumerate(bounds)]
+
+
+#: Files a shard leaves in its folder, per format: the WebDataset tar has its DALI index beside it.
+FILES_PER_SHARD = {"parquet": 1, "webdataset": 2}
+
+
+def full_scale_folders(package: str, package_bytes: int, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                       shard_records: int | None = None) -> dict[str, int]:
+    """Shards per split folder of ``package`` at full scale (records per split as published, bytes in
+    proportion), the layout ``<config>/<split>/`` that :func:`schema.shard_relpath` gives.
+
+    >>> folders = full_scale_folders("original_full", 200_000_000_000)
+    >>> folders["pretrain"], folders["val"]
+    (677, 3)
+    """
+    from .. import schema
+
+    return {split: shard_count(n, package_bytes * n // schema.TOTAL_RECORDS, shard_bytes, shard_records)
+            for split, n in schema.SPLIT_RECORDS.items()}

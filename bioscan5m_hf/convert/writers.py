@@ -13,15 +13,19 @@ import tarfile
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import schema
 from ..repo.dali import dali_index, dali_index_path
 from ..util import atomic_path, write_atomic
 
-#: Rows per Parquet row group: ``datasets``' own choice for image data (viewer-friendly pages), and a
-#: byte bound for the metadata table; both stay far below the viewer's 100 MB uncompressed limit.
+#: Parquet row groups: image tables end a group at 100 rows (the viewer's page of rows) or at
+#: IMAGE_ROW_GROUP_BYTES of image bytes, whichever comes first, so 1 MB ``original_full`` images make
+#: groups of ~64 rows; the metadata table is cut by bytes. Either stays far below the bytes the viewer
+#: may read to serve one page (see :mod:`bioscan5m_hf.hub.rules`).
 IMAGE_ROW_GROUP_ROWS = 100
+IMAGE_ROW_GROUP_BYTES = 64 << 20
 ROW_GROUP_BYTES = 32 << 20
 PARQUET_COMPRESSION = "zstd"
 
@@ -75,21 +79,62 @@ def parquet_table(metadata: pa.Table, images: Sequence[bytes] | None) -> pa.Tabl
     return pa.Table.from_arrays(columns, schema=parquet_schema(with_image))
 
 
-def row_group_rows(table: pa.Table, with_image: bool) -> int:
-    if with_image:
-        return IMAGE_ROW_GROUP_ROWS
-    per_row = max(1, table.nbytes // max(1, table.num_rows))
-    return max(1, min(table.num_rows, ROW_GROUP_BYTES // per_row))
+def row_groups(table: pa.Table, with_image: bool) -> list[int]:
+    """Rows in each row group, in order (see :data:`IMAGE_ROW_GROUP_BYTES`).
+
+    >>> t = parquet_table(pa.table({c: pa.nulls(5, schema.arrow_schema().field(c).type)
+    ...                             for c in schema.COLUMN_NAMES}), [b"x" * (20 << 20)] * 5)
+    >>> row_groups(t, True)
+    [3, 2]
+    """
+    n = table.num_rows
+    if not with_image:
+        per_row = max(1, table.nbytes // max(1, n))
+        rows = max(1, min(n, ROW_GROUP_BYTES // per_row))
+        return [min(rows, n - start) for start in range(0, n, rows)] or [0]
+    sizes = pc.binary_length(table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes")).to_numpy(
+        zero_copy_only=False)
+    groups, rows, nbytes = [], 0, 0
+    for size in sizes:
+        if rows and (rows == IMAGE_ROW_GROUP_ROWS or nbytes + size > IMAGE_ROW_GROUP_BYTES):
+            groups.append(rows)
+            rows, nbytes = 0, 0
+        rows += 1
+        nbytes += int(size)
+    return groups + [rows] if rows or not groups else groups
 
 
-def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool) -> None:
-    """Write ``table`` with fixed settings: zstd, dictionaries for label-like columns, page index."""
+def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool) -> int:
+    """Write ``table`` with fixed settings: zstd, dictionaries for label-like columns, page index,
+    row groups as :func:`row_groups` cuts them. Returns :func:`arrow_bytes` of the file."""
     dictionary = [c.name for c in schema.COLUMNS
                   if pa.types.is_string(c.type) and c.name not in ("processid", "sampleid", "dna_barcode")]
     with atomic_path(path) as tmp:
-        pq.write_table(table, str(tmp), row_group_size=row_group_rows(table, with_image),
-                       compression=PARQUET_COMPRESSION, use_dictionary=dictionary, write_statistics=True,
-                       write_page_index=True, store_schema=True)
+        with pq.ParquetWriter(str(tmp), table.schema, compression=PARQUET_COMPRESSION, use_dictionary=dictionary,
+                              write_statistics=True, write_page_index=True, store_schema=True) as writer:
+            start = 0
+            for rows in row_groups(table, with_image):
+                writer.write_table(table.slice(start, rows), row_group_size=max(1, rows))
+                start += rows
+        return arrow_bytes(tmp)
+
+
+def arrow_bytes(path: str | os.PathLike) -> int:
+    """The Arrow bytes ``datasets`` records for a Parquet shard (its ``num_bytes`` in ``dataset_info``):
+    the sum of ``nbytes`` of the batches its Parquet builder reads, one row group's rows at a time."""
+    f = pq.ParquetFile(path)
+    batch = f.metadata.row_group(0).num_rows if f.metadata.num_row_groups else 1
+    return sum(b.nbytes for b in f.iter_batches(batch_size=max(1, batch)))
+
+
+def tar_arrow_bytes(table: pa.Table, relpath: str) -> int:
+    """The Arrow bytes ``datasets``' WebDataset builder records for a tar of ``table``'s records
+    (:func:`parquet_table`): the same image struct and metadata values, plus ``__key__`` and
+    ``__url__``, counting ``__url__`` as the shard's path in the repo (``datasets`` stores the path it
+    read the tar from there, which no card can know: add ``len(path) - len(relpath)`` per record)."""
+    n = table.num_rows
+    keys = pc.sum(pc.binary_length(table.column("processid"))).as_py() or 0
+    return table.nbytes + 2 * 4 * (n + 1) + keys + n * len(relpath.encode())
 
 
 def write_csv_order(path: str | os.PathLike, processids: pa.ChunkedArray) -> None:

@@ -24,8 +24,8 @@ from ..repo.verify import format_report, verify
 from ..util import file_digest, write_atomic
 
 RECORD_DIR = ".bioscan5m-push"
-#: Bounds of one commit.
-COMMIT_FILES = 200
+#: Bounds of one commit: the Hub recommends fewer than 100 files per commit (HubLimits.files_per_commit).
+COMMIT_FILES = 100
 COMMIT_BYTES = 20 << 30
 LAST = (schema.MANIFEST, schema.CARD)
 

@@ -4,12 +4,16 @@ Each problem names the rule it breaks, so a maintainer knows what to fix before 
 
 - ``card``: README.md's YAML parses with ``huggingface_hub.DatasetCard``; its ``configs`` list every
   converted config and split, and its ``dataset_info`` features equal the real schema;
-- ``names``: config and split names the Hub accepts;
-- ``parquet``: row groups under 100 MB uncompressed, a page index written, the image column tagged
-  as a ``datasets`` Image in the schema metadata;
-- ``files``: under 10,000 files per folder and 100,000 per repo; no file over the Hub's size limit;
-- ``tar``: members named ``<key>.<ext>`` with a dot-free key, a sample's members adjacent, so the
-  viewer and ``datasets`` group them into samples.
+- ``names``: config and split names the Hub accepts, and no more configs, splits or columns than
+  the viewer processes;
+- ``parquet``: the bytes the viewer may read to serve one page of rows within its limit, a page
+  index written, the image column tagged as a ``datasets`` Image in the schema metadata;
+- ``files``: entries per folder, files per repo and bytes per file within the Hub's limits;
+- ``tar``: members named ``<key>.<ext>`` with a dot-free key that ``datasets`` does not skip as
+  hidden, a sample's members adjacent, so the viewer and ``datasets`` group them into samples.
+
+The limits are the viewer's and the Hub's current ones (:class:`HubLimits` names the source of
+each); the report also says what the viewer will show of each repo (:func:`viewer_notes`).
 """
 
 from __future__ import annotations
@@ -24,17 +28,42 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from .. import schema
-from ..convert import writers
+from ..convert import card, writers
 from ..repo.manifest import Repo, open_repos
 from ..repo.verify import Report
 
 
 @dataclass(frozen=True)
 class HubLimits:
-    row_group_bytes: int = 100 << 20
+    """The Hub's and its dataset viewer's limits, as of the sources named.
+
+    Viewer: the public ``huggingface/dataset-viewer`` repository (checked at f62009e, 2026-08).
+    Hub: "Repository limitations and recommendations" (huggingface.co/docs/hub/repositories-recommendations).
+    """
+
+    #: Bytes one request for a page of rows may read from a Parquet file: ``rowsIndex.maxArrowDataInMemory``
+    #: in ``chart/env/prod.yaml`` (300_000_000), which ``services/rows`` passes as ``max_scan_size`` to
+    #: ``libviewer``, whose ``LimitedAsyncReader`` (``libs/libviewer/src/parquet.rs``) fails a read of
+    #: more bytes ("Scan size limit exceeded"). It reads per row group: the pages covering the rows
+    #: with a page index, the whole column chunks without one. (The older 100 MB per-row-group check
+    #: was removed with the old indexer, #3269.)
+    page_scan_bytes: int = 300_000_000
+    #: Rows per page: ``MAX_NUM_ROWS_PER_PAGE`` in ``libs/libcommon/src/libcommon/constants.py``.
+    rows_per_page: int = 100
+    #: A split the viewer converts only in part (``partial-`` folders) when its data is not Parquet:
+    #: ``parquetAndInfo.maxDatasetSizeBytes`` in ``chart/env/prod.yaml``.
+    convert_bytes: int = card.VIEWER_CONVERT_BYTES
+    #: ``CONFIG_NAMES_MAX_NUMBER``, ``SPLIT_NAMES_MAX_NUMBER``, ``FIRST_ROWS_COLUMNS_MAX_NUMBER`` in
+    #: ``services/worker/src/worker/config.py``.
+    configs: int = 4_000
+    splits: int = 30
+    columns: int = 1_000
+    #: Hub: entries per folder, files per repo, bytes per file (20 GB recommended, 50 GB the maximum),
+    #: files per commit (recommended; :data:`bioscan5m_hf.hub.push.COMMIT_FILES` keeps to it).
     files_per_folder: int = 10_000
     files_per_repo: int = 100_000
-    file_bytes: int = 50 << 30
+    file_bytes: int = 20_000_000_000
+    files_per_commit: int = 100
 
 
 SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
@@ -74,17 +103,26 @@ def _check_card(repo: Repo, report: Report) -> None:
     _features_match(repo, report, data)
 
 
+def page_scan_bytes(meta: pq.FileMetaData, group: int) -> int:
+    """The most bytes the viewer's reader may fetch from row group ``group`` to serve one page: its
+    column chunks' compressed bytes (a bound, reached without a page index)."""
+    rg = meta.row_group(group)
+    return sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
+
+
 def _check_parquet(path: Path, where: str, image: bool, limits: HubLimits, report: Report) -> None:
     f = pq.ParquetFile(path)
     meta = f.metadata
+    if meta.num_columns > limits.columns:
+        report.add(where, f"[parquet] {meta.num_columns} columns, over the viewer's {limits.columns}")
     for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        if group.total_byte_size > limits.row_group_bytes:
-            report.add(where, f"[parquet] row group {g} is {group.total_byte_size:,} bytes uncompressed, over "
-                              f"the viewer's {limits.row_group_bytes:,}")
+        scan = page_scan_bytes(meta, g)
+        if scan > limits.page_scan_bytes:
+            report.add(where, f"[parquet] row group {g} is {scan:,} bytes on disk, over the {limits.page_scan_bytes:,} "
+                              f"the viewer reads at most to serve one page of rows (libviewer scan size limit)")
             break
-        if not group.column(0).has_offset_index:
-            report.add(where, f"[parquet] row group {g} has no page index")
+        if not meta.row_group(g).column(0).has_offset_index:
+            report.add(where, f"[parquet] row group {g} has no page index (the viewer then reads whole row groups)")
             break
     if image:
         hf = json.loads((f.schema_arrow.metadata or {}).get(b"huggingface", b"{}"))
@@ -103,6 +141,9 @@ def _check_tar(path: Path, where: str, report: Report) -> None:
             if not dot or "." in ext or not stem:
                 report.add(where, f"[tar] member {name!r} is not <key>.<ext> with a dot-free key")
                 return
+            if base.startswith(("__", ".")):  # datasets' ArchiveIterable skips these as hidden files
+                report.add(where, f"[tar] member {name!r} starts with '__' or '.': datasets and the viewer skip it")
+                return
             if stem != key:
                 if stem in seen:
                     report.add(where, f"[tar] the members of sample {stem!r} are not adjacent")
@@ -111,35 +152,86 @@ def _check_tar(path: Path, where: str, report: Report) -> None:
                 key = stem
 
 
+def _check_names(repo: Repo, limits: HubLimits, report: Report) -> None:
+    if len(repo.configs) > limits.configs:
+        report.add(repo.name, f"[names] {len(repo.configs):,} configs, over the viewer's {limits.configs:,}")
+    for config, splits in repo.configs.items():
+        if not CONFIG_NAME.match(config):
+            report.add(f"{repo.name}/{config}", f"[names] config name {config!r} is not valid on the Hub")
+        if len(splits) > limits.splits:
+            report.add(f"{repo.name}/{config}", f"[names] {len(splits)} splits, over the viewer's {limits.splits}")
+        for split in splits:
+            if not SPLIT_NAME.match(split):
+                report.add(f"{repo.name}/{config}/{split}", f"[names] split name {split!r} is not valid")
+
+
+def folder_entries(folder: Path) -> tuple[list[Path], dict[Path, int]]:
+    """The repo's files (its hidden work folders aside) and the entries (files and folders) of each folder."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.relative_to(folder).parts[0].startswith(".")]
+    entries: dict[Path, set[str]] = {}
+    for p in files:
+        child = p
+        while child != folder:
+            entries.setdefault(child.parent, set()).add(child.name)
+            child = child.parent
+    return files, {d: len(names) for d, names in entries.items()}
+
+
+def _check_files(repo: Repo, folder: Path, limits: HubLimits, report: Report) -> tuple[int, int, int]:
+    files, entries = folder_entries(folder)
+    report.files += len(files)
+    if len(files) > limits.files_per_repo:
+        report.add(repo.name, f"[files] {len(files):,} files, over the Hub's {limits.files_per_repo:,} per repo")
+    largest = 0
+    for p in files:
+        size = p.stat().st_size
+        largest = max(largest, size)
+        if size > limits.file_bytes:
+            report.add(f"{repo.name}/{p.relative_to(folder).as_posix()}",
+                       f"[files] {size:,} bytes, over the Hub's {limits.file_bytes:,} per file")
+    for d, n in sorted(entries.items()):
+        if n > limits.files_per_folder:
+            report.add(f"{repo.name}/{d.relative_to(folder).as_posix()}",
+                       f"[files] {n:,} entries in one folder, over the Hub's {limits.files_per_folder:,}")
+    return len(files), max(entries.values(), default=0), largest
+
+
+def viewer_notes(repo: Repo, limits: HubLimits, counts: tuple[int, int, int], scan: int) -> list[str]:
+    """What the Hub and its viewer will make of ``repo``, against each current limit."""
+    files, per_folder, largest = counts
+    columns = len(schema.COLUMNS) + 1 if repo.fmt == "parquet" else 4  # image + metadata | key, url, jpg, json
+    notes = [f"{repo.name}: {len(repo.configs)} configs (viewer: at most {limits.configs:,}), "
+             f"{max(map(len, repo.configs.values()), default=0)} splits per config at most ({limits.splits}), "
+             f"{columns} columns ({limits.columns:,}); {files:,} files ({limits.files_per_repo:,} per repo), "
+             f"{per_folder:,} entries in the fullest folder ({limits.files_per_folder:,}), largest file "
+             f"{largest / 1e9:,.2f} GB ({limits.file_bytes / 1e9:,.0f} GB); commits of at most "
+             f"{limits.files_per_commit} files"]
+    if repo.fmt == "parquet":
+        notes.append(f"{repo.name}: the viewer reads these Parquet files in place, every split in full; one page "
+                     f"of {limits.rows_per_page} rows reads at most {scan / 1e6:,.1f} MB "
+                     f"({limits.page_scan_bytes / 1e6:,.0f} MB allowed)")
+    else:
+        partial = [f"{config}/{split} ({info['num_bytes'] / 1e9:,.1f} GB)" for config, splits in repo.configs.items()
+                   for split, info in splits.items() if info["num_bytes"] > limits.convert_bytes]
+        notes.append(f"{repo.name}: the viewer converts tars to Parquet up to {limits.convert_bytes / 1e9:,.0f} GB "
+                     f"per split; " + (f"shown in part (partial-): {', '.join(partial)}; browse the Parquet repo "
+                                       f"for every row" if partial else "every split is shown in full"))
+    return notes
+
+
 def verify_hub(root: str | os.PathLike, limits: HubLimits = HubLimits(), namespace: str = "bioscan-ml",
                name: str = schema.PARQUET_REPO) -> Report:
-    """Check the repos under ``root`` against the Hub's and the viewer's rules."""
+    """Check the repos under ``root`` against the Hub's and the viewer's rules; the report's notes
+    say what the viewer will show of each repo."""
     report = Report()
     for fmt, repo in open_repos(root).items():
         if repo.store.remote:
             raise ValueError("verify --hub checks a local output of convert")
         folder = repo.store.local_path("")
         _check_card(repo, report)
-        for config, splits in repo.configs.items():
-            if not CONFIG_NAME.match(config):
-                report.add(f"{repo.name}/{config}", f"[names] config name {config!r} is not valid on the Hub")
-            for split in splits:
-                if not SPLIT_NAME.match(split):
-                    report.add(f"{repo.name}/{config}/{split}", f"[names] split name {split!r} is not valid")
-        files = [p for p in folder.rglob("*") if p.is_file() and not p.relative_to(folder).parts[0].startswith(".")]
-        report.files += len(files)
-        if len(files) > limits.files_per_repo:
-            report.add(repo.name, f"[files] {len(files):,} files, over the Hub's {limits.files_per_repo:,} per repo")
-        per_folder: dict[Path, int] = {}
-        for p in files:
-            per_folder[p.parent] = per_folder.get(p.parent, 0) + 1
-            if p.stat().st_size > limits.file_bytes:
-                report.add(f"{repo.name}/{p.relative_to(folder).as_posix()}",
-                           f"[files] {p.stat().st_size:,} bytes, over the Hub's {limits.file_bytes:,} per file")
-        for d, n in sorted(per_folder.items()):
-            if n > limits.files_per_folder:
-                report.add(f"{repo.name}/{d.relative_to(folder).as_posix()}",
-                           f"[files] {n:,} files in one folder, over the Hub's {limits.files_per_folder:,}")
+        _check_names(repo, limits, report)
+        counts = _check_files(repo, folder, limits, report)
+        scan = 0
         for config, splits in repo.configs.items():
             for info in splits.values():
                 for s in info["shards"]:
@@ -149,7 +241,9 @@ def verify_hub(root: str | os.PathLike, limits: HubLimits = HubLimits(), namespa
                         continue  # plain verify reports missing files
                     if fmt == "parquet":
                         _check_parquet(path, where, config != schema.METADATA_CONFIG, limits, report)
+                        meta = pq.ParquetFile(path).metadata
+                        scan = max([scan] + [page_scan_bytes(meta, g) for g in range(meta.num_row_groups)])
                     else:
                         _check_tar(path, where, report)
+        report.notes += viewer_notes(repo, limits, counts, scan)
     return report
-

@@ -32,6 +32,7 @@ class Report:
     """Problems found, each naming its file (and record where there is one)."""
 
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # findings that are not problems (what the viewer shows)
     files: int = 0
     records: int = 0
 
@@ -231,11 +232,12 @@ def _check_records(shard: ShardInfo, where: str, config: str, split: str, seen: 
     return count
 
 
-def verify(root: str | os.PathLike, decode: bool = False, retry=None) -> Report:
+def verify(root: str | os.PathLike, decode: bool = False, retry=None, storage_options: dict | None = None) -> Report:
     """Verify the repos under ``root`` (the ``OUT`` of convert, or one repo folder, or a URL; ``retry``
-    is the :class:`~bioscan5m_hf.repo.storage.RetryPolicy` for a URL)."""
+    is the :class:`~bioscan5m_hf.repo.storage.RetryPolicy` and ``storage_options`` the fsspec options,
+    e.g. credentials, for a URL)."""
     report = Report()
-    repos = open_repos(root, retry=retry)
+    repos = open_repos(root, retry=retry, storage_options=storage_options)
     keys = {fmt: verify_repo(repo, report, decode) for fmt, repo in repos.items()}
     if len(keys) == 2:
         parquet, tars = keys["parquet"], keys["webdataset"]
@@ -256,6 +258,6 @@ def verify(root: str | os.PathLike, decode: bool = False, retry=None) -> Report:
 def format_report(report: Report) -> str:
     head = (f"{'OK' if report.ok else 'FAILED'}: {report.files} files, {report.records} records checked, "
             f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}")
-    return "\n".join([head, *("  " + p for p in report.problems)])
+    return "\n".join([head, *("  " + p for p in report.problems), *("  note: " + n for n in report.notes)])
 
 

@@ -379,8 +379,10 @@ def image_size_for(package: str, aspect: float, shorter: int | None) -> tuple[in
 
 
 def render_jpeg(package: str, t: Species, species_id: int, record_seed: Sequence[int],
-                shorter: int | None) -> bytes:
-    """The record's image for one package: an 'insect' whose colour and shape carry its taxonomy."""
+                shorter: int | None, grain: float = 0.0) -> bytes:
+    """The record's image for one package: an 'insect' whose colour and shape carry its taxonomy.
+    ``grain`` > 0 adds sensor-like noise of that standard deviation and saves at camera quality (95,
+    full chroma), so the JPEG is as large as a real photograph (~1 MB at 1024 x 768 for 16)."""
     rng = np.random.default_rng(list(record_seed))
     aspect = 1.25 + 0.5 * ((species_id * 0.618) % 1.0)
     width, height = image_size_for(package, aspect, shorter)
@@ -413,15 +415,20 @@ def render_jpeg(package: str, t: Species, species_id: int, record_seed: Sequence
         draw.line([(x, cy - body_h * 0.45), (x, cy + body_h * 0.45)], fill=(235, 225, 200),
                   width=max(1, int(height / 60)))
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    if grain > 0:
+        noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, grain, (height, width, 3)).astype(np.float32)
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB").save(buf, format="JPEG", quality=95,
+                                                                             subsampling=0)
+    else:
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
 def _render_batch(args) -> list[tuple[str, list[bytes]]]:
-    packages, shorter, seed, items = args
+    packages, shorter, grain, seed, items = args
     out = []
     for i, t, species_id in items:
-        out.append((i, [render_jpeg(p, t, species_id, (seed, 5, i), shorter) for p in packages]))
+        out.append((i, [render_jpeg(p, t, species_id, (seed, 5, i), shorter, grain) for p in packages]))
     return out
 
 
@@ -464,7 +471,7 @@ def _prefixes(seed: int, records: int) -> list[str]:
 def write_sample(out: str | os.PathLike, records: int = DEFAULT_RECORDS, seed: int = DEFAULT_SEED,
                  packages: Sequence[str] = (schema.DEFAULT_PACKAGE,), *, images: bool = True,
                  layout: Sequence[str] = ("folders", "zips"), image_size: int | None = None,
-                 workers: int = 1, show_progress: bool = True) -> SampleInfo:
+                 grain: float = 0.0, workers: int = 1, show_progress: bool = True) -> SampleInfo:
     """Write a synthetic release to ``out``.
 
     Parameters
@@ -483,6 +490,8 @@ def write_sample(out: str | os.PathLike, records: int = DEFAULT_RECORDS, seed: i
         Write the extracted image folders, the official zips, or both.
     image_size : int, optional
         Override the shorter image side of every package (small images for large samples).
+    grain : float
+        Sensor-like noise, so JPEGs are as large as real photographs (16: ~1 MB ``original_full``).
     workers : int
         Processes rendering images.
     """
@@ -515,26 +524,27 @@ def write_sample(out: str | os.PathLike, records: int = DEFAULT_RECORDS, seed: i
     zips: list[Path] = []
     n_images = 0
     if images and packages:
-        zips, n_images = _write_images(root, plan, prefixes, tuple(packages), layout, image_size, workers,
+        zips, n_images = _write_images(root, plan, prefixes, tuple(packages), layout, image_size, grain, workers,
                                        show_progress)
     counts = {s: int((plan.split == k).sum()) for k, s in enumerate(schema.SPLITS)}
     return SampleInfo(root, records, counts, tuple(packages) if images else (), zips, n_images)
 
 
-def _image_jobs(plan: SamplePlan, packages, shorter, batch: int = 256) -> Iterator[tuple]:
+def _image_jobs(plan: SamplePlan, packages, shorter, grain, batch: int = 256) -> Iterator[tuple]:
     for start in range(0, len(plan), batch):
         items = [(i, plan.taxa[plan.species[i]], int(plan.species[i]))
                  for i in range(start, min(len(plan), start + batch))]
-        yield packages, shorter, plan.seed, items
+        yield packages, shorter, grain, plan.seed, items
 
 
-def _write_images(root: Path, plan: SamplePlan, prefixes, packages, layout, shorter, workers, show_progress):
+def _write_images(root: Path, plan: SamplePlan, prefixes, packages, layout, shorter, grain, workers,
+                  show_progress):
     open_zips: dict[str, zipfile.ZipFile] = {}
     made_dirs: set[Path] = set()
     n = 0
     bar = progress(total=len(plan), desc="sample images", unit="rec", disable=not show_progress)
     try:
-        for batch in imap_ordered(_render_batch, _image_jobs(plan, packages, shorter), workers):
+        for batch in imap_ordered(_render_batch, _image_jobs(plan, packages, shorter, grain), workers):
             for i, jpegs in batch:
                 pid = _processid(i, prefixes)
                 split = schema.SPLITS[plan.split[i]]

@@ -51,3 +51,31 @@ def test_task_categories_are_the_hubs_image_task_ids(converted_zips):
 
     tasks = card_yaml(converted_zips.manifests["parquet"])["task_categories"]
     assert tasks == ["image-classification", "zero-shot-image-classification", "image-feature-extraction"]
+
+
+def test_dataset_info_sizes_are_what_datasets_records(converted_zips):
+    """num_bytes per split is the Arrow bytes `datasets` records when it prepares the split
+    (verification_mode="all_checks"); download_size the files' bytes; dataset_size their sum."""
+    for fmt in schema.FORMATS:
+        repo = converted_zips.repos[fmt]
+        manifest = converted_zips.manifests[fmt]
+        data = DatasetCard.load(repo / "README.md").data.to_dict()
+        for info in data["dataset_info"]:
+            config = info["config_name"]
+            splits = manifest["configs"][config]
+            assert info["download_size"] == sum(v["num_bytes"] for v in splits.values())
+            assert info["dataset_size"] == sum(s["num_bytes"] for s in info["splits"])
+            if config != "cropped_256" and fmt == "webdataset":
+                continue
+            loaded = datasets.load_dataset(str(repo), config, verification_mode="all_checks")
+            for s in info["splits"]:
+                recorded = loaded[s["name"]].info.splits[s["name"]].num_bytes
+                if fmt == "parquet":
+                    assert s["num_bytes"] == recorded, (config, s["name"])
+                    continue
+                # `__url__` holds the path datasets read each tar from; the card counts the repo path.
+                urls = loaded[s["name"]]["__url__"]
+                rel = [u[len(str(repo)) + 1:] for u in urls]
+                expected = recorded - sum(len(u.encode()) - len(r.encode()) for u, r in zip(urls, rel))
+                # Equal but for validity bitmaps and offsets, which depend on datasets' batching.
+                assert abs(s["num_bytes"] - expected) <= 64 + len(urls) // 4, (config, s["name"])

@@ -56,9 +56,26 @@ def test_plan_prints_the_shards_and_writes_nothing(release, converted_zips, tmp_
     result = cli("convert", str(release), str(tmp_path / "out"), "--shard-records", "40", "--plan")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["format", "config", "split", "shards", "records", "bytes"]
+    assert lines[0].split() == ["format", "config", "split", "shards", "records", "bytes", "files"]
     pretrain = converted_zips.manifests["webdataset"]["configs"]["cropped_256"]["pretrain"]
-    expected = ["webdataset", "cropped_256", "pretrain", str(len(pretrain["shards"])), f"{pretrain['num_records']:,}"]
-    assert any(line.split()[:5] == expected for line in lines)
-    assert lines[-1].startswith("total")
+    shards = len(pretrain["shards"])
+    expected = ["webdataset", "cropped_256", "pretrain", str(shards), f"{pretrain['num_records']:,}"]
+    row = next(line.split() for line in lines if line.split()[:5] == expected)
+    assert row[6] == str(2 * shards)  # each tar and its DALI index
+    assert any(line.startswith("total") for line in lines)
     assert not (tmp_path / "out").exists()
+
+
+def test_plan_projects_the_full_scale_folders_against_the_hub_limit(release, tmp_path):
+    result = cli("convert", str(release), str(tmp_path / "out"), "--packages", "cropped_256,original_256", "--plan")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    projected = [line for line in lines if line.startswith("full scale")]
+    assert "no published size" in projected[1]  # original_256
+    assert "cropped_256/pretrain/" in projected[0] and "within the Hub's 10,000 entries per folder" in projected[0]
+    # The largest package at full scale, at the default shard size, stays under the limit.
+    from bioscan5m_hf.convert.sharding import FILES_PER_SHARD, full_scale_folders
+    from bioscan5m_hf.hub.rules import HubLimits
+
+    folders = full_scale_folders("original_full", 200_000_000_000)
+    assert max(folders.values()) * FILES_PER_SHARD["webdataset"] < HubLimits().files_per_folder

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 
 from bioscan5m_hf import schema
 from bioscan5m_hf.cli import main
-from bioscan5m_hf.hub.rules import HubLimits, verify_hub
+from bioscan5m_hf.hub.rules import HubLimits, page_scan_bytes, verify_hub
 
 
 def first_shard(out, repo, config="cropped_256", split="val"):
@@ -49,7 +49,7 @@ def test_invalid_split_name(out):
 
 
 def test_parquet_rules(out):
-    assert "parquet" in rules(verify_hub(out, HubLimits(row_group_bytes=1000)))
+    assert "parquet" in rules(verify_hub(out, HubLimits(page_scan_bytes=1000)))
     path = first_shard(out, schema.PARQUET_REPO)
     table = pq.read_table(path)
     pq.write_table(table, path, write_page_index=False)
@@ -77,3 +77,62 @@ def test_tar_member_names_that_would_not_group(out):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     assert any("[tar] member 'ABC.1.jpg'" in p for p in verify_hub(out).problems)
+
+
+def test_hidden_tar_keys_are_reported(out):
+    path = first_shard(out, schema.WDS_REPO)
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    members[0] = ("__ABC1.jpg", members[0][1])
+    members[1] = ("__ABC1.json", members[1][1])
+    import io
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert any("[tar] member '__ABC1.jpg' starts with '__'" in p for p in verify_hub(out).problems)
+
+
+def test_report_says_what_the_viewer_shows(out):
+    report = verify_hub(out)
+    notes = "\n".join(report.notes)
+    assert "BIOSCAN-5M: the viewer reads these Parquet files in place" in notes
+    assert "every split is shown in full" in notes
+    assert "configs (viewer: at most 4,000)" in notes and "entries in the fullest folder (10,000)" in notes
+    small = verify_hub(out, HubLimits(convert_bytes=10_000))
+    assert any("shown in part (partial-): cropped_256/pretrain" in n for n in small.notes)
+    assert small.ok  # a partial view is a note, not a problem
+    assert "[names]" in "".join(verify_hub(out, HubLimits(splits=3)).problems)
+
+
+def test_wds_card_points_to_the_parquet_repo_for_browsing(out):
+    text = (out / schema.WDS_REPO / schema.CARD).read_text()
+    assert "only up to 5 GB per split" in text and "Every split of this copy is under that size" in text
+    assert "[`bioscan-ml/BIOSCAN-5M`]" in text
+    assert "reads these Parquet files in place" in (out / schema.PARQUET_REPO / schema.CARD).read_text()
+
+
+def test_original_full_sized_images_convert_and_pass(tmp_path):
+    """~1 MB JPEGs (1024 x 768 with sensor-like grain): image row groups are cut by bytes, and the
+    output passes verify --hub; the same table in 100-row groups would read more than a page allows."""
+    from bioscan5m_hf.convert import ConvertOptions, convert, writers
+    from bioscan5m_hf.tools.sample import write_sample
+
+    write_sample(tmp_path / "rel", 150, 3, ("original_full",), layout=("zips",), grain=16, show_progress=False)
+    result = convert(tmp_path / "rel", tmp_path / "out", ConvertOptions(packages=("original_full",),
+                                                                        show_progress=False))
+    shard = first_shard(tmp_path / "out", schema.PARQUET_REPO, "original_full", "pretrain")
+    meta = pq.ParquetFile(shard).metadata
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    assert len(sizes) > 1 and max(sizes) < writers.IMAGE_ROW_GROUP_ROWS  # cut by bytes, not at 100 rows
+    table = pq.read_table(shard)
+    images = table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes")
+    assert sum(len(b) for b in images.to_pylist()) / len(table) > 800_000  # realistic JPEG sizes
+    report = verify_hub(tmp_path / "out")
+    assert report.ok, report.problems
+    assert result.manifests["parquet"]["configs"]["original_full"]["pretrain"]["num_records"] == len(table)
+    pq.write_table(table, shard, row_group_size=100, write_page_index=True)  # the old fixed 100 rows
+    limits = HubLimits(page_scan_bytes=max(page_scan_bytes(meta, g) for g in range(meta.num_row_groups)) + 1)
+    assert any("the viewer reads at most to serve one page" in p for p in verify_hub(tmp_path / "out", limits).problems)
