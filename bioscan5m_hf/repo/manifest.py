@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from .. import schema
-from ..errors import ShardError
+from ..errors import RemoteError, ShardError
 from .storage import RetryPolicy, ShardCache, Store, redact
 
 
@@ -129,6 +129,15 @@ def open_repos(root, *, storage_options: dict | None = None, cache_dir=None, cac
         if child.exists(schema.MANIFEST):
             repos[fmt] = open_repo(child)
     if not repos:
+        try:  # every probe was absent or denied: say which (bad credentials are denied)
+            store.read_bytes(schema.MANIFEST)
+        except RemoteError as e:
+            if "access denied" not in str(e):
+                raise
+            raise RemoteError(f"{e} (object stores also answer 403 for a missing key to a client that may not "
+                              f"list the bucket)") from None
+        except FileNotFoundError:
+            pass
         raise FileNotFoundError(f"{redact(store.root)}: no converted repo ({schema.PARQUET_REPO}/ or "
                                 f"{schema.WDS_REPO}/ with a {schema.MANIFEST}, or a {schema.MANIFEST} here)")
     return repos

@@ -79,8 +79,9 @@ def is_transient(exc: BaseException) -> bool:
         return status == 429 or status >= 500
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError, EOFError)):
         return True
-    name = type(exc).__name__
-    return isinstance(exc, OSError) or "Client" in name or "Payload" in name or "Disconnect" in name
+    name = type(exc).__name__  # aiohttp's and botocore's own classes (EndpointConnectionError, ReadTimeoutError)
+    return isinstance(exc, OSError) or any(word in name for word in ("Client", "Payload", "Disconnect", "Connect",
+                                                                     "Timeout"))
 
 
 @dataclass
@@ -192,11 +193,11 @@ class Store:
             except FileNotFoundError:
                 raise FileNotFoundError(errno.ENOENT, f"{url}: not found (404)") from None
             except PermissionError:
-                raise RemoteError(f"{url}: access denied (401/403); check your token") from None
+                raise RemoteError(f"{url}: access denied (401/403); check your token or credentials") from None
             except Exception as e:  # noqa: BLE001 - classified right below
                 status = _status(e)
                 if status in (401, 403):
-                    raise RemoteError(f"{url}: access denied ({status}); check your token") from None
+                    raise RemoteError(f"{url}: access denied ({status}); check your token or credentials") from None
                 if status == 404:
                     raise FileNotFoundError(errno.ENOENT, f"{url}: not found (404)") from None
                 if not is_transient(e):
