@@ -1,12 +1,13 @@
 """``bioscan5m-hf push``: publish both converted repos to the Hugging Face Hub.
 
-The push is planned against a local record of the last push (``OUT/.bioscan5m-push/``: per repo and
-revision, the sha256 of every file that reached the Hub), so a rerun after an interruption sends
-only what is missing, and an update only what changed. Files go up in commits of bounded size
-(shards first, the manifest and the card last, so a repo never lists a shard it lacks); each commit
-uploads its files in parallel (``huggingface_hub``), and the record is updated after each commit.
-A repo that fails ``verify`` or ``verify --hub`` is never pushed. The token comes from the usual
-``huggingface_hub`` places and is never printed.
+The push is planned against what the Hub holds (its file listing: the sha256 of every LFS file, the
+git blob id of the others), so a rerun after an interruption sends only what is missing, and an
+update only what changed. Files go up in commits of bounded size (shards first, the manifest and
+the card last, so a repo never lists a shard it lacks); each commit uploads its files in parallel
+(``huggingface_hub``). A local record of what reached the Hub (``OUT/.bioscan5m-push/``, updated
+after each commit) plans ``--dry-run`` without a connection. A repo that fails ``verify`` or
+``verify --hub`` is never pushed. The token comes from the usual ``huggingface_hub`` places and is
+never printed. Tested end to end against :mod:`bioscan5m_hf.tools.hubserver`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import schema
 from ..convert import card
+from ..errors import RemoteError, UnreachableError
 from ..repo.manifest import open_repos
+from ..repo.storage import is_transient, redact
 from ..repo.verify import format_report, verify
 from ..util import file_digest, write_atomic
 
@@ -80,9 +84,53 @@ def _record_path(out: Path, repo_id: str, revision: str) -> Path:
     return out / RECORD_DIR / f"{repo_id.replace('/', '--')}@{revision}.json"
 
 
+def git_blob_id(data: bytes) -> str:
+    """The id git (and the Hub's listing) gives a file that is not stored in LFS."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def remote_state(api, repo_id: str, revision: str, folder: Path, files: dict[str, tuple[str, int]],
+                 card_text: str) -> dict[str, str]:
+    """``path -> sha256`` of the files the Hub holds at ``revision`` that are the same as ours (an
+    LFS file by its sha256, another by its git blob id); empty for a repo or branch not there yet."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        listing = api.list_repo_tree(repo_id, repo_type="dataset", revision=revision, recursive=True)
+        remote = {f.path: f for f in listing if hasattr(f, "blob_id")}
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return {}
+    same = {}
+    for path, (sha256, _) in files.items():
+        f = remote.get(path)
+        if f is None:
+            continue
+        if f.lfs is not None:
+            same[path] = f.lfs.sha256
+        else:
+            data = card_text.encode("utf-8") if path == schema.CARD else (folder / path).read_bytes()
+            same[path] = sha256 if f.blob_id == git_blob_id(data) else f"git:{f.blob_id}"
+    return same
+
+
+@contextmanager
+def reaching(api):
+    """Faults reaching the Hub (refused, DNS, TLS, timeouts, 5xx after ``huggingface_hub``'s retries)
+    raise :class:`UnreachableError` naming the endpoint, never the token."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - classified right below
+        if isinstance(e, RemoteError) or not is_transient(e):
+            raise
+        endpoint = redact(getattr(api, "endpoint", None) or "https://huggingface.co")
+        raise UnreachableError(f"{endpoint}: unreachable ({type(e).__name__}: {redact(str(e))[:200]}); what "
+                               f"was committed stays, and a rerun sends only what is missing") from None
+
+
 def plan_push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET_REPO,
-              revision: str = "main") -> list[PushPlan]:
-    """The plan for both repos under ``out`` (nothing is sent or written)."""
+              revision: str = "main", api=None) -> list[PushPlan]:
+    """The plan for both repos under ``out``, against what the Hub holds (``api``) or, without
+    one, against the local record of the last push (nothing is sent or written)."""
     out = Path(out)
     plans = []
     for fmt, repo in open_repos(out).items():
@@ -99,8 +147,12 @@ def plan_push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET
         files[schema.MANIFEST] = (file_digest(folder / schema.MANIFEST), (folder / schema.MANIFEST).stat().st_size)
         data = text.encode("utf-8")
         files[schema.CARD] = (hashlib.sha256(data).hexdigest(), len(data))
-        record = _record_path(out, repo_id, revision)
-        pushed = json.loads(record.read_text()) if record.is_file() else {}
+        if api is not None:
+            with reaching(api):
+                pushed = remote_state(api, repo_id, revision, folder, files, text)
+        else:
+            record = _record_path(out, repo_id, revision)
+            pushed = json.loads(record.read_text()) if record.is_file() else {}
         plans.append(PushPlan(repo_id, folder, revision, files, pushed, text))
     return plans
 
@@ -123,36 +175,42 @@ def push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET_REPO
 
     report = verify(out)
     hub = verify_hub(out, namespace=namespace, name=name)
-    plans = plan_push(out, namespace, name, revision)
-    for plan in plans:
-        echo(plan.describe())
     if not report.ok or not hub.ok:
         problems = "\n".join(filter(None, [format_report(report) if not report.ok else "",
                                            format_report(hub) if not hub.ok else ""]))
         raise ValueError(f"refusing to push {out}: it does not pass verify\n{problems}")
-    result = PushResult(plans)
-    if dry_run:
-        return result
-    if api is None:
+    if api is None and not dry_run:
         from huggingface_hub import HfApi
 
         api = HfApi()
+    plans = plan_push(out, namespace, name, revision, api=api)
     for plan in plans:
-        api.create_repo(plan.repo_id, repo_type="dataset", private=private, exist_ok=True)
-        if revision != "main":
-            api.create_branch(plan.repo_id, branch=revision, repo_type="dataset", exist_ok=True)
-        (plan.folder / schema.CARD).write_text(plan.card_text, encoding="utf-8")
-        record_path = _record_path(out, plan.repo_id, revision)
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        pushed = dict(plan.pushed)
-        batches = plan.batches()
-        for k, batch in enumerate(batches):
-            message = f"bioscan5m-hf: upload {len(batch)} file(s) ({k + 1}/{len(batches)})"
-            api.upload_folder(repo_id=plan.repo_id, folder_path=str(plan.folder), repo_type="dataset",
-                              revision=revision, allow_patterns=batch, commit_message=message)
-            for path in batch:
-                pushed[path] = plan.files[path][0]
-            write_atomic(record_path, json.dumps(pushed, indent=1, sort_keys=True))
-            result.commits.append(f"{plan.repo_id}: {message}")
-            echo(f"  {plan.repo_id}: committed {len(batch)} file(s) ({k + 1}/{len(batches)})")
+        echo(plan.describe())
+    result = PushResult(plans)
+    if dry_run:
+        return result
+    for plan in plans:
+        with reaching(api):
+            _push_repo(api, out, plan, private, revision, result, echo)
     return result
+
+
+def _push_repo(api, out: Path, plan: PushPlan, private: bool, revision: str, result: PushResult, echo) -> None:
+    """Create ``plan``'s repo (and branch) and commit its files batch by batch, recording each commit."""
+    api.create_repo(plan.repo_id, repo_type="dataset", private=private, exist_ok=True)
+    if revision != "main":
+        api.create_branch(plan.repo_id, branch=revision, repo_type="dataset", exist_ok=True)
+    (plan.folder / schema.CARD).write_text(plan.card_text, encoding="utf-8")
+    record_path = _record_path(out, plan.repo_id, revision)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    pushed = dict(plan.pushed)
+    batches = plan.batches()
+    for k, batch in enumerate(batches):
+        message = f"bioscan5m-hf: upload {len(batch)} file(s) ({k + 1}/{len(batches)})"
+        api.upload_folder(repo_id=plan.repo_id, folder_path=str(plan.folder), repo_type="dataset",
+                          revision=revision, allow_patterns=batch, commit_message=message)
+        for path in batch:
+            pushed[path] = plan.files[path][0]
+        write_atomic(record_path, json.dumps(pushed, indent=1, sort_keys=True))
+        result.commits.append(f"{plan.repo_id}: {message}")
+        echo(f"  {plan.repo_id}: committed {len(batch)} file(s) ({k + 1}/{len(batches)})")

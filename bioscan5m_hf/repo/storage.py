@@ -329,7 +329,14 @@ class ShardCache:
         return [p for p in self.folder.glob("*.shard") if p.is_file()]
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.files())
+        """Bytes of the cached shards (one evicted meanwhile by another process or thread counts 0)."""
+        total = 0
+        for p in self.files():
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def evict(self, keep: Path | None = None) -> None:
         """Remove least recently used shards until the cache fits its limit (a reader that has one

@@ -1,38 +1,32 @@
-"""Pushing to the Hub, against a recording fake of huggingface_hub's API (the Hub is not reachable here)."""
+"""Pushing to the Hub: the real ``huggingface_hub`` client against the loopback Hub API
+(:mod:`bioscan5m_hf.tools.hubserver`), which stores what it is sent as the Hub does."""
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
+from huggingface_hub import HfApi, constants
 
 from bioscan5m_hf import schema
 from bioscan5m_hf.cli import main
+from bioscan5m_hf.errors import UnreachableError
 from bioscan5m_hf.hub import push as publish
 from bioscan5m_hf.hub.push import plan_push, push
+from bioscan5m_hf.tools.hubserver import HubServer
 
 
-class FakeApi:
-    """Records every call; keeps what was uploaded per repo; can fail on the n-th upload."""
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests switch the Hub off; this one is local
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # uploads by the LFS protocol, not Xet
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+    with HubServer(tmp_path / "hub") as server:
+        yield server
 
-    def __init__(self, fail_at=None):
-        self.calls, self.fail_at, self.uploads, self.remote = [], fail_at, 0, {}
 
-    def create_repo(self, repo_id, **kw):
-        self.calls.append(("create_repo", repo_id, kw["repo_type"], kw["private"], kw["exist_ok"]))
-
-    def create_branch(self, repo_id, **kw):
-        self.calls.append(("create_branch", repo_id, kw["branch"]))
-
-    def upload_folder(self, *, repo_id, folder_path, allow_patterns, revision, repo_type, commit_message):
-        self.uploads += 1
-        if self.uploads == self.fail_at:
-            raise ConnectionError("connection reset by peer")
-        assert repo_type == "dataset"
-        self.calls.append(("upload_folder", repo_id, revision, tuple(allow_patterns)))
-        for path in allow_patterns:
-            data = (Path(folder_path) / path).read_bytes()
-            self.remote.setdefault((repo_id, revision), {})[path] = hashlib.sha256(data).hexdigest()
+@pytest.fixture
+def api(hub):
+    return HfApi(endpoint=hub.url, token=hub.token)
 
 
 @pytest.fixture
@@ -47,76 +41,110 @@ def local_files(out, repo):
             for p in folder.rglob("*") if p.is_file()}
 
 
-def test_fresh_push_creates_both_repos_and_uploads_every_file(out):
-    api = FakeApi()
+def test_fresh_push_creates_both_repos_and_uploads_every_file(out, hub, api):
+    batches = {p.repo_id: len(p.batches()) for p in plan_push(out, "my-org", api=api)}
     lines = []
     push(out, "my-org", api=api, echo=lines.append)
-    assert ("create_repo", "my-org/BIOSCAN-5M", "dataset", False, True) in api.calls
-    assert ("create_repo", "my-org/BIOSCAN-5M-wds", "dataset", False, True) in api.calls
     for repo, repo_id in ((schema.PARQUET_REPO, "my-org/BIOSCAN-5M"), (schema.WDS_REPO, "my-org/BIOSCAN-5M-wds")):
-        assert api.remote[repo_id, "main"] == local_files(out, repo)
-        uploads = [c[3] for c in api.calls if c[0] == "upload_folder" and c[1] == repo_id]
-        assert all(len(batch) <= 10 for batch in uploads)
-        assert uploads[-1] == (schema.MANIFEST, schema.CARD)  # listed only once every shard is there
+        assert hub.files(repo_id) == local_files(out, repo)
+        assert not hub.repos[repo_id].private
+        assert len(hub.repos[repo_id].messages) == batches[repo_id] > 2
+        # The manifest and card went up last: no commit before lists a shard the repo lacks.
+        last = [p for r, p in hub.committed if r == repo_id][-2:]
+        assert sorted(last) == sorted([schema.MANIFEST, schema.CARD])
     card = (out / schema.PARQUET_REPO / schema.CARD).read_text()
     assert "my-org/BIOSCAN-5M-wds" in card
     assert any("to upload" in line for line in lines)
+    assert hub.calls["POST api/validate-yaml"] >= 2  # the Hub checked each card's metadata
 
 
-def test_dry_run_sends_and_writes_nothing(out, capsys):
+def test_dry_run_sends_and_writes_nothing(out, hub, api, capsys):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    api = FakeApi()
     result = push(out, "my-org", dry_run=True, api=api, echo=lambda line: None)
-    assert api.calls == []
+    assert hub.calls["POST api/datasets/commit"] == 0 and hub.repos == {}
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     assert all(len(p.new) == len(p.files) for p in result.plans)
-    assert main(["push", str(out), "--namespace", "my-org", "--dry-run"]) == 0
+    assert main(["push", str(out), "--namespace", "my-org", "--dry-run"]) == 0  # no connection needed
     text = capsys.readouterr().out
     assert "my-org/BIOSCAN-5M@main:" in text and "new, 0 changed, 0 unchanged" in text
 
 
-def test_rerun_after_an_interruption_sends_only_what_is_missing(out):
-    failing = FakeApi(fail_at=3)
-    with pytest.raises(ConnectionError):
-        push(out, "my-org", api=failing, echo=lambda line: None)
-    sent = {p for c in failing.calls if c[0] == "upload_folder" for p in c[3]}
-    plan = {p.repo_id: p for p in plan_push(out, "my-org")}
-    parquet = plan["my-org/BIOSCAN-5M"]
-    assert set(parquet.to_send) == set(parquet.files) - sent  # the plan knows what reached the Hub
-    api = FakeApi()
+def test_rerun_after_an_interruption_sends_only_what_is_missing(out, hub, api, monkeypatch):
+    calls = {"n": 0}
+    original = api.upload_folder
+
+    def failing(**kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ConnectionError("connection reset by peer")
+        return original(**kw)
+
+    monkeypatch.setattr(api, "upload_folder", failing)
+    with pytest.raises(UnreachableError, match=rf"{hub.url}: unreachable .*a rerun sends only what is missing"):
+        push(out, "my-org", api=api, echo=lambda line: None)
+    on_hub = set(hub.files("my-org/BIOSCAN-5M"))
+    plans = plan_push(out, "my-org", api=api)  # planned from what the Hub holds
+    assert set(plans[0].to_send) == set(plans[0].files) - on_hub
+    assert set(plans[1].to_send) == set(plans[1].files)  # the second repo had not started
+    before, lfs = len(hub.committed), len(hub.lfs_uploads)
+    monkeypatch.setattr(api, "upload_folder", original)
     push(out, "my-org", api=api, echo=lambda line: None)
-    resent = {p for c in api.calls if c[0] == "upload_folder" and c[1] == "my-org/BIOSCAN-5M" for p in c[3]}
-    assert not resent & sent
-    merged = {**failing.remote["my-org/BIOSCAN-5M", "main"], **api.remote["my-org/BIOSCAN-5M", "main"]}
-    assert merged == local_files(out, schema.PARQUET_REPO)
+    resent = hub.committed[before:]
+    for plan in plans:
+        assert sorted(p for r, p in resent if r == plan.repo_id) == sorted(plan.to_send)
+    wanted = {plan.files[p][0] for plan in plans for p in plan.to_send}
+    assert set(hub.lfs_uploads[lfs:]) <= wanted  # no byte of a file the Hub already had
+    assert hub.files("my-org/BIOSCAN-5M") == local_files(out, schema.PARQUET_REPO)
 
 
-def test_update_sends_only_what_changed_and_branches(out, monkeypatch):
-    push(out, "my-org", api=FakeApi(), echo=lambda line: None)
-    again = FakeApi()
-    push(out, "my-org", api=again, echo=lambda line: None)
-    assert [c for c in again.calls if c[0] == "upload_folder"] == []  # nothing changed
+def test_update_sends_only_what_changed_and_branches(out, hub, api, monkeypatch):
+    push(out, "my-org", api=api, echo=lambda line: None)
+    commits = hub.calls["POST api/datasets/commit"]
+    push(out, "my-org", api=api, echo=lambda line: None)
+    assert hub.calls["POST api/datasets/commit"] == commits  # nothing changed, nothing sent
+    (out / ".bioscan5m-push").rename(out / ".elsewhere")  # the local record is not what decides
+    push(out, "my-org", api=api, echo=lambda line: None)
+    assert hub.calls["POST api/datasets/commit"] == commits
     original = publish.card.render
     monkeypatch.setattr(publish.card, "render", lambda *a, **k: original(*a, **k) + "\nErratum: a new paragraph.\n")
-    plans = plan_push(out, "my-org")
+    plans = plan_push(out, "my-org", api=api)
     assert all(p.changed == [schema.CARD] and p.new == [] for p in plans)
-    update = FakeApi()
-    push(out, "my-org", api=update, echo=lambda line: None)
-    assert [c[3] for c in update.calls if c[0] == "upload_folder"] == [(schema.CARD,), (schema.CARD,)]
-    branch = FakeApi()
-    push(out, "my-org", revision="v2", private=True, api=branch, echo=lambda line: None)
-    assert ("create_branch", "my-org/BIOSCAN-5M", "v2") in branch.calls
-    assert ("create_repo", "my-org/BIOSCAN-5M", "dataset", True, True) in branch.calls
-    assert branch.remote["my-org/BIOSCAN-5M", "v2"] == local_files(out, schema.PARQUET_REPO)
+    regular = len(hub.regular_uploads)
+    push(out, "my-org", api=api, echo=lambda line: None)
+    assert hub.regular_uploads[regular:] == [schema.CARD, schema.CARD]
+    push(out, "my-org", revision="v2", private=True, api=api, echo=lambda line: None)
+    assert "v2" in hub.repos["my-org/BIOSCAN-5M"].branches
+    assert hub.files("my-org/BIOSCAN-5M", "v2") == local_files(out, schema.PARQUET_REPO)
 
 
-def test_refuses_to_push_what_does_not_verify(out, monkeypatch):
+def test_the_hub_refuses_a_card_whose_metadata_is_invalid(out, hub, api, monkeypatch):
+    original = publish.card.render
+    monkeypatch.setattr(publish.card, "render", lambda *a, **k: original(*a, **k).replace(
+        "num_examples: ", "num_examples: many", 1))
+    with pytest.raises(ValueError, match="Invalid metadata in README.md"):
+        push(out, "my-org", api=api, echo=lambda line: None)
+    assert schema.MANIFEST not in hub.files("my-org/BIOSCAN-5M")  # shards may be there, never the listing
+
+
+def test_a_wrong_token_is_refused_naming_no_secret(out, hub):
+    with pytest.raises(Exception, match="401") as e:
+        push(out, "my-org", api=HfApi(endpoint=hub.url, token="hf_wrongwrongwrong"), echo=lambda line: None)
+    assert "hf_wrongwrongwrong" not in str(e.value)
+
+
+def test_refuses_to_push_what_does_not_verify(out, hub, api, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secretsecretsecret")
     manifest = json.loads((out / schema.WDS_REPO / schema.MANIFEST).read_text())
     (out / schema.WDS_REPO / manifest["configs"]["cropped_256"]["val"]["shards"][0]["path"]).unlink()
-    api = FakeApi()
     lines = []
     with pytest.raises(ValueError, match="(?s)refusing to push .*does not pass verify.*val-000000.tar: missing"):
         push(out, "my-org", api=api, echo=lines.append)
-    assert api.calls == []
+    assert sum(hub.calls.values()) == 0
     assert not any("hf_secret" in line for line in lines)
+
+
+def test_an_unreachable_hub_says_so_naming_the_endpoint(out, hub):
+    api = HfApi(endpoint="http://127.0.0.1:9", token="hf_secretsecretsecret")  # port 9: refused
+    with pytest.raises(UnreachableError, match=r"http://127\.0\.0\.1:9: unreachable") as e:
+        push(out, "my-org", api=api, echo=lambda line: None)
+    assert "hf_secret" not in str(e.value)
