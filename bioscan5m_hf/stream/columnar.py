@@ -31,8 +31,8 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_identity()
-        epoch, worker, done = self.position.read(worker)
-        plan = self.records.worker_plan(epoch, worker, num_workers)
+        epoch, worker, done, phases = self.position.read(worker)
+        plan = self.records.worker_plan(epoch, worker, num_workers, phases)
         n = len(plan)
         if done >= n:
             return
@@ -46,7 +46,10 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
                 a, b = next(visits)
                 chunks.append((a, b, self.records.visit_table(plan, a, b)))
                 read_to = b
-            yield self._batch(self._gather(chunks, need))
+            batch = self._batch(self._gather(chunks, need))
+            if self.records.world_size > 1:
+                batch["padding"] = torch.from_numpy(plan.padding[need])
+            yield batch
             rest = plan.emission[t + self.batch_size:]
             keep_from = rest.min() if len(rest) else n
             chunks = [c for c in chunks if c[1] > keep_from]

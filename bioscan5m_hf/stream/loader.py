@@ -57,6 +57,8 @@ class LoaderSample:
 
     def __call__(self, record: dict, epoch: int = 0) -> dict:
         out = {"processid": record["processid"]}
+        if self.records.world_size > 1:
+            out["padding"] = record["__padding__"]
         for m in self.modalities:
             if m.kind == "image":
                 self._image(record["image"], record["processid"], epoch, out)
@@ -98,6 +100,8 @@ class Collate:
 
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict = {"processid": [s["processid"] for s in samples]}
+        if "padding" in samples[0]:  # distributed: which samples only repeat others to even out the ranks
+            batch["padding"] = torch.tensor([s["padding"] for s in samples], dtype=torch.bool)
         for m in self.modalities:
             if m.kind == "image" and "jpeg" in samples[0]:  # decoded on the device, in the main process
                 batch["jpeg"], batch["jpeg_offsets"] = on_device.pack([s["jpeg"] for s in samples])
@@ -156,6 +160,7 @@ class Loader:
                                      **common)
         self.epoch = 0
         self.batches = 0
+        self.phases: list[partition.Phase] = []  # earlier phases of this epoch (elastic resume)
 
     @property
     def vocabularies(self) -> dict[str, list[str]]:
@@ -164,37 +169,59 @@ class Loader:
     # -- epochs and checkpoints -------------------------------------------------------------------
 
     def __len__(self) -> int:
-        counts = self.records.worker_counts(self.num_workers)
+        """Batches of this epoch (of its current phase, after an elastic resume)."""
+        counts = self.records.worker_counts(self.num_workers, self.epoch, self.phases)
         return sum((c // self.batch_size) if self.drop_last else -(-c // self.batch_size) for c in counts)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.batches = int(epoch), 0
+        self.epoch, self.batches, self.phases = int(epoch), 0, []
 
-    def _configuration(self) -> dict:
-        return {"batch_size": self.batch_size, "num_workers": self.num_workers, "drop_last": self.drop_last,
-                "dataset": self.records.fingerprint()}
+    def _topology(self) -> dict:
+        return {"world_size": self.records.world_size, "num_workers": self.num_workers,
+                "batch_size": self.batch_size, "drop_last": self.drop_last}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches": self.batches, **self._configuration()}
+        """Where training stands: the epoch, the batches yielded in its current phase, its earlier
+        phases, the topology and what the data is. Rank 0's is enough for every rank."""
+        return {"epoch": self.epoch, "batches": self.batches,
+                "phases": [[p.world_size, p.num_workers, list(p.done)] for p in self.phases],
+                **self._topology(), "dataset": self.records.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
-        differ = {k: (state.get(k), v) for k, v in self._configuration().items() if state.get(k) != v}
+        """Resume from a :meth:`state_dict`, on this topology or another one (world size, workers,
+        batch size): the rest of the epoch yields every record not yet yielded, once."""
+        data = state.get("dataset", {})
+        differ = {k: (data.get(k), v) for k, v in self.records.fingerprint().items() if data.get(k) != v}
         if differ:
-            raise ValueError(f"state_dict was taken from a differently configured loader: {differ}")
-        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
+            raise ValueError(f"state_dict was taken from a loader over other data: {differ}")
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        phases = [partition.Phase(w, n, tuple(d)) for w, n, d in state.get("phases", [])]
+        old = {k: state.get(k, data.get(k)) for k in self._topology()}
+        if old == self._topology():
+            self.epoch, self.batches, self.phases = epoch, batches, phases
+            return
+        # Elastic: what the old topology yielded in its phase becomes a phase of its own.
+        left = self.records.live_count(epoch, phases)
+        count = partition.epoch_count(left, old["world_size"], self.records.even)
+        counts = [partition.worker_block(count, w, old["num_workers"])[1] for w in range(old["num_workers"])]
+        per_worker, _ = partition.loader_progress(counts, old["batch_size"], batches, old["drop_last"])
+        done = tuple(min(c, b * old["batch_size"]) for c, b in zip(counts, per_worker))
+        self.epoch, self.batches = epoch, 0
+        self.phases = phases + ([partition.Phase(old["world_size"], old["num_workers"], done)] if any(done) else [])
 
     # -- iteration ----------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict]:
-        counts = self.records.worker_counts(self.num_workers)
         if self.batches >= len(self):  # a checkpoint taken right at the end of an epoch
-            self.epoch, self.batches = self.epoch + 1, 0
+            self.epoch, self.batches, self.phases = self.epoch + 1, 0, []
+        counts = self.records.worker_counts(self.num_workers, self.epoch, self.phases)
         per_worker, rotation = partition.loader_progress(counts, self.batch_size, self.batches, self.drop_last)
-        self.position.write(self.epoch, rotation, [min(c, b * self.batch_size) for c, b in zip(counts, per_worker)])
+        self.position.write(self.epoch, rotation, [min(c, b * self.batch_size) for c, b in zip(counts, per_worker)],
+                            self.phases)
         for batch in self._to_device(iter(self.loader)):
             self.batches += 1
             yield batch
-        self.epoch, self.batches = self.epoch + 1, 0
+        self.epoch, self.batches, self.phases = self.epoch + 1, 0, []
 
     def _move(self, batch: dict) -> dict:
         out = {}

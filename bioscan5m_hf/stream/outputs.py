@@ -73,6 +73,7 @@ class OfficialOutputs:
         self.transform, self.dna_transform, self.target_transform = transform, dna_transform, target_transform
         self.max_nucleotides = max_nucleotides
         self.labels: Labels | None = None  # set by the dataset once the repo's vocabularies are known
+        self.mark_padding = False  # dict outputs say "padding" (set by the distributed streaming dataset)
 
     @property
     def columns(self) -> set[str]:
@@ -122,7 +123,11 @@ class OfficialOutputs:
         else:
             target = None
         values.append(("target", target))
-        return tuple(v for _, v in values) if self.output_format == "tuple" else dict(values)
+        if self.output_format == "tuple":
+            return tuple(v for _, v in values)
+        if self.mark_padding:  # distributed: does this sample only repeat another to even out the ranks?
+            values.append(("padding", record.get("__padding__", False)))
+        return dict(values)
 
     def column(self, column: str | None) -> str:
         """The label column a look-up means: the one named, or the single target type."""

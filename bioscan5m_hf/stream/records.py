@@ -13,6 +13,7 @@ damaged shard into :data:`SKIPPED` under ``on_error="skip"``.
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import os
 import warnings
@@ -103,6 +104,7 @@ class RecordStream:
                             else max(1, min(DEFAULT_BUFFER, min(self.shard_sizes))))
         self._executor = None
         self._executor_pid = None
+        self._live_cache = None
 
     # -- set-up ----------------------------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class RecordStream:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_executor"] = state["_executor_pid"] = None
+        state["_executor"] = state["_executor_pid"] = state["_live_cache"] = None
         return state
 
     # -- sizes, order, resume ----------------------------------------------------------------------------
@@ -139,33 +141,58 @@ class RecordStream:
         """Records this rank yields per epoch (all records when ``world_size`` is 1)."""
         return partition.epoch_count(self.num_records, self.world_size, self.even)
 
-    def worker_counts(self, num_workers: int) -> list[int]:
-        """Samples each of ``num_workers`` DataLoader workers yields per epoch on this rank."""
-        n = max(1, num_workers)
-        return [partition.worker_block(len(self), w, n)[1] for w in range(n)]
+    def _live(self, epoch: int, phases: Sequence[partition.Phase]) -> tuple[partition.Layout, np.ndarray]:
+        """The epoch's layout and what ``phases`` left of it (the last one computed is kept)."""
+        key = (epoch, tuple(phases))
+        if self._live_cache is None or self._live_cache[0] != key:
+            layout = partition.epoch_layout(self.shard_sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+            live = partition.live_slots(layout, phases, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                        even=self.even, buffer_size=self.buffer_size)
+            self._live_cache = (key, layout, live)
+        return self._live_cache[1], self._live_cache[2]
 
-    def worker_plan(self, epoch: int, worker: int = 0, num_workers: int = 1) -> partition.WorkerPlan:
-        return partition.worker_plan(
-            self.shard_sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle, rank=self.rank,
-            world_size=self.world_size, worker=worker, num_workers=num_workers, even=self.even,
-            buffer_size=self.buffer_size)
+    def live_count(self, epoch: int, phases: Sequence[partition.Phase] = ()) -> int:
+        """Records of the epoch not yet yielded after ``phases`` (over all ranks)."""
+        return len(self._live(epoch, phases)[1]) if phases else self.num_records
+
+    def phase_count(self, epoch: int, phases: Sequence[partition.Phase] = ()) -> int:
+        """Records this rank yields in the phase after ``phases`` (``len(self)`` without them)."""
+        if not phases:
+            return len(self)
+        return partition.epoch_count(len(self._live(epoch, phases)[1]), self.world_size, self.even)
+
+    def worker_counts(self, num_workers: int, epoch: int = 0, phases: Sequence[partition.Phase] = ()) -> list[int]:
+        """Samples each of ``num_workers`` DataLoader workers yields on this rank in the epoch, or in
+        the phase of it after ``phases``."""
+        n, count = max(1, num_workers), self.phase_count(epoch, phases)
+        return [partition.worker_block(count, w, n)[1] for w in range(n)]
+
+    def worker_plan(self, epoch: int, worker: int = 0, num_workers: int = 1,
+                    phases: Sequence[partition.Phase] = ()) -> partition.WorkerPlan:
+        layout, live = self._live(epoch, phases)
+        return partition.plan_of(layout, live, seed=self.seed, epoch=epoch, shuffle=self.shuffle, rank=self.rank,
+                                 world_size=self.world_size, worker=worker, num_workers=num_workers, even=self.even,
+                                 buffer_size=self.buffer_size, phase=len(phases))
 
     def fingerprint(self) -> dict:
-        """What a checkpoint of this stream is only valid for."""
+        """What a checkpoint of this stream is only valid for (any topology: see :meth:`topology`)."""
         return {"split": list(self.splits), "config": self.config, "num_records": self.num_records,
-                "seed": self.seed, "shuffle": self.shuffle, "buffer_size": self.buffer_size,
-                "rank": self.rank, "world_size": self.world_size, "even": self.even}
+                "seed": self.seed, "shuffle": self.shuffle, "buffer_size": self.buffer_size, "even": self.even}
+
+    def topology(self) -> dict:
+        return {"rank": self.rank, "world_size": self.world_size}
 
     # -- reading ---------------------------------------------------------------------------------------
 
     def samples(self, fn: Callable[[dict], Any], epoch: int, worker: int, num_workers: int,
-                done: int = 0) -> Iterator[Any]:
-        """``fn(record)`` for each record a worker yields in ``epoch``, from its ``done``-th on.
+                done: int = 0, phases: Sequence[partition.Phase] = ()) -> Iterator[Any]:
+        """``fn(record)`` for each record a worker yields in ``epoch`` (in the phase after ``phases``),
+        from its ``done``-th on; a record repeated only to even out the ranks has ``__padding__`` set.
 
         A record lost to damage (an unreadable shard, an image ``fn`` cannot decode) raises
         :class:`ShardError` naming the shard and member, or under ``on_error="skip"`` comes out as
         :data:`SKIPPED` (so callers can still count positions) and is counted in :attr:`skipped`."""
-        for record in self.records(self.worker_plan(epoch, worker, num_workers), done):
+        for record in self.records(self.worker_plan(epoch, worker, num_workers, phases), done):
             if record is None:
                 yield SKIPPED
                 continue
@@ -191,7 +218,10 @@ class RecordStream:
             while need not in pending:
                 position, record = next(reads)
                 pending[position] = record
-            yield pending.pop(need)
+            record = pending.pop(need)
+            if record is not None:
+                record["__padding__"] = bool(plan.padding[need])
+            yield record
 
     def _read(self, plan: partition.WorkerPlan, start: int, skip: set[int]) -> Iterator[tuple[int, dict]]:
         """(read position, raw record) from ``start`` on, one visit per run of the same shard.
@@ -262,22 +292,34 @@ class RecordStream:
 
 
 class SharedPosition:
-    """Epoch, worker rotation and per-worker resume points: written by the main process at the start
-    of each epoch, read by the DataLoader workers when they start iterating (persistent workers too)."""
+    """Epoch, worker rotation, per-worker resume points and the epoch's earlier phases (elastic
+    resume): written by the main process at the start of each epoch, read by the DataLoader workers
+    when they start iterating (persistent workers too)."""
+
+    PHASE_BYTES = 1 << 16
 
     def __init__(self, num_workers: int):
         self.num_workers = max(1, num_workers)
-        self.array = multiprocessing.get_context("fork").Array("q", 2 + self.num_workers, lock=False)
+        context = multiprocessing.get_context("fork")
+        self.array = context.Array("q", 2 + self.num_workers, lock=False)
+        self.phases = context.Array("c", self.PHASE_BYTES, lock=False)
 
-    def write(self, epoch: int, rotation: int, done: Sequence[int]) -> None:
+    def write(self, epoch: int, rotation: int, done: Sequence[int], phases: Sequence[partition.Phase] = ()) -> None:
         self.array[0], self.array[1] = epoch, rotation
         for w, d in enumerate(done):
             self.array[2 + w] = d
+        encoded = json.dumps([[p.world_size, p.num_workers, list(p.done)] for p in phases]).encode()
+        if len(encoded) >= self.PHASE_BYTES:
+            raise ValueError(f"{len(phases)} elastic phases in one epoch is more than a loader can carry")
+        self.phases[: len(encoded) + 1] = encoded + b"\0"
 
-    def read(self, worker: int) -> tuple[int, int, int]:
-        """(epoch, the logical worker this DataLoader worker plays, samples it already yielded)."""
+    def read(self, worker: int) -> tuple[int, int, int, tuple[partition.Phase, ...]]:
+        """(epoch, the logical worker this DataLoader worker plays, samples it already yielded, the
+        epoch's earlier phases)."""
         logical = (worker + int(self.array[1])) % self.num_workers
-        return int(self.array[0]), logical, int(self.array[2 + logical])
+        raw = bytes(self.phases[:]).split(b"\0", 1)[0]
+        phases = tuple(partition.Phase(w, n, tuple(d)) for w, n, d in json.loads(raw or b"[]"))
+        return int(self.array[0]), logical, int(self.array[2 + logical]), phases
 
 
 class WorkerSamples(torch.utils.data.IterableDataset):
@@ -290,9 +332,9 @@ class WorkerSamples(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         worker, num_workers = worker_identity()
-        epoch, worker, done = self.position.read(worker)
+        epoch, worker, done, phases = self.position.read(worker)
         fn = functools.partial(self.fn, epoch=epoch)
-        for sample in self.records.samples(fn, epoch, worker, num_workers, done):
+        for sample in self.records.samples(fn, epoch, worker, num_workers, done, phases):
             if sample is not SKIPPED:
                 yield sample
 

@@ -19,6 +19,7 @@ from torch.utils.data import IterableDataset
 
 from .. import schema
 from ..repo.storage import RetryPolicy
+from . import partition
 from .outputs import OfficialAPI
 from .records import SKIPPED, RecordStream, worker_identity
 
@@ -113,8 +114,11 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
             world_size=world_size, even=even, on_error=on_error, cache_dir=cache_dir, cache_limit=cache_limit,
             storage_options=storage_options, verify=verify, retry=retry, readahead=readahead)
         self.outputs.labels = self.records.labels
+        self.outputs.mark_padding = self.records.world_size > 1
         self.epoch = 0
-        self.yielded = 0  # samples of this epoch already yielded (iterating directly, in the main process)
+        self.yielded = 0  # samples of this epoch (phase) already yielded by this process
+        self.phases: list[partition.Phase] = []  # earlier phases of this epoch (elastic resume)
+        self._worker_resume: dict[tuple[int, int], int] = {}  # set in a worker by StatefulDataLoader
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -145,31 +149,51 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
         """Use the order of ``epoch`` from the next iteration on (like ``DistributedSampler.set_epoch``)."""
         self.epoch = int(epoch)
         self.yielded = 0
+        self.phases = []
 
     def state_dict(self) -> dict:
-        """Where iteration stands: the epoch and the samples yielded in it (iterating directly)."""
-        return {"epoch": self.epoch, "yielded": self.yielded, **self.records.fingerprint()}
+        """Where iteration stands: the epoch, the samples yielded in it, its earlier phases, the topology
+        and what the data is. Iterated directly, rank 0's is enough for every rank. Inside a
+        DataLoader worker (``torchdata``'s ``StatefulDataLoader`` asks each worker) it is that
+        worker's, and ``load_state_dict`` there resumes that worker exactly."""
+        worker, num_workers = worker_identity()
+        in_worker = torch.utils.data.get_worker_info() is not None
+        return {"epoch": self.epoch, "yielded": self.yielded,
+                "phases": [[p.world_size, p.num_workers, list(p.done)] for p in self.phases],
+                "worker": [worker, num_workers] if in_worker else None,
+                **self.records.topology(), **self.records.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume from :meth:`state_dict`: the next iteration yields exactly what would have followed."""
+        """Resume from :meth:`state_dict`: the next iteration yields exactly what would have followed,
+        on this topology or another world size (elastic: every record not yet yielded comes once)."""
         mine = self.records.fingerprint()
         differ = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
         if differ:
             raise ValueError(f"state_dict was taken from a differently configured dataset: {differ}")
-        self.epoch, self.yielded = int(state["epoch"]), int(state["yielded"])
+        self.epoch = int(state["epoch"])
+        phases = [partition.Phase(w, n, tuple(d)) for w, n, d in state.get("phases", [])]
+        if state.get("worker") is not None:  # a DataLoader worker's own state
+            worker, num_workers = state["worker"]
+            self.phases, self.yielded = phases, 0
+            self._worker_resume = {(worker, num_workers): int(state["yielded"])}
+            return
+        if state.get("world_size", self.world_size) == self.world_size or not int(state["yielded"]):
+            self.phases, self.yielded = phases, int(state["yielded"])
+            return
+        self.phases = phases + [partition.Phase(int(state["world_size"]), 1, (int(state["yielded"]),))]
+        self.yielded = 0
 
     def __iter__(self) -> Iterator:
         worker, num_workers = worker_identity()
-        in_main = torch.utils.data.get_worker_info() is None
         epoch = self.epoch
-        done = self.yielded if num_workers == 1 else 0
-        for out in self.records.samples(self.outputs, epoch, worker, num_workers, done):
-            if in_main:
-                self.yielded += 1
+        if torch.utils.data.get_worker_info() is not None:  # a worker starts where its own state says
+            self.yielded = self._worker_resume.pop((worker, num_workers), 0)
+        done = self.yielded
+        for out in self.records.samples(self.outputs, epoch, worker, num_workers, done, self.phases):
+            self.yielded += 1
             if out is not SKIPPED:
                 yield out
-        if in_main:
-            self.epoch, self.yielded = epoch + 1, 0
+        self.epoch, self.yielded, self.phases = epoch + 1, 0, []
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "

@@ -6,6 +6,10 @@
 Each rank reads its own part of every epoch through :func:`make_loader`; with ``WORLD_SIZE > 1`` the
 model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU). Every epoch logs the loss,
 the train and eval accuracy and the samples/s of all ranks together.
+
+With ``--checkpoint DIR`` rank 0 saves the loader's state (JSON) and the model and optimizer after
+every ``--checkpoint-every`` steps; ``--resume`` continues from there, mid-epoch, on any number of
+ranks and workers (elastic: the rest of the epoch is every record not yet trained on, once).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import nn
 
 from ..stream.loader import make_loader
 from ..transforms import MASK_ID, normalize
+from ..util import atomic_path, write_atomic
 
 
 class TinyNet(nn.Module):
@@ -82,14 +87,18 @@ def run(args: argparse.Namespace, echo=print) -> list[dict]:
         model = nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
-    keys = open(Path(args.log_keys) / f"rank{rank}.txt", "w") if args.log_keys else None
+    keys = open(Path(args.log_keys) / f"rank{rank}.txt", "a") if args.log_keys else None
     history = []
     started = time.perf_counter()
-    for epoch in range(args.epochs):
-        train.set_epoch(epoch)
+    first = resume(args, train, model, optimizer) if args.resume else 0
+    for epoch in range(first, args.epochs):
+        if epoch != first or not args.resume:
+            train.set_epoch(epoch)
         model.train()
         t0, seen, correct, labelled, loss_sum, steps = time.perf_counter(), 0, 0, 0, 0.0, 0
         for batch in train:
+            if args.exit_at_step and rank == args.exit_rank and train.batches == args.exit_at_step:
+                os._exit(17)  # a preempted process: no clean-up, no goodbye
             target = batch[args.target]
             logits = model(batch)
             loss = loss_fn(logits, target)
@@ -102,8 +111,13 @@ def run(args: argparse.Namespace, echo=print) -> list[dict]:
             loss_sum += loss.item() * len(target)
             seen += len(target)
             steps += 1
-            if keys:
-                keys.write("\n".join(batch["processid"]) + "\n")
+            if keys:  # "<epoch> <step> <processid> <padding>" per sample, flushed as trained on
+                padding = batch.get("padding", torch.zeros(len(target), dtype=torch.bool)).tolist()
+                keys.write("".join(f"{epoch} {train.batches} {p} {int(x)}\n"
+                                   for p, x in zip(batch["processid"], padding)))
+                keys.flush()
+            if args.checkpoint and rank == 0 and train.batches % args.checkpoint_every == 0:
+                save_checkpoint(Path(args.checkpoint), train, model, optimizer)
             if args.max_steps and steps >= args.max_steps:
                 break
         seconds = time.perf_counter() - t0
@@ -137,6 +151,28 @@ def run(args: argparse.Namespace, echo=print) -> list[dict]:
     return history
 
 
+def save_checkpoint(folder: Path, loader, model: nn.Module, optimizer) -> None:
+    """The loader's state as JSON and the weights, each written whole or not at all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    with atomic_path(folder / "weights.pt") as tmp:
+        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
+    write_atomic(folder / "loader.json", json.dumps(loader.state_dict()))
+
+
+def resume(args: argparse.Namespace, loader, model: nn.Module, optimizer) -> int:
+    """Load ``--checkpoint`` (if there is one); returns the epoch to continue."""
+    folder = Path(args.checkpoint)
+    if not (folder / "loader.json").is_file():
+        return 0
+    loader.load_state_dict(json.loads((folder / "loader.json").read_text()))
+    weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)  # our own file, tensors only
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    net.load_state_dict(weights["model"])
+    optimizer.load_state_dict(weights["optimizer"])
+    return loader.epoch
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a small image + DNA classifier from BIOSCAN-5M shards.")
     p.add_argument("root", help="converted repos (the OUT of convert, or shards/)")
@@ -156,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=0, help="stop after the epoch that passes this many seconds")
     p.add_argument("--log-keys", default=None, help="folder to write each rank's training processids to")
     p.add_argument("--metrics", default=None, help="write the per-epoch metrics to this JSON file")
+    p.add_argument("--checkpoint", default=None, help="folder for rank 0's checkpoints (loader state, weights)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint, on any number of ranks")
+    p.add_argument("--exit-at-step", type=int, default=0, help=argparse.SUPPRESS)  # tests: a preempted rank
+    p.add_argument("--exit-rank", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 

@@ -126,3 +126,60 @@ def test_loader_progress(counts, bs, batches, drop_last, expected, next_worker):
 def test_loader_progress_past_the_epoch_is_an_error():
     with pytest.raises(ValueError, match="more than the epoch"):
         partition.loader_progress([4, 4], 4, 3)
+
+
+topology = st.tuples(st.integers(1, 4), st.integers(1, 3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=shard_sizes, topologies=st.lists(topology, min_size=2, max_size=4), even=st.sampled_from(["pad", "drop"]),
+       buffer_size=st.integers(1, 12), data=st.data())
+def test_elastic_phases_yield_every_record_once(sizes, topologies, even, buffer_size, data):
+    """Checkpoint at random points under W x N, resume under W' x N' (and again): over the epoch every
+    record comes once; besides, only samples flagged as padding (pad) or fewer than W' left out (drop)."""
+    kw = dict(seed=4, epoch=1, shuffle=True, even=even, buffer_size=buffer_size)
+    phases, real, padded = [], Counter(), 0
+    for k, (world_size, num_workers) in enumerate(topologies):
+        last = k == len(topologies) - 1
+        plans = {(r, w): partition.worker_plan(sizes, rank=r, world_size=world_size, worker=w, num_workers=num_workers,
+                                               phases=phases, **kw)
+                 for r in range(world_size) for w in range(num_workers)}
+        counts = {len(p) for p in plans.values()}
+        assert max(counts) - min(counts) <= 1  # workers balanced, ranks equal
+        # Lockstep: every rank has yielded as much from each of its workers (rank 0's state is enough).
+        done = tuple(len(plans[0, w]) if last else data.draw(st.integers(0, len(plans[0, w])))
+                     for w in range(num_workers))
+        for (r, w), plan in plans.items():
+            for t in plan.emission[: done[w]]:
+                if plan.padding[t]:
+                    padded += 1
+                else:
+                    real[int(plan.shards[t]), int(plan.offsets[t])] += 1
+        phases.append(partition.Phase(world_size, num_workers, done))
+    everything = {(s, o) for s, n in enumerate(sizes) for o in range(n)}
+    assert all(n == 1 for n in real.values())
+    assert set(real) <= everything
+    if even == "pad":
+        assert set(real) == everything
+    else:
+        assert len(everything) - len(real) < sum(w for w, _ in topologies)  # what "drop" leaves out, per phase
+
+
+def test_a_phase_cannot_claim_more_than_it_read():
+    with pytest.raises(ValueError, match="cannot have yielded"):
+        partition.worker_plan([5, 5], seed=0, epoch=0, shuffle=True, phases=[partition.Phase(2, 1, (9,))])
+
+
+def test_phases_of_a_fresh_epoch_change_nothing():
+    a = partition.worker_plan([4, 7, 3], seed=1, epoch=2, shuffle=True, rank=1, world_size=2, buffer_size=4)
+    b = partition.worker_plan([4, 7, 3], seed=1, epoch=2, shuffle=True, rank=1, world_size=2, buffer_size=4,
+                              phases=[partition.Phase(3, 2, (0, 0))])
+    assert a.shards.tolist() == b.shards.tolist() and a.offsets.tolist() == b.offsets.tolist()
+
+
+def test_padding_flags_exactly_the_repeats():
+    reads = [partition.worker_plan([3, 4], seed=0, epoch=0, shuffle=False, rank=r, world_size=3) for r in range(3)]
+    flagged = [(int(p.shards[i]), int(p.offsets[i])) for p in reads for i in range(len(p)) if p.padding[i]]
+    assert len(flagged) == 3 * 3 - 7
+    real = Counter((int(p.shards[i]), int(p.offsets[i])) for p in reads for i in range(len(p)) if not p.padding[i])
+    assert set(real.values()) == {1} and len(real) == 7

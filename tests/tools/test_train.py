@@ -34,9 +34,51 @@ def test_torchrun_two_ranks_disjoint_data_no_hang(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1:" in result.stdout and "(2 ranks)" in result.stdout
-    ranks = [(keys / f"rank{r}.txt").read_text().split() for r in range(2)]
+    ranks = [[line.split()[2] for line in (keys / f"rank{r}.txt").read_text().splitlines()] for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 2 * 3 * 16  # equal steps on both ranks
     for epoch in range(2):  # within an epoch the ranks read disjoint records
         a = set(ranks[0][epoch * 48:(epoch + 1) * 48])
         b = set(ranks[1][epoch * 48:(epoch + 1) * 48])
         assert not a & b
+
+
+def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "scripts" / "train.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_a_rank_killed_mid_epoch_and_a_restart_on_three_ranks_trains_on_the_split_once(tmp_path):
+    """2 ranks train; rank 1 dies at step 5; the job restarts with 3 ranks (and other workers and batch
+    size) from rank 0's checkpoint; over the epoch every record of the split is trained on exactly
+    once, besides the samples flagged as padding."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from bioscan5m_hf import schema
+
+    keys, ckpt = tmp_path / "keys", tmp_path / "ckpt"
+    keys.mkdir()
+    common = [str(ROOT / "shards"), "--split", "pretrain", "--epochs", "1", "--device", "cpu", "--modality", "dna",
+              "--log-keys", str(keys), "--checkpoint", str(ckpt)]
+    first = torchrun(2, *common, "--batch-size", "8", "--workers", "1", "--exit-at-step", "5", "--exit-rank", "1",
+                     cwd=tmp_path)
+    assert first.returncode != 0  # the job died with its rank
+    state = json.loads((ckpt / "loader.json").read_text())
+    assert state["world_size"] == 2 and 0 < state["batches"] < 5
+    before = [line.split() for r in range(2) for line in (keys / f"rank{r}.txt").read_text().splitlines()]
+    trained = [(pid, pad) for _, step, pid, pad in before if int(step) <= state["batches"]]  # what the model saw
+    for r in range(2):
+        (keys / f"rank{r}.txt").unlink()
+    second = torchrun(3, *common, "--batch-size", "5", "--workers", "2", "--resume", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    trained += [(line.split()[2], line.split()[3]) for r in range(3)
+                for line in (keys / f"rank{r}.txt").read_text().splitlines()]
+    manifest = json.loads((ROOT / "shards" / schema.PARQUET_REPO / schema.MANIFEST).read_text())
+    split = [p for s in manifest["configs"]["metadata"]["pretrain"]["shards"]
+             for p in pq.read_table(ROOT / "shards" / schema.PARQUET_REPO / s["path"],
+                                    columns=["processid"]).column("processid").to_pylist()]
+    real = [pid for pid, pad in trained if pad == "0"]
+    assert sorted(real) == sorted(split)  # every record once
+    assert len(trained) - len(real) < 3  # padding: fewer than one per rank
