@@ -149,7 +149,7 @@ def test_elastic_phases_yield_every_record_once(sizes, topologies, even, buffer_
         # Lockstep: every rank has yielded as much from each of its workers (rank 0's state is enough).
         done = tuple(len(plans[0, w]) if last else data.draw(st.integers(0, len(plans[0, w])))
                      for w in range(num_workers))
-        for (r, w), plan in plans.items():
+        for (_, w), plan in plans.items():
             for t in plan.emission[: done[w]]:
                 if plan.padding[t]:
                     padded += 1
