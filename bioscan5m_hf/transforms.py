@@ -120,10 +120,45 @@ def centre_box(width: int, height: int) -> tuple[int, int, int, int]:
     return (height - side) // 2, (width - side) // 2, side, side
 
 
-def sample_rng(seed: int, epoch: int, processid: str) -> np.random.Generator:
+def sample_rng(seed: int, epoch: int, processid: str, stream: int = 0) -> np.random.Generator:
     """The random numbers of one sample's augmentation: a function of the seed, the epoch and the
-    record alone, so a resumed run (any workers, any order) draws the same crops."""
-    return np.random.default_rng([seed, epoch, zlib.crc32(processid.encode("utf-8"))])
+    record alone, so a resumed run (any workers, any order) draws the same crops (``stream`` tells
+    independent uses apart: 0 crops, 1 DNA masking)."""
+    return np.random.default_rng([seed, epoch, zlib.crc32(processid.encode("utf-8"))] + ([stream] if stream else []))
+
+
+#: Targets of positions that are not predicted (PyTorch's ``cross_entropy`` default ``ignore_index``).
+IGNORE_INDEX = -100
+
+
+def mask_tokens(ids: np.ndarray, mask: np.ndarray, processids: Sequence[str], *, seed: int, epoch: int,
+                ratio: float, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """BarcodeBERT-style masked-token pretraining inputs: of each sequence's real tokens (``mask`` 1),
+    a ``ratio`` share (at least one) is chosen; a chosen token becomes ``MASK_ID`` (80%), a random
+    k-mer (10%) or stays (10%). Returns the inputs and the labels (the original id where chosen,
+    :data:`IGNORE_INDEX` elsewhere). Drawn per record from the seed and the epoch: a resumed run
+    masks the same positions.
+
+    >>> ids = np.array([[5, 6, 7, 8, 0]]); m = np.array([[1, 1, 1, 1, 0]])
+    >>> x, y = mask_tokens(ids, m, ["A1"], seed=0, epoch=0, ratio=0.5, vocab_size=258)
+    >>> int((y != IGNORE_INDEX).sum()), bool((y[0, 4] == IGNORE_INDEX))
+    (2, True)
+    """
+    if not 0 < ratio < 1:
+        raise ValueError(f"the DNA masking ratio must be in (0, 1), got {ratio}")
+    inputs, labels = ids.copy(), np.full_like(ids, IGNORE_INDEX)
+    for row, pid in enumerate(processids):
+        real = np.flatnonzero(mask[row])
+        if not len(real):
+            continue
+        rng = sample_rng(seed, epoch, pid, stream=1)
+        chosen = np.sort(rng.choice(real, size=max(1, round(ratio * len(real))), replace=False))
+        labels[row, chosen] = ids[row, chosen]
+        action = rng.random(len(chosen))
+        inputs[row, chosen[action < 0.8]] = MASK_ID
+        swap = chosen[(action >= 0.8) & (action < 0.9)]
+        inputs[row, swap] = rng.integers(FIRST_KMER_ID, vocab_size, size=len(swap))
+    return inputs, labels
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,

@@ -170,6 +170,16 @@ def read_records(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
     yield from reader(shard, offsets, columns, image)
 
 
+def read_table(shard: ShardInfo, columns: Sequence[str]) -> pa.Table:
+    """Metadata ``columns`` of a whole shard as one Arrow table, in shard order (no image bytes)."""
+    if shard.fmt == "parquet":
+        tables = list(parquet_rows(shard, None, columns, groups_per_read=1 << 30))
+        fields = pa.schema([schema.arrow_schema().field(c) for c in columns])
+        return pa.concat_tables(tables) if tables else fields.empty_table()
+    fields = pa.schema([schema.arrow_schema().field(c) for c in columns])
+    return pa.Table.from_pylist(list(read_records(shard, None, columns, image=False)), schema=fields)
+
+
 def read_column(shard: ShardInfo, column: str) -> list:
     """One metadata column of a whole shard, in shard order."""
     return [r[column] for r in read_records(shard, None, [column], image=False)]

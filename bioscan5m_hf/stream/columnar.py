@@ -24,9 +24,10 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, records: RecordStream, target_type: Sequence[str], batch_size: int,
-                 tokenizer: KmerTokenizer, position: SharedPosition):
+                 tokenizer: KmerTokenizer, position: SharedPosition, dna_masking=None):
         super().__init__()
         self.records, self.batch_size, self.tokenizer, self.position = records, batch_size, tokenizer, position
+        self.dna_masking = dna_masking
         self.value_sets = {t: pa.array(records.vocabularies[t], pa.string()) for t in target_type}
 
     def __iter__(self) -> Iterator[dict]:
@@ -47,6 +48,9 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
                 chunks.append((a, b, self.records.visit_table(plan, a, b)))
                 read_to = b
             batch = self._batch(self._gather(chunks, need))
+            if self.dna_masking is not None:
+                batch.update(self.dna_masking(batch["dna"].numpy(), batch["dna_mask"].numpy(), batch["processid"],
+                                              epoch))
             if self.records.world_size > 1:
                 batch["padding"] = torch.from_numpy(plan.padding[need])
             yield batch

@@ -34,7 +34,8 @@ from .outputs import Labels, OfficialAPI
 from .streaming import StreamingBIOSCAN5M
 
 #: Keywords of the streaming dataset alone (the map-style one is shuffled and split by samplers).
-STREAMING_ONLY = ("shuffle", "seed", "buffer_size", "rank", "world_size", "even", "readahead", "on_error")
+STREAMING_ONLY = ("shuffle", "seed", "buffer_size", "rank", "world_size", "even", "readahead", "on_error", "filter",
+                  "balance", "temperature", "split_weights", "samples_per_epoch")
 
 
 class BIOSCAN5M(OfficialAPI, Dataset):

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import schema
-from ..transforms import KmerTokenizer, crop_params, decode_crop, decode_image, normalize, sample_rng
+from ..transforms import KmerTokenizer, crop_params, decode_crop, decode_image, mask_tokens, normalize, sample_rng
 from ..util import check_choice
 from . import device as on_device
 from . import partition
@@ -56,7 +56,7 @@ class LoaderSample:
             out["image"] = decode_crop(data, params, self.image_size)
 
     def __call__(self, record: dict, epoch: int = 0) -> dict:
-        out = {"processid": record["processid"]}
+        out = {"processid": record["processid"], "epoch": epoch}
         if self.records.world_size > 1:
             out["padding"] = record["__padding__"]
         for m in self.modalities:
@@ -89,14 +89,31 @@ def stack_images(images: list[np.ndarray]) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+class DnaMasking:
+    """``dna_masked`` (inputs) and ``dna_labels`` (targets, -100 where not predicted) of a batch's
+    token ids, BarcodeBERT-style (:func:`~bioscan5m_hf.transforms.mask_tokens`), seeded per record
+    and epoch so a resumed run masks the same positions."""
+
+    def __init__(self, ratio: float, seed: int, vocab_size: int):
+        if not 0 < ratio < 1:
+            raise ValueError(f"mask_dna must be a ratio in (0, 1), got {ratio}")
+        self.ratio, self.seed, self.vocab_size = ratio, seed, vocab_size
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, processids: Sequence[str], epoch: int) -> dict:
+        inputs, labels = mask_tokens(ids, mask, processids, seed=self.seed, epoch=epoch, ratio=self.ratio,
+                                     vocab_size=self.vocab_size)
+        return {"dna_masked": torch.from_numpy(inputs), "dna_labels": torch.from_numpy(labels)}
+
+
 class Collate:
     """List of dict samples -> dict of tensors (runs in the workers)."""
 
     def __init__(self, modalities: Sequence[schema.Modality], target_type: Sequence[str],
-                 tokenizer: KmerTokenizer | None):
+                 tokenizer: KmerTokenizer | None, dna_masking: DnaMasking | None = None):
         self.modalities = list(modalities)
         self.target_type = list(target_type)
         self.tokenizer = tokenizer
+        self.dna_masking = dna_masking
 
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict = {"processid": [s["processid"] for s in samples]}
@@ -112,6 +129,8 @@ class Collate:
                 ids, mask = self.tokenizer([s["dna"] for s in samples])
                 batch["dna"] = torch.from_numpy(ids)
                 batch["dna_mask"] = torch.from_numpy(mask)
+                if self.dna_masking is not None:
+                    batch.update(self.dna_masking(ids, mask, batch["processid"], samples[0]["epoch"]))
             elif m.name != "processid":
                 values = [s[m.name] for s in samples]
                 batch[m.name] = torch.tensor(values) if all(isinstance(v, (int, float)) for v in values) else values
@@ -270,7 +289,7 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
                 k: int = 4, max_nucleotides: int = 660, device: str | torch.device | None = None,
                 normalize: bool = False, shuffle: bool = True, drop_last: bool = False, prefetch_factor: int = 4,
                 persistent_workers: bool = True, pin_memory: bool | None = None, decode: str = "workers",
-                augment: bool = False, **stream_kwargs) -> Loader:
+                augment: bool = False, mask_dna: float | None = None, **stream_kwargs) -> Loader:
     """A DataLoader of tensor batches over a converted BIOSCAN-5M repo, for training.
 
     Parameters
@@ -303,6 +322,13 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         Training crops: a random resized crop (scale 0.08-1, ratio 3/4-4/3) and a random horizontal
         flip per sample, drawn from ``seed``, the epoch and the record, so a resumed run reproduces
         them; on the device with ``decode="device"``, in the workers otherwise. Default: centre crop.
+    mask_dna : float, optional
+        DNA pretraining batches: this share of each barcode's k-mer tokens is masked BarcodeBERT-style
+        (80% ``<MASK>``, 10% a random k-mer, 10% unchanged): ``batch["dna_masked"]`` are the inputs,
+        ``batch["dna_labels"]`` the original ids where masked and -100 elsewhere (``batch["dna"]``
+        stays unmasked). Seeded per record and epoch: a resumed run masks the same positions.
+    filter, balance, temperature, split_weights, samples_per_epoch
+        What an epoch holds (see :class:`~bioscan5m_hf.StreamingBIOSCAN5M`).
     """
     check_choice(decode, "decode", DECODERS)
     if decode == "device" and "image" in modality:
@@ -314,16 +340,19 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
                            set(targets), image="image" in kinds, max_nucleotides=max_nucleotides, shuffle=shuffle,
                            **stream_kwargs)
     tokenizer = KmerTokenizer(k, max_nucleotides) if "dna" in kinds else None
+    if mask_dna is not None and tokenizer is None:
+        raise ValueError("mask_dna needs the 'dna' modality")
+    masking = DnaMasking(mask_dna, records.seed, tokenizer.vocab_size) if mask_dna is not None else None
     position = SharedPosition(num_workers)
     common = dict(batch_size=batch_size, num_workers=num_workers, target_type=targets, device=device,
                   normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
                   persistent_workers=persistent_workers, pin_memory=pin_memory, image_size=image_size)
     if {m.name for m in modalities} <= {"dna", "processid"} and "dna" in kinds and records.repo.fmt == "parquet" \
             and records.on_error == "raise":  # DNA-only from Parquet: whole batches from Arrow columns
-        source = ColumnarBatches(records, targets, batch_size, tokenizer, position)
+        source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking)
         return Loader(records, source, position, collate=None, **common)
     samples = WorkerSamples(records, LoaderSample(records, modalities, targets, image_size, decode, augment), position)
-    return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer), **common)
+    return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer, masking), **common)
 
 
 __all__ = ["make_loader", "Loader"]

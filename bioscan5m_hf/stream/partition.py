@@ -182,10 +182,10 @@ def _reads(layout: Layout, live: np.ndarray, rank: int, world_size: int, worker:
     # worker's first samples come from the start of one shard (one shard fetched for the first batch).
     if len(slots):
         shards, offsets = layout.shard[slots], layout.offset[slots]
-        breaks = np.flatnonzero((shards[1:] != shards[:-1]) | (offsets[1:] <= offsets[:-1])) + 1
+        breaks = np.flatnonzero((shards[1:] != shards[:-1]) | (offsets[1:] < offsets[:-1])) + 1
         first = int(index[0] % n)
         starts_visit = first == 0 or layout.shard[live[first - 1]] != shards[0] or \
-            layout.offset[live[first - 1]] >= offsets[0]
+            layout.offset[live[first - 1]] > offsets[0]
         if not starts_visit and len(breaks):
             slots, padding = np.roll(slots, -breaks[0]), np.roll(padding, -breaks[0])
     return slots, padding
@@ -234,13 +234,13 @@ def plan_of(layout: Layout, live: np.ndarray, *, seed: int, epoch: int, shuffle:
 
 def visits(plan: WorkerPlan, start: int = 0) -> list[tuple[int, int]]:
     """The read positions from ``start`` on, cut into visits: ``[a, b)`` runs in one shard with
-    increasing offsets, each read in one pass.
+    non-decreasing offsets (a sampled universe may repeat a record), each read in one pass.
 
     >>> visits(WorkerPlan(np.array([0, 0, 1, 1, 0]), np.array([0, 1, 0, 1, 2]), np.arange(5), np.zeros(5, bool)), 1)
     [(1, 2), (2, 4), (4, 5)]
     """
     n = len(plan)
-    breaks = np.flatnonzero((np.diff(plan.shards) != 0) | (np.diff(plan.offsets) <= 0)) + 1
+    breaks = np.flatnonzero((np.diff(plan.shards) != 0) | (np.diff(plan.offsets) < 0)) + 1
     edges = [start, *[b for b in breaks.tolist() if b > start], n]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if a < b]
 

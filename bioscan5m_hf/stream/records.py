@@ -29,10 +29,10 @@ from PIL import Image
 from .. import schema
 from ..errors import ShardError
 from ..repo.manifest import Repo, ShardInfo, open_repos
-from ..repo.readers import parquet_rows, read_column, read_records
+from ..repo.readers import parquet_rows, read_column, read_records, read_table
 from ..repo.storage import RetryPolicy
 from ..util import check_choice
-from . import partition
+from . import partition, sampling
 from .metadata import reduced_rows, release_table
 from .outputs import Labels
 
@@ -71,7 +71,8 @@ class RecordStream:
                  buffer_size: int | None = None, rank: int | None = None, world_size: int | None = None,
                  even: str = "pad", on_error: str = "raise", cache_dir=None, cache_limit: int | None = None,
                  storage_options: dict | None = None, verify: bool = False, retry: RetryPolicy | None = None,
-                 readahead: int = 1) -> None:
+                 readahead: int = 1, filter=None, balance: str | None = None, temperature: float = 1.0,
+                 split_weights: dict[str, float] | None = None, samples_per_epoch: int | None = None) -> None:
         self.root = root
         self.splits = tuple(splits)
         self.image = image
@@ -97,11 +98,17 @@ class RecordStream:
                              f"{'+'.join(self.splits)!r}")
         self.labels = Labels(self.repo.manifest["vocabularies"])
         self.selection: list[np.ndarray] | None = self._reduce() if reduce_repeated_barcodes else None
+        self.filter = filter
+        if filter is not None:
+            self.selection = self._filter(filter)
         self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
                             else [s.num_records for s in self.shards])
         self.num_records = int(sum(self.shard_sizes))
+        self.sampling = sampling.Sampling.make(balance, temperature, split_weights, samples_per_epoch)
+        self.weights = self.sampling.weights(self) if self.sampling is not None else None
+        self.epoch_size = self.sampling.samples_per_epoch if self.sampling is not None else self.num_records
         self.buffer_size = (buffer_size if buffer_size is not None
-                            else max(1, min(DEFAULT_BUFFER, min(self.shard_sizes))))
+                            else max(1, min(DEFAULT_BUFFER, min([n for n in self.shard_sizes if n] or [1]))))
         self._executor = None
         self._executor_pid = None
         self._live_cache = None
@@ -130,6 +137,36 @@ class RecordStream:
         return [np.array([i for i, pid in enumerate(read_column(s, "processid")) if pid in keep], dtype=np.int64)
                 for s in self.shards]
 
+    def _filter(self, keep) -> list[np.ndarray]:
+        """Per shard, the row offsets (of those already selected) whose metadata pass ``keep``: read
+        from the metadata columns alone, so no image byte of a record left out is read."""
+        columns = sampling.filter_columns(keep)
+        out = []
+        for k, shard in enumerate(self.shards):
+            rows = self.selection[k] if self.selection is not None else None
+            if rows is not None and len(rows) == 0:
+                out.append(rows)
+                continue
+            table = read_table(shard, columns)
+            if rows is not None:
+                table = table.take(pa.array(rows))
+            mask = sampling.evaluate(keep, table)
+            kept = np.flatnonzero(mask)
+            out.append(rows[kept] if rows is not None else kept.astype(np.int64))
+        return out
+
+    def metadata_of(self, shard: int, columns: Sequence[str]) -> pa.Table:
+        """Metadata ``columns`` of the records of shard ``shard`` that the stream keeps, in order."""
+        table = read_table(self.shards[shard], list(columns))
+        return table.take(pa.array(self.selection[shard])) if self.selection is not None else table
+
+    def universe(self, epoch: int) -> np.ndarray | None:
+        """The epoch's records as stream positions (None: every record once); see :mod:`.sampling`."""
+        if self.sampling is None:
+            return None
+        return self.sampling.universe(self.weights, self.shard_sizes, seed=self.seed, epoch=epoch,
+                                      shuffle=self.shuffle)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_executor"] = state["_executor_pid"] = state["_live_cache"] = None
@@ -139,13 +176,14 @@ class RecordStream:
 
     def __len__(self) -> int:
         """Records this rank yields per epoch (all records when ``world_size`` is 1)."""
-        return partition.epoch_count(self.num_records, self.world_size, self.even)
+        return partition.epoch_count(self.epoch_size, self.world_size, self.even)
 
     def _live(self, epoch: int, phases: Sequence[partition.Phase]) -> tuple[partition.Layout, np.ndarray]:
         """The epoch's layout and what ``phases`` left of it (the last one computed is kept)."""
         key = (epoch, tuple(phases))
         if self._live_cache is None or self._live_cache[0] != key:
-            layout = partition.epoch_layout(self.shard_sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+            layout = partition.epoch_layout(self.shard_sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                            universe=self.universe(epoch))
             live = partition.live_slots(layout, phases, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                                         even=self.even, buffer_size=self.buffer_size)
             self._live_cache = (key, layout, live)
@@ -153,7 +191,7 @@ class RecordStream:
 
     def live_count(self, epoch: int, phases: Sequence[partition.Phase] = ()) -> int:
         """Records of the epoch not yet yielded after ``phases`` (over all ranks)."""
-        return len(self._live(epoch, phases)[1]) if phases else self.num_records
+        return len(self._live(epoch, phases)[1]) if phases else self.epoch_size
 
     def phase_count(self, epoch: int, phases: Sequence[partition.Phase] = ()) -> int:
         """Records this rank yields in the phase after ``phases`` (``len(self)`` without them)."""
@@ -177,7 +215,8 @@ class RecordStream:
     def fingerprint(self) -> dict:
         """What a checkpoint of this stream is only valid for (any topology: see :meth:`topology`)."""
         return {"split": list(self.splits), "config": self.config, "num_records": self.num_records,
-                "seed": self.seed, "shuffle": self.shuffle, "buffer_size": self.buffer_size, "even": self.even}
+                "seed": self.seed, "shuffle": self.shuffle, "buffer_size": self.buffer_size, "even": self.even,
+                "sampling": self.sampling.describe() if self.sampling is not None else None}
 
     def topology(self) -> dict:
         return {"rank": self.rank, "world_size": self.world_size}
@@ -234,12 +273,14 @@ class RecordStream:
             info, offsets = self.visit_rows(plan, i, positions)
             upcoming = [self.shards[int(plan.shards[a])] for a, _ in visits[k + 1: k + 1 + self.readahead]]
             got, where = 0, info.path
+            unique, copies = np.unique(offsets, return_counts=True)  # a record drawn twice is read once
             try:
-                for position, record in zip(positions, read_records(info, offsets, self.columns, self.image)):
+                for record, n in zip(read_records(info, unique, self.columns, self.image), copies.tolist()):
                     record["__shard__"] = where
-                    yield position, record
-                    got += 1
-                    if got == len(positions) // 2 + 1:
+                    for c in range(n):
+                        yield positions[got], record if c == 0 else dict(record)
+                        got += 1
+                    if got >= len(positions) // 2 + 1 > got - n:
                         self._prefetch(upcoming)
             except ShardError as e:
                 if self.on_error == "raise":

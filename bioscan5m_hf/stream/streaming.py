@@ -87,6 +87,20 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
         each, besides the shard being read).
     retry : RetryPolicy, optional
         Retries of transient network faults (tries, backoff, the stall timeout).
+    filter : pyarrow.compute.Expression or callable, optional
+        Keep only the records whose metadata pass it, e.g. ``pc.field("species").is_valid()``
+        (see :mod:`~bioscan5m_hf.stream.sampling`); evaluated on the metadata columns, so no image
+        byte of a record left out is read; ``len()`` counts what passes.
+    balance : str, optional
+        Draw records per epoch class-balanced by this rank (``"species"``, ``"genus"``, ...) with
+        ``temperature`` (1: natural frequencies, 0: uniform over classes); records missing that rank
+        are left out.
+    split_weights : dict, optional
+        With a ``+``-joined split, the share of each split in the epoch's draw, e.g.
+        ``{"pretrain": 0.7, "train": 0.3}``.
+    samples_per_epoch : int, optional
+        With ``balance`` or ``split_weights``: records drawn per epoch (with replacement; default the
+        number of records). The draw is the seed's and the epoch's: resumable, elastic too.
     even : {"pad", "drop"}, default="pad"
         When records do not divide evenly among ranks: ``"pad"`` repeats the first few records of
         the epoch so every rank yields ``ceil(N / world_size)``; ``"drop"`` leaves the last few out so
@@ -103,7 +117,9 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
                  rank: int | None = None, world_size: int | None = None, even: str = "pad",
                  on_error: str = "raise", cache_dir: str | None = None, cache_limit: int | None = None,
                  storage_options: dict | None = None, verify: bool = False,
-                 retry: RetryPolicy | None = None, readahead: int = 1) -> None:
+                 retry: RetryPolicy | None = None, readahead: int = 1, filter=None, balance: str | None = None,
+                 temperature: float = 1.0, split_weights: dict[str, float] | None = None,
+                 samples_per_epoch: int | None = None) -> None:
         super().__init__()
         self.configure(root, split, modality, image_package, reduce_repeated_barcodes, max_nucleotides, target_type,
                        target_format, output_format, transform, dna_transform, target_transform)
@@ -112,7 +128,9 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
             image_package=image_package, reduce_repeated_barcodes=reduce_repeated_barcodes,
             max_nucleotides=max_nucleotides, shuffle=shuffle, seed=seed, buffer_size=buffer_size, rank=rank,
             world_size=world_size, even=even, on_error=on_error, cache_dir=cache_dir, cache_limit=cache_limit,
-            storage_options=storage_options, verify=verify, retry=retry, readahead=readahead)
+            storage_options=storage_options, verify=verify, retry=retry, readahead=readahead, filter=filter,
+            balance=balance, temperature=temperature, split_weights=split_weights,
+            samples_per_epoch=samples_per_epoch)
         self.outputs.labels = self.records.labels
         self.outputs.mark_padding = self.records.world_size > 1
         self.epoch = 0
