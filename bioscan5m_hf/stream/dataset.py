@@ -35,7 +35,7 @@ from .streaming import StreamingBIOSCAN5M
 
 #: Keywords of the streaming dataset alone (the map-style one is shuffled and split by samplers).
 STREAMING_ONLY = ("shuffle", "seed", "buffer_size", "rank", "world_size", "even", "readahead", "on_error", "filter",
-                  "balance", "temperature", "split_weights", "samples_per_epoch")
+                  "balance", "temperature", "split_weights", "samples_per_epoch", "source_weights")
 
 
 class BIOSCAN5M(OfficialAPI, Dataset):

@@ -347,7 +347,7 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
     common = dict(batch_size=batch_size, num_workers=num_workers, target_type=targets, device=device,
                   normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
                   persistent_workers=persistent_workers, pin_memory=pin_memory, image_size=image_size)
-    if {m.name for m in modalities} <= {"dna", "processid"} and "dna" in kinds and records.repo.fmt == "parquet" \
+    if {m.name for m in modalities} <= {"dna", "processid"} and "dna" in kinds and records.formats == {"parquet"} \
             and records.on_error == "raise":  # DNA-only from Parquet: whole batches from Arrow columns
         source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking)
         return Loader(records, source, position, collate=None, **common)

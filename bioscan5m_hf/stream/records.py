@@ -43,6 +43,16 @@ SKIPPED = object()
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def merged_vocabularies(vocabularies: Sequence[dict[str, list[str]]]) -> dict[str, list[str]]:
+    """One repo's label vocabularies, or for a mixture of repos whose vocabularies differ, the sorted
+    union per rank (so an index means the same label whichever repo a record comes from)."""
+    first = vocabularies[0]
+    if all(v == first for v in vocabularies[1:]):
+        return first
+    ranks = dict.fromkeys(r for v in vocabularies for r in v)
+    return {r: sorted(set().union(*(v.get(r, []) for v in vocabularies))) for r in ranks}
+
+
 def default_rank_world() -> tuple[int, int]:
     """This process's (rank, world size): ``torch.distributed`` if initialised, else ``RANK`` and
     ``WORLD_SIZE`` from the environment, else (0, 1)."""
@@ -72,7 +82,8 @@ class RecordStream:
                  even: str = "pad", on_error: str = "raise", cache_dir=None, cache_limit: int | None = None,
                  storage_options: dict | None = None, verify: bool = False, retry: RetryPolicy | None = None,
                  readahead: int = 1, filter=None, balance: str | None = None, temperature: float = 1.0,
-                 split_weights: dict[str, float] | None = None, samples_per_epoch: int | None = None) -> None:
+                 split_weights: dict[str, float] | None = None, samples_per_epoch: int | None = None,
+                 source_weights: Sequence[float] | None = None) -> None:
         self.root = root
         self.splits = tuple(splits)
         self.image = image
@@ -89,14 +100,25 @@ class RecordStream:
         self.readahead = readahead
         self.skipped: dict[str, int] = {}
 
-        self.repos = open_repos(root, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit,
-                                verify=verify, retry=retry)
-        self.repo, self.config = self._choose_source(image_package)
-        self.shards: list[ShardInfo] = self.repo.shards(self.config, self.splits)
-        if not self.shards:
-            raise ValueError(f"{self.repo.root}: config {self.config!r} has no records for split "
-                             f"{'+'.join(self.splits)!r}")
-        self.labels = Labels(self.repo.manifest["vocabularies"])
+        # One root, or several converted repos read as one stream (a mixture; see source_weights).
+        roots = list(root) if isinstance(root, (list, tuple)) else [root]
+        if not roots:
+            raise ValueError("root: no repo given")
+        self.sources: list[tuple[dict[str, Repo], Repo, str]] = []
+        self.shards: list[ShardInfo] = []
+        self.shard_source: list[int] = []  # which root each shard comes from
+        for k, one in enumerate(roots):
+            repos = open_repos(one, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit,
+                               verify=verify, retry=retry)
+            repo, config = self._choose_source(repos, one, image_package)
+            shards = repo.shards(config, self.splits)
+            if not shards:
+                raise ValueError(f"{repo.root}: config {config!r} has no records for split {'+'.join(self.splits)!r}")
+            self.sources.append((repos, repo, config))
+            self.shards += shards
+            self.shard_source += [k] * len(shards)
+        self.repos, self.repo, self.config = self.sources[0]
+        self.labels = Labels(merged_vocabularies([repo.manifest["vocabularies"] for _, repo, _ in self.sources]))
         self.selection: list[np.ndarray] | None = self._reduce() if reduce_repeated_barcodes else None
         self.filter = filter
         if filter is not None:
@@ -104,7 +126,10 @@ class RecordStream:
         self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
                             else [s.num_records for s in self.shards])
         self.num_records = int(sum(self.shard_sizes))
-        self.sampling = sampling.Sampling.make(balance, temperature, split_weights, samples_per_epoch)
+        if source_weights is not None and len(source_weights) != len(roots):
+            raise ValueError(f"source_weights has {len(source_weights)} weights for {len(roots)} roots")
+        self.sampling = sampling.Sampling.make(balance, temperature, split_weights, samples_per_epoch,
+                                               source_weights)
         self.weights = self.sampling.weights(self) if self.sampling is not None else None
         self.epoch_size = self.sampling.samples_per_epoch if self.sampling is not None else self.num_records
         self.buffer_size = (buffer_size if buffer_size is not None
@@ -115,8 +140,13 @@ class RecordStream:
 
     # -- set-up ----------------------------------------------------------------------------------------
 
-    def _choose_source(self, image_package: str) -> tuple[Repo, str]:
-        order = [self.repos[f] for f in ("parquet", "webdataset") if f in self.repos]
+    @property
+    def formats(self) -> set[str]:
+        """The formats the stream's shards are in (``{"parquet"}`` lets DNA-only batches skip records)."""
+        return {repo.fmt for _, repo, _ in self.sources}
+
+    def _choose_source(self, repos: dict[str, Repo], root, image_package: str) -> tuple[Repo, str]:
+        order = [repos[f] for f in ("parquet", "webdataset") if f in repos]
         config = image_package if self.image else schema.METADATA_CONFIG
         for repo in order:
             if config in repo.configs:
@@ -127,15 +157,18 @@ class RecordStream:
                     if all(s in repo.configs[name] for s in self.splits):
                         return repo, name
         have = {r.name: list(r.configs) for r in order}
-        raise ValueError(f"{self.root}: no config {config!r} converted (have {have})")
+        raise ValueError(f"{root}: no config {config!r} converted (have {have})")
 
     def _reduce(self) -> list[np.ndarray]:
-        """Per shard, the row offsets the official ``reduce_repeated_barcodes`` keeps."""
-        table = release_table(self.repos, ["processid", "dna_barcode"])
-        rows = reduced_rows(table.column("dna_barcode"), self.max_nucleotides)
-        keep = set(table.column("processid").take(pa.array(rows)).to_pylist())
-        return [np.array([i for i, pid in enumerate(read_column(s, "processid")) if pid in keep], dtype=np.int64)
-                for s in self.shards]
+        """Per shard, the row offsets the official ``reduce_repeated_barcodes`` keeps (over its own
+        release, for each root of a mixture)."""
+        keep = []
+        for repos, _, _ in self.sources:
+            table = release_table(repos, ["processid", "dna_barcode"])
+            rows = reduced_rows(table.column("dna_barcode"), self.max_nucleotides)
+            keep.append(set(table.column("processid").take(pa.array(rows)).to_pylist()))
+        return [np.array([i for i, pid in enumerate(read_column(s, "processid")) if pid in keep[k]], dtype=np.int64)
+                for s, k in zip(self.shards, self.shard_source)]
 
     def _filter(self, keep) -> list[np.ndarray]:
         """Per shard, the row offsets (of those already selected) whose metadata pass ``keep``: read
@@ -306,8 +339,8 @@ class RecordStream:
 
     def _prefetch(self, shards: list[ShardInfo]) -> None:
         """Fetch shards into the cache in the background (remote repos with a cache only)."""
-        store = self.repo.store
-        if not shards or not store.remote or store.cache is None:
+        shards = [s for s in shards if s.store.remote and s.store.cache is not None]
+        if not shards:
             return
         if self._executor is None or self._executor_pid != os.getpid():
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bioscan5m-readahead")

@@ -17,7 +17,9 @@ or a function ``table -> boolean mask`` over a :class:`pyarrow.Table` of every m
   left out) weighs ``n_c ** (T - 1)``, so class ``c`` gets a share ``n_c ** T / sum(n ** T)``: ``T=1``
   the natural frequencies, ``T=0`` uniform over classes;
 - ``split_weights={split: p}``: each split gets share ``p`` (normalised), uniform within it (within
-  each split class-balanced when ``balance`` is given too).
+  each split class-balanced when ``balance`` is given too);
+- ``source_weights=[p, ...]`` with several roots (converted repos, e.g. BIOSCAN-5M and another
+  release): each root's share, likewise.
 
 The draw is a multinomial from the seed and the epoch alone, turned into stream positions in
 ascending order (a record drawn ``k`` times is read once and yielded ``k`` times), so it does not
@@ -75,11 +77,18 @@ class Sampling:
     balance: str | None = None
     temperature: float = 1.0
     split_weights: tuple[tuple[str, float], ...] = ()
+    source_weights: tuple[float, ...] = ()
 
     @staticmethod
     def make(balance: str | None, temperature: float, split_weights: dict[str, float] | None,
-             samples_per_epoch: int | None) -> Sampling | None:
-        if balance is None and not split_weights:
+             samples_per_epoch: int | None, source_weights: Sequence[float] | None = None) -> Sampling | None:
+        if split_weights and source_weights:
+            raise ValueError("split_weights and source_weights do not combine; mix splits or roots, not both")
+        if source_weights is not None:
+            if any(w < 0 for w in source_weights) or not sum(source_weights) > 0:
+                raise ValueError(f"source_weights must be non-negative with a positive sum, got {source_weights}")
+            split_weights = {}
+        if balance is None and not split_weights and source_weights is None:
             if samples_per_epoch is not None:
                 raise ValueError("samples_per_epoch needs balance= or split_weights= (what to draw with)")
             return None
@@ -92,23 +101,29 @@ class Sampling:
             raise ValueError(f"split_weights must be non-negative with a positive sum, got {split_weights}")
         if samples_per_epoch is not None and samples_per_epoch <= 0:
             raise ValueError(f"samples_per_epoch must be positive, got {samples_per_epoch}")
-        return Sampling(samples_per_epoch or 0, balance, float(temperature), weights)
+        return Sampling(samples_per_epoch or 0, balance, float(temperature), weights,
+                        tuple(float(w) for w in source_weights or ()))
 
     def describe(self) -> dict:
         return {"samples_per_epoch": self.samples_per_epoch, "balance": self.balance,
-                "temperature": self.temperature, "split_weights": [list(w) for w in self.split_weights]}
+                "temperature": self.temperature, "split_weights": [list(w) for w in self.split_weights],
+                "source_weights": list(self.source_weights)}
 
     def weights(self, records: RecordStream) -> list[np.ndarray]:
         """Per shard, the (unnormalised) weight of each kept record."""
-        shard_split = [s.split for s in records.shards]
+        if self.source_weights:  # a mixture of roots: each root's share
+            shard_split = list(records.shard_source)
+            share = dict(enumerate(self.source_weights))
+        else:
+            shard_split = [s.split for s in records.shards]
+            share = dict(self.split_weights)
         counts = records.shard_sizes
         labels = None
         if self.balance is not None:
             labels = [records.metadata_of(k, [self.balance]).column(self.balance).to_pylist()
                       if n else [] for k, n in enumerate(counts)]
-        groups = sorted(set(shard_split)) if self.split_weights else [None]
-        share = dict(self.split_weights)
-        missing = [s for s in share if s not in shard_split]
+        groups = sorted(set(shard_split)) if share else [None]
+        missing = [s for s in share if s not in shard_split and not self.source_weights]
         if missing:
             raise ValueError(f"split_weights names {missing}, which the stream's splits "
                              f"{sorted(set(shard_split))} do not hold")

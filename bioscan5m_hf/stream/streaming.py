@@ -98,9 +98,14 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
     split_weights : dict, optional
         With a ``+``-joined split, the share of each split in the epoch's draw, e.g.
         ``{"pretrain": 0.7, "train": 0.3}``.
+    source_weights : sequence of float, optional
+        With ``root`` a list of converted repos (e.g. BIOSCAN-5M and another release, same config
+        and split names), the share of each in the epoch's draw. Label indices then follow the
+        sorted union of the repos' vocabularies where these differ.
     samples_per_epoch : int, optional
-        With ``balance`` or ``split_weights``: records drawn per epoch (with replacement; default the
-        number of records). The draw is the seed's and the epoch's: resumable, elastic too.
+        With ``balance``, ``split_weights`` or ``source_weights``: records drawn per epoch (with
+        replacement; default the number of records). The draw is the seed's and the epoch's:
+        resumable, elastic too.
     even : {"pad", "drop"}, default="pad"
         When records do not divide evenly among ranks: ``"pad"`` repeats the first few records of
         the epoch so every rank yields ``ceil(N / world_size)``; ``"drop"`` leaves the last few out so
@@ -119,7 +124,7 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
                  storage_options: dict | None = None, verify: bool = False,
                  retry: RetryPolicy | None = None, readahead: int = 1, filter=None, balance: str | None = None,
                  temperature: float = 1.0, split_weights: dict[str, float] | None = None,
-                 samples_per_epoch: int | None = None) -> None:
+                 samples_per_epoch: int | None = None, source_weights=None) -> None:
         super().__init__()
         self.configure(root, split, modality, image_package, reduce_repeated_barcodes, max_nucleotides, target_type,
                        target_format, output_format, transform, dna_transform, target_transform)
@@ -130,7 +135,7 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
             world_size=world_size, even=even, on_error=on_error, cache_dir=cache_dir, cache_limit=cache_limit,
             storage_options=storage_options, verify=verify, retry=retry, readahead=readahead, filter=filter,
             balance=balance, temperature=temperature, split_weights=split_weights,
-            samples_per_epoch=samples_per_epoch)
+            samples_per_epoch=samples_per_epoch, source_weights=source_weights)
         self.outputs.labels = self.records.labels
         self.outputs.mark_padding = self.records.world_size > 1
         self.epoch = 0

@@ -154,3 +154,36 @@ def test_dna_masking_is_seeded_resumable_and_bert_like(converted_zips, modality)
         assert torch.equal(a["dna_masked"], b["dna_masked"]) and torch.equal(a["dna_labels"], b["dna_labels"])
     other = next(iter(make_loader(root, "pretrain", **{**kw, "seed": 2})))
     assert not torch.equal(other["dna_labels"], batches[0]["dna_labels"])
+
+
+@pytest.fixture(scope="module")
+def other_release(tmp_path_factory):
+    """Another converted release: other records, other label vocabularies."""
+    from bioscan5m_hf.convert import ConvertOptions, convert
+    from bioscan5m_hf.tools.sample import write_sample
+
+    root = tmp_path_factory.mktemp("other")
+    write_sample(root / "rel", 120, 99, ("cropped_256",), image_size=32, layout=("zips",), show_progress=False)
+    convert(root / "rel", root / "out", ConvertOptions(shard_records=30, show_progress=False))
+    return root / "out"
+
+
+def test_a_mixture_of_converted_repos_matches_its_weights(converted_zips, other_release):
+    root = converted_zips.repos["parquet"].parent
+    kw = dict(modality=("processid",), target_type="order", target_format="text", output_format="dict",
+              source_weights=[0.25, 0.75], samples_per_epoch=4000, shuffle=True, seed=5)
+    ds = StreamingBIOSCAN5M([root, other_release], "pretrain", **kw)
+    theirs = set(pids(other_release)[0])
+    got = list(ds)
+    share = sum(s["processid"] in theirs for s in got) / len(got)
+    assert len(got) == 4000 and abs(share - 0.75) < 5 * math.sqrt(0.75 * 0.25 / 4000)
+    # Label indices follow the union of both vocabularies, the same whichever repo a record is from.
+    indexed = StreamingBIOSCAN5M([root, other_release], "pretrain", **{**kw, "target_format": "index"})
+    vocab = indexed.records.vocabularies["order"]
+    for text, index in zip(got[:200], indexed):
+        assert text["order"] == (vocab[index["order_index"]] if index["order_index"] >= 0 else text["order"])
+    loader = make_loader([root, other_release], "pretrain", batch_size=50, num_workers=2, modality=("dna",),
+                         target_type="order", source_weights=[0.5, 0.5], samples_per_epoch=1000)
+    assert sum(len(b["processid"]) for b in loader) == 1000
+    with pytest.raises(ValueError, match="source_weights has 1 weights for 2 roots"):
+        StreamingBIOSCAN5M([root, other_release], "pretrain", source_weights=[1.0])
