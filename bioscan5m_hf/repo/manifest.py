@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from .. import schema
 from ..errors import RemoteError, ShardError
+from .dali import dali_index_path
 from .storage import RetryPolicy, ShardCache, Store, redact
 
 
@@ -30,6 +31,7 @@ class ShardInfo:
     num_bytes: int
     sha256: str
     store: Store
+    index_rel: str | None = None  # the tar's DALI index, where the manifest lists one
 
     @property
     def path(self) -> str:
@@ -70,8 +72,9 @@ class Repo:
         out = []
         for split in splits:
             for s in self.configs[config].get(split, {}).get("shards", []):
+                index = dali_index_path(s["path"]).as_posix() if self.fmt == "webdataset" else None
                 out.append(ShardInfo(s["path"], self.fmt, split, s["num_records"], s["num_bytes"], s["sha256"],
-                                     self.store))
+                                     self.store, index if index in self.manifest.get("files", {}) else None))
         return out
 
     def read_table(self, rel: str, columns: Sequence[str]):

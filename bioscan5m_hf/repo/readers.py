@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Iterator, Sequence
 
@@ -73,14 +74,28 @@ def read_parquet(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
             yield record
 
 
+#: Read a tar's samples through its DALI index (instead of scanning it) when fewer than this share
+#: of its samples are wanted, or, locally, when no image is: no byte of a sample left out is read.
+SPARSE_SHARE = 0.25
+
+
 def read_tar(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str], image: bool) -> Iterator[dict]:
-    """Samples ``offsets`` (ascending; None: all) of a WebDataset tar shard, scanning it once.
+    """Samples ``offsets`` (ascending; None: all) of a WebDataset tar shard, scanning it once, or, for
+    a few samples or metadata alone, reading just their members at the places the shard's DALI index
+    gives (:func:`read_tar_indexed`).
 
     Every member must be a regular file named ``<processid>.jpg`` or ``<processid>.json``, a sample's
     members must be adjacent, and each sample must have both; anything else is an error naming the
     shard and the member (a ``.pickle`` or ``.pth`` member is never loaded, only refused).
     """
     if offsets is not None and len(offsets) == 0:
+        return
+    wanted_share = 1.0 if offsets is None else len(offsets) / max(1, shard.num_records)
+    direct = not shard.store.verify and (shard.store.cache is None or not shard.store.remote)
+    if shard.index_rel is not None and direct and (wanted_share < SPARSE_SHARE or
+                                                   (not image and not shard.store.remote)):
+        yield from read_tar_indexed(shard, np.arange(shard.num_records) if offsets is None else offsets,
+                                    columns, image)
         return
     wanted = None if offsets is None else set(offsets.tolist())
     last = None if offsets is None else int(offsets[-1])
@@ -117,6 +132,102 @@ def read_tar(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str
                 sample[ext] = b""
         if key is not None and (wanted is None or index in wanted):
             yield _tar_record(sample, columns, image, shard, key)
+
+
+def dali_samples(shard: ShardInfo) -> list[list[tuple[str, int, int, str]]]:
+    """The shard's DALI index: per sample, its members as (extension, data offset, size, name)."""
+    key = (shard.store.root, shard.index_rel)
+    cached = _INDEXES.get(key)
+    if cached is not None:
+        return cached
+    where = f"{shard.path} (index {shard.index_rel})"
+    try:
+        lines = shard.store.read_bytes(shard.index_rel).decode("utf-8").splitlines()
+        version, count = lines[0].split()
+        samples = []
+        for line in lines[1:]:
+            fields = line.split()
+            if len(fields) % 4:
+                raise ValueError(f"a line of {len(fields)} fields")
+            samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
+                            for i in range(0, len(fields), 4)])
+    except (UnicodeDecodeError, ValueError, IndexError) as e:
+        raise ShardError(f"{where}: not a readable DALI index ({e})") from None
+    if version != "v1.2" or int(count) != len(samples) or len(samples) != shard.num_records:
+        raise ShardError(f"{where}: lists {len(samples)} samples, the manifest {shard.num_records}")
+    if len(_INDEXES) > 64:
+        _INDEXES.clear()
+    _INDEXES[key] = samples
+    return samples
+
+
+_INDEXES: dict[tuple[str, str], list] = {}
+
+
+#: Reading a remote tar through its index, neighbouring samples closer than this are fetched in one
+#: ranged request (up to COALESCE_MAX bytes): fewer requests, a few bytes more.
+COALESCE_GAP = 1 << 20
+COALESCE_MAX = 8 << 20
+
+
+def _sample_ranges(shard: ShardInfo, samples, offsets: list[int], image: bool) -> list[tuple[int, int, dict]]:
+    """Per wanted sample: the byte range to read (a header before each member) and its members."""
+    out = []
+    for o in offsets:
+        members = {ext: (offset, size, name) for ext, offset, size, name in samples[o]}
+        if schema.METADATA_EXTENSION not in members:
+            raise ShardError(f"{shard.path}: sample {o} has no .{schema.METADATA_EXTENSION} member in its index")
+        wanted = {e: members[e] for e in (schema.IMAGE_EXTENSION, schema.METADATA_EXTENSION)
+                  if e in members and (image or e == schema.METADATA_EXTENSION)}
+        start = min(m[0] for m in wanted.values()) - tarfile.BLOCKSIZE
+        end = max(m[0] + m[1] for m in wanted.values())
+        if start < 0 or end > shard.num_bytes or any(m[1] > MAX_MEMBER_BYTES for m in wanted.values()):
+            raise ShardError(f"{shard.path}: sample {o}: its index points outside the shard or past the member limit")
+        out.append((start, end, wanted))
+    return out
+
+
+def read_tar_indexed(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[str], image: bool) -> Iterator[dict]:
+    """Samples ``offsets`` of a tar read where its DALI index says they are: locally one read per
+    sample (its ``.json`` alone without the image), remotely ranged requests over neighbouring
+    samples; each member's tar header is checked against the index (name and size), so a stale or
+    wrong index is an error naming the shard and the member."""
+    ranges = _sample_ranges(shard, dali_samples(shard), offsets.tolist(), image)
+    fd = None if shard.store.remote else os.open(shard.store.local_path(shard.rel), os.O_RDONLY)
+    try:
+        k = 0
+        while k < len(ranges):
+            first, last = k, k
+            if fd is None:  # coalesce neighbours into one request
+                while last + 1 < len(ranges) and ranges[last + 1][0] - ranges[last][1] < COALESCE_GAP and \
+                        ranges[last + 1][1] - ranges[first][0] <= COALESCE_MAX:
+                    last += 1
+            base, stop = ranges[first][0], ranges[last][1]
+            data = shard.store.fetch(shard.rel, base, stop) if fd is None else os.pread(fd, stop - base, base)
+            for _, _, wanted in ranges[first: last + 1]:
+                yield _indexed_record(shard, data, base, wanted, columns, image)
+            k = last + 1
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _indexed_record(shard: ShardInfo, data: bytes, base: int, wanted: dict, columns: Sequence[str],
+                    image: bool) -> dict:
+    sample, key = {schema.IMAGE_EXTENSION: b""}, None
+    for ext, (offset, size, name) in wanted.items():
+        header = data[offset - tarfile.BLOCKSIZE - base: offset - base]
+        stored_name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        try:
+            stored_size = int(header[124:136].strip(b"\0 ") or b"-1", 8)
+        except ValueError:
+            stored_size = -1
+        if stored_name != name or stored_size != size or len(data) < offset + size - base:
+            raise ShardError(f"{shard.path}: member {name}: not where the shard's index ({shard.index_rel}) says "
+                             f"(found {stored_name!r}, {stored_size} bytes)")
+        sample[ext] = data[offset - base: offset - base + size]
+        key = name.split(".", 1)[0]
+    return _tar_record(sample, columns, image, shard, key)
 
 
 MEMBER_EXTENSIONS = (schema.IMAGE_EXTENSION, schema.METADATA_EXTENSION)

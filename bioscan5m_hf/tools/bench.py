@@ -393,6 +393,64 @@ def remote_area(st: Settings) -> list[Figure]:
     return figures
 
 
+def _read_bytes() -> int:
+    """Bytes this process has read through read(2)-like calls so far (page-cache hits included)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def _filter_epoch(root: Path, keep) -> tuple[int, float, float]:
+    """(samples, seconds, bytes read) of one image + DNA epoch of pretrain, in this process only."""
+    from ..stream.loader import make_loader
+
+    loader = make_loader(root, "pretrain", batch_size=64, num_workers=0, image_size=224, filter=keep)
+    start, before, n = time.perf_counter(), _read_bytes(), 0
+    for batch in loader:
+        n += len(batch["processid"])
+    return n, time.perf_counter() - start, _read_bytes() - before
+
+
+def filter_area(st: Settings) -> list[Figure]:
+    """A metadata filter keeping about 10% of pretrain (a few orders) vs no filter, on both repos:
+    bytes read and epoch time. Tars skip the members of records left out; Parquet reads whole row
+    groups (100 images) that hold at least one record kept."""
+    import pyarrow.compute as pc
+
+    from ..stream.streaming import StreamingBIOSCAN5M
+
+    rel = _sample(st.workdir / "remote-release", st.remote_records, "--layout", "zips")
+    out = st.workdir / "remote-out"
+    if not (out / schema.WDS_REPO / schema.MANIFEST).exists():
+        _convert(rel, out, "--shard-records", "500")
+    orders = {}
+    for _, order in StreamingBIOSCAN5M(out, "pretrain", modality=("processid",), target_type="order",
+                                       target_format="text", output_format="tuple"):
+        orders[order] = orders.get(order, 0) + 1
+    total, picked, kept = sum(orders.values()), [], 0
+    for order, n in sorted(orders.items(), key=lambda kv: (kv[1], str(kv[0]))):  # small orders up to ~10%
+        if isinstance(order, str) and kept + n <= 0.1 * total:
+            picked.append(order)
+            kept += n
+    keep = pc.field("order").isin(picked)
+    figures = []
+    for repo in (schema.WDS_REPO, schema.PARQUET_REPO):
+        rows = {"all": [], "kept": []}
+        for _ in range(st.repeats):
+            rows["all"].append(_filter_epoch(out / repo, None))
+            rows["kept"].append(_filter_epoch(out / repo, keep))
+        (n_all, t_all, b_all), (n_kept, t_kept, b_kept) = (
+            tuple(statistics.median(x[i] for x in rows[k]) for i in range(3)) for k in ("all", "kept"))
+        share = n_kept / n_all
+        target = f"~{share:.2f}" if repo == schema.WDS_REPO else "-"
+        met = (b_kept / b_all <= 1.5 * share + 0.02) if repo == schema.WDS_REPO else None
+        figures.append(Figure(f"{repo}: bytes read, filter keeping {share:.1%} of pretrain ({int(n_kept)} records)",
+                              f"{b_kept / 1e6:,.1f} MB", f"no filter {b_all / 1e6:,.1f} MB", f"{b_kept / b_all:.2f}",
+                              target, met))
+        figures.append(Figure(f"{repo}: epoch seconds, same filter", f"{t_kept:.2f} s", f"no filter {t_all:.2f} s",
+                              f"{t_kept / t_all:.2f}", "-", None))
+    return figures
+
+
 def _bytes_decode(image):
     """The map-style benchmark's image transform: make_loader's decode (simplejpeg when installed),
     from the bytes the lazily opened PIL image holds."""
@@ -551,7 +609,7 @@ def gpu_area(st: Settings) -> list[Figure]:
 #: The areas of the suite, in the order they run and appear in BENCHMARKS.md.
 AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_area,
          "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area, "mapstyle": mapstyle_area,
-         "gpu": gpu_area}
+         "filter": filter_area, "gpu": gpu_area}
 #: What runs without --only: every area but "gpu", which needs a CUDA device (scripts/gpu_check.sh).
 DEFAULT_AREAS = tuple(a for a in AREAS if a != "gpu")
 

@@ -187,3 +187,21 @@ def test_a_mixture_of_converted_repos_matches_its_weights(converted_zips, other_
     assert sum(len(b["processid"]) for b in loader) == 1000
     with pytest.raises(ValueError, match="source_weights has 1 weights for 2 roots"):
         StreamingBIOSCAN5M([root, other_release], "pretrain", source_weights=[1.0])
+
+
+def test_a_filter_over_http_fetches_only_the_records_kept(converted_zips):
+    from bioscan5m_hf.tools.fileserver import RepoServer
+
+    out = converted_zips.repos["parquet"].parent
+    first, _ = pids(out / schema.WDS_REPO)
+    keep = pc.field("processid").isin(first[::25])  # 4% of pretrain
+    local, _ = pids(out / schema.WDS_REPO, filter=keep)
+    with RepoServer(out) as server:
+        ds = StreamingBIOSCAN5M(f"{server.url}/{schema.WDS_REPO}", "pretrain", modality=("image", "processid"),
+                                target_type=[], output_format="dict", filter=keep)
+        server.reset_counts()
+        got = [s["processid"] for s in ds]
+        served = server.shard_bytes()
+    assert got == local and len(got) == len(first[::25])
+    total = sum(p.stat().st_size for p in (out / schema.WDS_REPO / "cropped_256" / "pretrain").glob("*.tar"))
+    assert served < 0.5 * total  # neighbours within 1 MiB share a request; the rest is never fetched
