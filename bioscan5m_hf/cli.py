@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, default=1, help="worker processes writing shards")
     p.add_argument("--shard-records", type=_positive, default=None, help="at most this many records per shard")
     p.add_argument("--shard-bytes", type=_bytes, default=None, help="at most about this size per shard (default 256MB)")
+    p.add_argument("--min-shards", type=_positive, default=None,
+                   help="at least this many shards per split where each keeps 64 records (default 16), so readers "
+                        "that parallelise by shard use that many workers x ranks")
     p.add_argument("--seed", type=int, default=0, help="seed of the record order within each split")
     p.add_argument("--image-source", choices=("auto", "folders", "zips"), default="auto",
                    help="read images from the extracted folders or the zips (default: folders when present)")
@@ -136,7 +139,7 @@ def format_plan(rows: list[dict], options) -> str:
         if size is None:
             lines.append(f"full scale, {package}: no published size to project from")
             continue
-        folders = full_scale_folders(package, size, options.shard_bytes, options.shard_records)
+        folders = full_scale_folders(package, size, options.shard_bytes, options.shard_records, options.min_shards)
         split, shards = max(folders.items(), key=lambda kv: kv[1])
         files = shards * max(FILES_PER_SHARD.values())
         lines.append(f"full scale, {package} (~{size / 1e9:,.0f} GB): at most {shards:,} shards in one folder "
@@ -164,11 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{info.images:,} images, {len(info.zips)} zips")
         elif args.command == "convert":
             from .convert import ConvertOptions, convert
-            from .convert.sharding import DEFAULT_SHARD_BYTES
+            from .convert.sharding import DEFAULT_MIN_SHARDS, DEFAULT_SHARD_BYTES
 
             options = ConvertOptions(packages=args.packages, splits=args.splits, formats=args.formats,
                                      shard_bytes=args.shard_bytes or DEFAULT_SHARD_BYTES,
-                                     shard_records=args.shard_records, seed=args.seed,
+                                     shard_records=args.shard_records, min_shards=args.min_shards or DEFAULT_MIN_SHARDS,
+                                     seed=args.seed,
                                      allow_missing=args.allow_missing, image_source=args.image_source,
                                      workers=args.workers, show_progress=not args.quiet)
             if args.plan:

@@ -70,6 +70,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def _load_examples(manifest: dict, repo_id: str) -> str:
     config = next(iter(manifest["configs"]))
+    min_shards = manifest.get("options", {}).get("min_shards", 1)
     if manifest["format"] == "parquet":
         return f"""```python
 from datasets import load_dataset
@@ -84,6 +85,14 @@ val = load_dataset("{repo_id}", "{config}", split="val")
 # DNA and labels only: the `metadata` config has no image column.
 dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True)
 dna = dna.select_columns(["processid", "dna_barcode", "species"])
+
+# Every split has {min_shards} or more shards where records allow (64 records each at least), so streaming
+# uses that many DataLoader workers, and ranks (each rank reads its own shards):
+import os
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader
+part = split_dataset_by_node(ds, rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
+loader = DataLoader(part.with_format("torch"), batch_size=64, num_workers=8)
 ```
 
 The drop-in for the official PyTorch loader (`pip install bioscan5m-hf`), reading one record at a

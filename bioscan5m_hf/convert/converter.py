@@ -53,6 +53,7 @@ class ConvertOptions:
     formats: tuple[str, ...] = schema.FORMATS
     shard_bytes: int = sharding.DEFAULT_SHARD_BYTES
     shard_records: int | None = None
+    min_shards: int = sharding.DEFAULT_MIN_SHARDS
     seed: int = 0
     allow_missing: bool = False
     image_source: str = "auto"
@@ -70,7 +71,7 @@ class ConvertOptions:
 
     def recorded(self) -> dict:
         """The options that decide the output, as recorded in the manifests."""
-        keep = ("packages", "splits", "formats", "shard_bytes", "shard_records", "seed", "allow_missing")
+        keep = ("packages", "splits", "formats", "shard_bytes", "shard_records", "min_shards", "seed", "allow_missing")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
 
 
@@ -211,7 +212,7 @@ def plan_tasks(table: pa.Table, release: Path, repos: dict[str, Path], ipc: Path
                 skipped.setdefault(package, {})[split] = sorted(missing)
             start = 0  # shards are consecutive runs of `rows`
             for shard in sharding.plan_split(package, split, rows, sizes + meta_bytes, options.shard_bytes,
-                                         options.shard_records):
+                                         options.shard_records, options.min_shards):
                 tasks.append(ShardTask(shard, options.formats, {f: str(repos[f]) for f in options.formats},
                                        str(ipc), refs[start:start + len(shard)], source.archives))
                 start += len(shard)
@@ -219,7 +220,7 @@ def plan_tasks(table: pa.Table, release: Path, repos: dict[str, Path], ipc: Path
         for split in schema.SPLITS:  # the metadata config always holds every split
             rows = ordered[split]
             for shard in sharding.plan_split(schema.METADATA_CONFIG, split, rows, np.full(len(rows), meta_bytes),
-                                         options.shard_bytes, options.shard_records):
+                                         options.shard_bytes, options.shard_records, options.min_shards):
                 tasks.append(ShardTask(shard, ("parquet",), {"parquet": str(repos["parquet"])}, str(ipc)))
     return tasks, skipped
 

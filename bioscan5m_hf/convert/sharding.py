@@ -17,6 +17,11 @@ import numpy as np
 #: Default upper bound on a shard's size: Hub-friendly (100 MB to 1 GB at full scale) and many shards
 #: per large split for parallel reading.
 DEFAULT_SHARD_BYTES = 256 << 20
+#: Shards a split gets at least, where it has ``MIN_SHARD_RECORDS`` records per shard to give: so
+#: readers that parallelise by shard (``datasets`` streaming with DataLoader workers,
+#: ``split_dataset_by_node``, webdataset) use up to this many workers x ranks on the small splits too.
+DEFAULT_MIN_SHARDS = 16
+MIN_SHARD_RECORDS = 64
 
 
 def order_keys(processids: Sequence[str], seed: int) -> np.ndarray:
@@ -34,13 +39,16 @@ def shuffled_order(processids: Sequence[str], seed: int) -> np.ndarray:
 
 
 def shard_count(num_records: int, num_bytes: int, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                shard_records: int | None = None) -> int:
-    """How many shards a split needs so that none exceeds ``shard_bytes`` nor ``shard_records``.
+                shard_records: int | None = None, min_shards: int = 1) -> int:
+    """How many shards a split needs so that none exceeds ``shard_bytes`` nor ``shard_records``, and
+    at least ``min_shards`` where that leaves ``MIN_SHARD_RECORDS`` records in each.
 
     >>> shard_count(10, 1000, shard_bytes=300)
     4
     >>> shard_count(10, 1000, shard_bytes=10_000, shard_records=3)
     4
+    >>> shard_count(14_757, 115_000_000, min_shards=16), shard_count(300, 2_400_000, min_shards=16)
+    (16, 4)
     >>> shard_count(0, 0)
     0
     """
@@ -53,6 +61,7 @@ def shard_count(num_records: int, num_bytes: int, shard_bytes: int = DEFAULT_SHA
         if shard_records <= 0:
             raise ValueError(f"shard_records must be positive, got {shard_records}")
         count = max(count, math.ceil(num_records / shard_records))
+    count = max(count, min(min_shards, num_records // MIN_SHARD_RECORDS))
     return min(count, num_records)
 
 
@@ -86,13 +95,14 @@ class Shard:
 
 
 def plan_split(config: str, split: str, rows: np.ndarray, record_bytes: np.ndarray,
-               shard_bytes: int = DEFAULT_SHARD_BYTES, shard_records: int | None = None) -> list[Shard]:
+               shard_bytes: int = DEFAULT_SHARD_BYTES, shard_records: int | None = None,
+               min_shards: int = 1) -> list[Shard]:
     """Cut a split's records (``rows``, already in shuffled order) into balanced shards.
 
     ``record_bytes[i]`` is the estimated size of record ``rows[i]`` in the output.
     """
     total = int(np.sum(record_bytes))
-    bounds = shard_bounds(len(rows), shard_count(len(rows), total, shard_bytes, shard_records))
+    bounds = shard_bounds(len(rows), shard_count(len(rows), total, shard_bytes, shard_records, min_shards))
     return [Shard(config, split, i, rows[a:b], int(np.sum(record_bytes[a:b]))) for i, (a, b) in enumerate(bounds)]
 
 
@@ -101,15 +111,15 @@ FILES_PER_SHARD = {"parquet": 1, "webdataset": 2}
 
 
 def full_scale_folders(package: str, package_bytes: int, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                       shard_records: int | None = None) -> dict[str, int]:
+                       shard_records: int | None = None, min_shards: int = DEFAULT_MIN_SHARDS) -> dict[str, int]:
     """Shards per split folder of ``package`` at full scale (records per split as published, bytes in
     proportion), the layout ``<config>/<split>/`` that :func:`schema.shard_relpath` gives.
 
     >>> folders = full_scale_folders("original_full", 200_000_000_000)
     >>> folders["pretrain"], folders["val"]
-    (677, 3)
+    (677, 16)
     """
     from .. import schema
 
-    return {split: shard_count(n, package_bytes * n // schema.TOTAL_RECORDS, shard_bytes, shard_records)
+    return {split: shard_count(n, package_bytes * n // schema.TOTAL_RECORDS, shard_bytes, shard_records, min_shards)
             for split, n in schema.SPLIT_RECORDS.items()}
