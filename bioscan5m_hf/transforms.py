@@ -263,6 +263,10 @@ class KmerTokenizer:
         for code, base in enumerate("ACGT"):
             self.lut[ord(base)] = self.lut[ord(base.lower())] = code
         self.lut8 = np.where(self.lut < 0, 255, self.lut).astype(np.uint8)
+        if k % 2 == 0:  # two bases at a time: code of a little-endian byte pair, 4 ** k if either is not ACGT
+            pair = np.arange(1 << 16)
+            low, high = self.lut[pair & 0xFF], self.lut[pair >> 8]
+            self.lut16 = np.where((low < 0) | (high < 0), 4 ** k, low * 4 + high).astype(np.int32)
 
     @property
     def vocab_size(self) -> int:
@@ -275,6 +279,15 @@ class KmerTokenizer:
         """Token ids and mask from an ``n x (max_len // k * k)`` uint8 matrix of N-padded bases and
         the sequences' true lengths."""
         n = len(padded)
+        mask = (np.arange(self.num_tokens) < (np.minimum(lengths, self.max_len) // self.k)[:, None]).astype(np.int64)
+        if self.k % 2 == 0:  # a k-mer is k/2 byte pairs, looked up at once; any non-ACGT pair pushes it >= 4**k
+            pairs = self.lut16[np.ascontiguousarray(padded).view("<u2")].reshape(n, self.num_tokens, self.k // 2)
+            raw = pairs[:, :, 0].copy()
+            for j in range(1, self.k // 2):
+                raw *= 16
+                raw += pairs[:, :, j]
+            ids = np.where(raw < 4 ** self.k, raw + FIRST_KMER_ID, UNK_ID).astype(np.int64)
+            return ids, mask
         codes = self.lut8[padded].reshape(n, self.num_tokens, self.k)  # 0-3, or 255 for anything else
         ids = np.zeros((n, self.num_tokens), dtype=np.int64)
         for j in range(self.k):  # base-4 number of the k-mer (wrong where a code is 255: see below)
@@ -282,7 +295,6 @@ class KmerTokenizer:
             ids += codes[:, :, j]
         ids += FIRST_KMER_ID
         ids[codes.max(axis=-1) > 3] = UNK_ID
-        mask = (np.arange(self.num_tokens) < (np.minimum(lengths, self.max_len) // self.k)[:, None]).astype(np.int64)
         return ids, mask
 
     def __call__(self, sequences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -83,6 +83,8 @@ def buffer_shuffle(n: int, buffer_size: int, seed: Sequence[int]) -> np.ndarray:
     sample does not wait for a full buffer); each step emits a uniformly chosen input from it.
     Element ``t`` of the result is the input emitted at step ``t``; it is always among the first
     ``t + buffer_size`` inputs, so a reader never holds more than ``buffer_size`` records.
+    (The buffer's length at each step, and so each choice, is computed for all steps at once; the
+    loop only moves the chosen inputs.)
     """
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -90,18 +92,21 @@ def buffer_shuffle(n: int, buffer_size: int, seed: Sequence[int]) -> np.ndarray:
     if size == 1:
         return np.arange(n, dtype=np.int64)
     u = np.random.default_rng(list(seed)).random(n)
+    steps = np.arange(n)
+    taken = np.minimum(n, steps + np.minimum(size, steps + 2))  # inputs in the buffer's past by step t
+    choices = (u * (taken - steps)).astype(np.int64).tolist()
     slots: list[int] = []
-    nxt = 0
-    out = np.empty(n, dtype=np.int64)
-    for t in range(n):
-        while nxt < n and len(slots) < min(size, t + 2):
-            slots.append(nxt)
+    append, pop = slots.append, slots.pop
+    out, nxt = [0] * n, 0
+    for t, want in enumerate(taken.tolist()):
+        while nxt < want:
+            append(nxt)
             nxt += 1
-        j = int(u[t] * len(slots))
+        j = choices[t]
         out[t] = slots[j]
         slots[j] = slots[-1]
-        slots.pop()
-    return out
+        pop()
+    return np.array(out, dtype=np.int64)
 
 
 @dataclass(frozen=True)

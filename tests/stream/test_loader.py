@@ -147,3 +147,41 @@ def test_dna_only_columnar_batches_equal_the_per_record_path(converted_zips, num
     again = make_loader(root, "all", **kw)
     again.load_state_dict(state)
     assert head + collect(again) == [b["processid"] for b in make_loader(root, "all", **kw)]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_thread_decode_gives_the_worker_batches(converted_zips, augment):
+    """decode="threads" (JPEG bytes from the workers, decoded by threads in the main process, straight
+    into the batch): the same keys, shapes, dtypes, memory format, record order and pixels."""
+    root = converted_zips.repos["parquet"].parent
+    kw = dict(batch_size=16, num_workers=2, image_size=32, augment=augment, seed=2, modality=("image", "dna"),
+              target_type=["order", "species"])
+    workers = list(make_loader(root, "pretrain", **kw))
+    threads = list(make_loader(root, "pretrain", decode="threads", decode_threads=3, **kw))
+    assert len(workers) == len(threads) > 3
+    for a, b in zip(workers, threads):
+        assert a.keys() == b.keys() and a["processid"] == b["processid"]
+        for k in a:
+            if isinstance(a[k], torch.Tensor):
+                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
+        assert b["image"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_thread_decode_resumes_exactly_and_names_a_bad_image(converted_zips, monkeypatch):
+    root = converted_zips.repos["parquet"].parent
+    kw = dict(batch_size=8, num_workers=2, image_size=16, decode="threads")
+    full = [b["processid"] for b in make_loader(root, "pretrain", **kw)]
+    loader = make_loader(root, "pretrain", **kw)
+    it = iter(loader)
+    head = [next(it)["processid"] for _ in range(3)]
+    resumed = make_loader(root, "pretrain", **kw)
+    resumed.load_state_dict(loader.state_dict())
+    assert head + [b["processid"] for b in resumed] == full
+    from bioscan5m_hf.stream import loader as loader_module
+
+    def broken(data, size, channels_last=False):
+        raise OSError("broken data stream")
+
+    monkeypatch.setattr(loader_module, "decode_image", broken)
+    with pytest.raises(Exception, match=r"record [A-Z]+\d+-\d+: image does not decode"):
+        next(iter(make_loader(root, "pretrain", num_workers=0, batch_size=4, image_size=16, decode="threads")))
