@@ -224,6 +224,7 @@ class Settings:
     gpu_records: int = 24_000
     gpu_workers: tuple[int, ...] = (2, 8, 15)
     dna_records: int = 520_000  # a metadata-only release whose pretrain split has ~472k records
+    peers_records: int = 6_000
 
 
 def _loader_repo(st: Settings) -> tuple[Path, Path, int]:
@@ -408,6 +409,54 @@ def remote_area(st: Settings) -> list[Figure]:
         target, met = (">= 0.90", rate / local >= 0.9) if source == "HTTP, streamed" else ("-", None)
         figures.append(Figure(f"{repo}, {source}: samples/s (first batch {first:.2f} s)", f"{rate:,.0f}/s",
                               f"local disk {local:,.0f}/s", f"{rate / local:.2f}", target, met))
+    return figures
+
+
+def peers_area(st: Settings) -> list[Figure]:
+    """make_loader against the loaders a user could pick instead (:mod:`.peers`): the same records,
+    decode, tokenizer, collate, batch size and workers; samples/s, first batch and peak memory, each
+    the median of interleaved rounds, each run in its own process."""
+    from . import peers
+
+    rel = _sample(st.workdir / "peers-release", st.peers_records, "--layout", "zips")
+    out = st.workdir / "peers-out"
+    if not (out / schema.WDS_REPO / schema.MANIFEST).exists():
+        _convert(rel, out)
+    data = peers.prepare(out, st.workdir / "peers-formats")
+    for p in out.rglob("*"):
+        if p.is_file():
+            p.read_bytes()  # warm the page cache for everyone
+    names = [n for n in peers.PEERS if peers.available(n) and (n not in ("litdata", "mosaic") or n in data)]
+    rows: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(st.repeats):
+        for name in names:
+            measured = run_measured([sys.executable, "-m", "bioscan5m_hf.tools.peers", name, json.dumps(data)])
+            result = json.loads([line for line in measured["output"].splitlines() if line.startswith("{")][-1])
+            rows[name].append({**result, "peak": measured["peak"]})
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "first_batch", "peak", "samples")}
+           for n, rs in rows.items()}
+    rate = {n: m["samples"] / m["seconds"] for n, m in med.items()}
+    ours = max(("make_loader", "make_loader-threads"), key=lambda n: rate[n])
+    best_peer = max((n for n in rate if not n.startswith("make_loader")), key=lambda n: rate[n])
+    figures = []
+    for name in names:
+        m = med[name]
+        mine = name.startswith("make_loader")
+        figures.append(Figure(
+            f"{name}: samples/s (first batch {m['first_batch']:.2f} s, peak {m['peak'] / 2**30:.2f} GiB)",
+            f"{rate[name]:,.0f}/s", f"{ours} {rate[ours]:,.0f}/s", f"{rate[ours] / rate[name]:.2f}x",
+            "-" if mine else "> 1x", None if mine else rate[ours] > rate[name]))
+    figures.append(Figure(f"best make_loader ({ours}) vs the best peer ({best_peer})", f"{rate[ours]:,.0f}/s",
+                          f"{best_peer} {rate[best_peer]:,.0f}/s", f"{rate[ours] / rate[best_peer]:.2f}x", ">= 1.5x",
+                          rate[ours] / rate[best_peer] >= 1.5))
+    figures.append(Figure("time to the first batch, best make_loader vs the best peer's",
+                          f"{med[ours]['first_batch']:.2f} s", f"{best_peer} {med[best_peer]['first_batch']:.2f} s",
+                          f"{med[ours]['first_batch'] / med[best_peer]['first_batch']:.2f}", "<= 1",
+                          med[ours]["first_batch"] <= med[best_peer]["first_batch"]))
+    missing = [n for n in peers.PEERS if n not in names]
+    if missing:
+        figures.append(Figure(f"not measured (library not installed: scripts/install_peers.sh): {', '.join(missing)}",
+                              "-", "-", "-", "-", None))
     return figures
 
 
@@ -627,7 +676,7 @@ def gpu_area(st: Settings) -> list[Figure]:
 #: The areas of the suite, in the order they run and appear in BENCHMARKS.md.
 AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_area,
          "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area, "mapstyle": mapstyle_area,
-         "filter": filter_area, "gpu": gpu_area}
+         "filter": filter_area, "peers": peers_area, "gpu": gpu_area}
 #: What runs without --only: every area but "gpu", which needs a CUDA device (scripts/gpu_check.sh).
 DEFAULT_AREAS = tuple(a for a in AREAS if a != "gpu")
 

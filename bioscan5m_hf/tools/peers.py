@@ -1,0 +1,245 @@
+"""The loaders a user could pick instead of ``make_loader``, fed the same records the same way, for
+``bioscan5m-hf bench --only peers``.
+
+Every loader reads the ``pretrain`` split of one converted sample, decodes each image with the same
+function (:func:`~bioscan5m_hf.transforms.decode_image`: simplejpeg when installed, shorter side to
+256, centre crop), tokenises the barcode with the same tokenizer and collates the same batch
+(channels-last uint8 images written into shared memory, k-mer ids, species indices), with batch
+size 256 and 2 workers. Each runs in its own process (``python -m bioscan5m_hf.tools.peers NAME
+DATA``), checks that it delivered every record exactly once, and prints
+``{"samples", "seconds", "first_batch"}`` as JSON.
+
+- ``make_loader``, ``make_loader-threads``: this project, decoding in the workers or in threads;
+- ``dataloader-in-memory``: a plain ``torch`` DataLoader over JPEG bytes already in memory;
+- ``webdataset``: the ``webdataset`` library over the converted tars;
+- ``datasets``: ``datasets`` streaming of the converted Parquet files;
+- ``litdata``: LitData's ``optimize`` output read by its ``StreamingDataLoader`` (made by :func:`prepare`);
+- ``mosaic``: MosaicML Streaming's MDS shards read by its ``StreamingDataset`` (made by :func:`prepare`).
+
+LitData and MosaicML Streaming are optional (``scripts/install_peers.sh``); a loader whose library
+is missing is reported as such, not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from .. import schema
+
+BATCH, WORKERS, SIZE = 256, 2, 256
+PEERS = ("make_loader", "make_loader-threads", "dataloader-in-memory", "webdataset", "datasets", "litdata", "mosaic")
+OPTIONAL = {"litdata": "litdata", "mosaic": "streaming", "webdataset": "webdataset", "datasets": "datasets"}
+
+
+def _species(out: Path) -> dict[str, int]:
+    manifest = json.loads((out / schema.PARQUET_REPO / schema.MANIFEST).read_text())
+    return {label: i for i, label in enumerate(manifest["vocabularies"]["species"])}
+
+
+def parquet_shards(out: Path) -> list[Path]:
+    manifest = json.loads((out / schema.PARQUET_REPO / schema.MANIFEST).read_text())
+    return [out / schema.PARQUET_REPO / s["path"] for s in manifest["configs"]["cropped_256"]["pretrain"]["shards"]]
+
+
+def tar_shards(out: Path) -> list[Path]:
+    manifest = json.loads((out / schema.WDS_REPO / schema.MANIFEST).read_text())
+    return [out / schema.WDS_REPO / s["path"] for s in manifest["configs"]["cropped_256"]["pretrain"]["shards"]]
+
+
+def records(out: Path):
+    """(processid, JPEG bytes, barcode, species) of every pretrain record, from the Parquet shards."""
+    for path in parquet_shards(out):
+        table = pq.read_table(path, columns=["image", "processid", "dna_barcode", "species"])
+        images = table.column("image").combine_chunks().field("bytes").to_pylist()
+        yield from zip(table.column("processid").to_pylist(), images, table.column("dna_barcode").to_pylist(),
+                       table.column("species").to_pylist())
+
+
+class Collate:
+    """(processid, JPEG bytes, barcode, species label) samples -> make_loader's batch, decoding here
+    (in the worker that collates), with make_loader's decode, tokenizer and shared-memory stacking."""
+
+    def __init__(self, species: dict[str, int]):
+        from ..transforms import KmerTokenizer
+
+        self.species, self.tokenizer = species, KmerTokenizer(4, 660)
+
+    def __call__(self, samples) -> dict:
+        from ..stream.loader import stack_images
+        from ..transforms import decode_image
+
+        ids, mask = self.tokenizer([s[2] for s in samples])
+        return {"processid": [s[0] for s in samples],
+                "image": stack_images([decode_image(s[1], SIZE, channels_last=True) for s in samples]),
+                "dna": torch.from_numpy(ids), "dna_mask": torch.from_numpy(mask),
+                "species": torch.tensor([self.species.get(s[3], -1) for s in samples], dtype=torch.int64)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Preparing the peers' own formats
+
+
+def prepare(out: Path, workdir: Path) -> dict[str, str]:
+    """Convert the sample's pretrain records to LitData's and MosaicML Streaming's formats (where the
+    library is installed and the output is not there yet); what each loader reads."""
+    data = {"out": str(out)}
+    rows = None
+    try:
+        import litdata  # noqa: F401
+
+        target = workdir / "litdata"
+        if not (target / "index.json").exists():
+            rows = rows or list(records(out))
+            _write_litdata(rows, target)
+        data["litdata"] = str(target)
+    except ImportError:
+        pass
+    try:
+        import streaming  # noqa: F401
+
+        target = workdir / "mds"
+        if not (target / "index.json").exists():
+            rows = rows or list(records(out))
+            _write_mds(rows, target)
+        data["mosaic"] = str(target)
+    except ImportError:
+        pass
+    return data
+
+
+def _litdata_item(row):
+    pid, image, dna, species = row
+    return {"processid": pid, "image": image, "dna": dna, "species": species or ""}
+
+
+def _write_litdata(rows, target: Path) -> None:
+    import litdata
+
+    litdata.optimize(fn=_litdata_item, inputs=rows, output_dir=str(target), chunk_bytes="64MB", num_workers=1,
+                     mode="overwrite")
+
+
+def _write_mds(rows, target: Path) -> None:
+    from streaming import MDSWriter
+
+    columns = {"processid": "str", "image": "bytes", "dna": "str", "species": "str"}
+    with MDSWriter(out=str(target), columns=columns, size_limit="64mb") as writer:
+        for pid, image, dna, species in rows:
+            writer.write({"processid": pid, "image": image, "dna": dna, "species": species or ""})
+
+
+# --------------------------------------------------------------------------------------------------
+# The loaders (each in its own process)
+
+
+def _make_loader(data: dict, decode: str):
+    from ..stream.loader import make_loader
+
+    return make_loader(data["out"], "pretrain", batch_size=BATCH, num_workers=WORKERS, image_size=SIZE,
+                       modality=("image", "dna"), target_type="species", shuffle=False, persistent_workers=False,
+                       decode=decode)
+
+
+def _in_memory(data: dict):
+    rows = list(records(Path(data["out"])))
+    return torch.utils.data.DataLoader(rows, batch_size=BATCH, num_workers=WORKERS, collate_fn=Collate(
+        _species(Path(data["out"]))), multiprocessing_context="fork")
+
+
+def _webdataset(data: dict):
+    import webdataset as wds
+
+    urls = [str(p) for p in tar_shards(Path(data["out"]))]
+
+    def row(sample):
+        meta = json.loads(sample["json"])
+        return meta["processid"], sample["jpg"], meta["dna_barcode"], meta["species"]
+
+    pipeline = wds.WebDataset(urls, shardshuffle=False, workersplitter=wds.split_by_worker, empty_check=False)
+    pipeline = pipeline.map(row).batched(BATCH, collation_fn=Collate(_species(Path(data["out"]))), partial=True)
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=WORKERS, multiprocessing_context="fork")
+
+
+def _datasets(data: dict):
+    import datasets
+
+    files = [str(p) for p in parquet_shards(Path(data["out"]))]
+    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
+    ds = ds.select_columns(["processid", "image", "dna_barcode", "species"]).cast_column(
+        "image", datasets.Image(decode=False))
+    collate = Collate(_species(Path(data["out"])))
+
+    def rows(batch):
+        return collate([(r["processid"], r["image"]["bytes"], r["dna_barcode"], r["species"]) for r in batch])
+
+    return torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=WORKERS, collate_fn=rows,
+                                       multiprocessing_context="fork")
+
+
+def _litdata(data: dict):
+    import litdata
+
+    class Rows(litdata.StreamingDataset):
+        def __getitem__(self, index):
+            item = super().__getitem__(index)
+            return item["processid"], item["image"], item["dna"], item["species"] or None
+
+    return litdata.StreamingDataLoader(Rows(data["litdata"]), batch_size=BATCH, num_workers=WORKERS,
+                                       collate_fn=Collate(_species(Path(data["out"]))))
+
+
+def _mosaic(data: dict):
+    from streaming import StreamingDataset
+
+    class Rows(StreamingDataset):
+        def __getitem__(self, index):
+            item = super().__getitem__(index)
+            return item["processid"], item["image"], item["dna"], item["species"] or None
+
+    ds = Rows(local=data["mosaic"], batch_size=BATCH, shuffle=False)
+    return torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=WORKERS, collate_fn=Collate(
+        _species(Path(data["out"]))), multiprocessing_context="fork")
+
+
+LOADERS = {"make_loader": lambda d: _make_loader(d, "workers"), "make_loader-threads": lambda d: _make_loader(
+    d, "threads"), "dataloader-in-memory": _in_memory, "webdataset": _webdataset, "datasets": _datasets,
+    "litdata": _litdata, "mosaic": _mosaic}
+
+
+def run(name: str, data: dict) -> dict:
+    """One pass of loader ``name``: samples, seconds (construction included), seconds to the first
+    batch; an error if it did not deliver every pretrain record exactly once."""
+    expected = sum(pq.ParquetFile(p).metadata.num_rows for p in parquet_shards(Path(data["out"])))
+    start = time.perf_counter()
+    loader = LOADERS[name](data)
+    first, seen = None, []
+    for batch in loader:
+        if first is None:
+            first = time.perf_counter() - start
+        assert batch["image"].shape[1:] == (3, SIZE, SIZE) and batch["dna"].shape[0] == len(batch["processid"])
+        seen += batch["processid"]
+    seconds = time.perf_counter() - start
+    if len(seen) != expected or len(set(seen)) != expected:
+        raise RuntimeError(f"{name}: delivered {len(seen)} samples, {len(set(seen))} distinct, of {expected}")
+    return {"samples": len(seen), "seconds": seconds, "first_batch": first}
+
+
+def available(name: str) -> bool:
+    module = OPTIONAL.get(name)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1], json.loads(sys.argv[2]))))
