@@ -44,17 +44,28 @@ def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(size, round(height * scale)), max(size, round(width * scale))
 
 
-def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = False) -> np.ndarray:
+def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = False,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """JPEG bytes (or a lazily opened PIL image) -> ``3 x size x size`` uint8 (``size x size x 3``
-    with ``channels_last``): shorter side resized to ``size``, then centre-cropped.
+    with ``channels_last``): shorter side resized to ``size``, then centre-cropped. With ``out`` (a
+    ``size x size x 3`` array) the channels-last pixels are written there, in one copy.
 
     JPEG's DCT scaling (Pillow's ``draft``) decodes large images straight at a reduced size when
     that still leaves both sides at least ``size``, which is exact up to the resize that follows and
     much faster for ``original_full``.
     """
+    if out is not None:
+        np.copyto(out, _decode_view(data, size))
+        return out
+    hwc = _decode_view(data, size)
+    return np.ascontiguousarray(hwc) if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+
+def _decode_view(data: bytes | Image.Image, size: int) -> np.ndarray:
+    """The ``size x size x 3`` crop, possibly a view into a larger decoded array."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         if simplejpeg is not None:
-            return _decode_simplejpeg(bytes(data), size, channels_last)
+            return _decode_simplejpeg(bytes(data), size)
         img = Image.open(io.BytesIO(data))
     else:
         img = data
@@ -67,17 +78,16 @@ def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = Fal
         img = img.resize(new, Image.BILINEAR)
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    hwc = np.asarray(img)
-    return hwc if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    return np.asarray(img)
 
 
-def _decode_simplejpeg(data: bytes, size: int, channels_last: bool) -> np.ndarray:
+def _decode_simplejpeg(data: bytes, size: int) -> np.ndarray:
     """The same as Pillow's path, with libjpeg-turbo through simplejpeg (optional, about 2x faster):
     accurate DCT and fancy upsampling as Pillow's defaults, DCT-scaled decoding when downsizing."""
     try:
         h, w, _, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:  # not a JPEG simplejpeg can read: let Pillow try, and name the problem
-        return decode_image(Image.open(io.BytesIO(data)), size, channels_last)
+        return _decode_view(Image.open(io.BytesIO(data)), size)
     if w * h > MAX_IMAGE_PIXELS:
         raise ValueError(f"image is {w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit")
     # Pillow's draft: the largest reduction of 1, 2, 4 or 8 leaving both sides >= size (simplejpeg
@@ -91,8 +101,7 @@ def _decode_simplejpeg(data: bytes, size: int, channels_last: bool) -> np.ndarra
     if new != (w, h):
         arr = np.asarray(Image.fromarray(arr).resize(new, Image.BILINEAR))
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
-    hwc = arr[top: top + size, left: left + size]
-    return np.ascontiguousarray(hwc) if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    return arr[top: top + size, left: left + size]
 
 
 # --------------------------------------------------------------------------------------------------

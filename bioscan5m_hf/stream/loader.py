@@ -142,8 +142,10 @@ class ThreadDecoder:
         def one(i: int) -> None:
             blob = data[ends[i]: ends[i + 1]].tobytes()
             try:
-                view[i] = (decode_image(blob, size, channels_last=True) if params is None
-                           else decode_crop(blob, params[i], size))
+                if params is None:
+                    decode_image(blob, size, channels_last=True, out=view[i])
+                else:
+                    view[i] = decode_crop(blob, params[i], size)
             except IMAGE_ERRORS as e:
                 raise ShardError(f"record {processids[i]}: image does not decode ({e})") from None
 

@@ -179,7 +179,7 @@ def test_thread_decode_resumes_exactly_and_names_a_bad_image(converted_zips, mon
     assert head + [b["processid"] for b in resumed] == full
     from bioscan5m_hf.stream import loader as loader_module
 
-    def broken(data, size, channels_last=False):
+    def broken(data, size, channels_last=False, out=None):
         raise OSError("broken data stream")
 
     monkeypatch.setattr(loader_module, "decode_image", broken)
