@@ -225,6 +225,7 @@ class Settings:
     gpu_workers: tuple[int, ...] = (2, 8, 15)
     dna_records: int = 520_000  # a metadata-only release whose pretrain split has ~472k records
     peers_records: int = 6_000
+    peers_python: Path | None = None  # the environment of scripts/install_peers.sh
 
 
 def _loader_repo(st: Settings) -> tuple[Path, Path, int]:
@@ -422,15 +423,19 @@ def peers_area(st: Settings) -> list[Figure]:
     out = st.workdir / "peers-out"
     if not (out / schema.WDS_REPO / schema.MANIFEST).exists():
         _convert(rel, out)
-    data = peers.prepare(out, st.workdir / "peers-formats")
-    for p in out.rglob("*"):
+    python = str(st.peers_python or sys.executable)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    prepared = run_measured([python, "-m", "bioscan5m_hf.tools.peers", "prepare", str(out),
+                             str(st.workdir / "peers-formats")], env)
+    data = json.loads([line for line in prepared["output"].splitlines() if line.startswith("{")][-1])
+    names = data.pop("available")
+    for p in [*out.rglob("*"), *(st.workdir / "peers-formats").rglob("*")]:
         if p.is_file():
             p.read_bytes()  # warm the page cache for everyone
-    names = [n for n in peers.PEERS if peers.available(n) and (n not in ("litdata", "mosaic") or n in data)]
     rows: dict[str, list[dict]] = {n: [] for n in names}
     for _ in range(st.repeats):
         for name in names:
-            measured = run_measured([sys.executable, "-m", "bioscan5m_hf.tools.peers", name, json.dumps(data)])
+            measured = run_measured([python, "-m", "bioscan5m_hf.tools.peers", name, json.dumps(data)], env)
             result = json.loads([line for line in measured["output"].splitlines() if line.startswith("{")][-1])
             rows[name].append({**result, "peak": measured["peak"]})
     med = {n: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "first_batch", "peak", "samples")}
@@ -735,6 +740,10 @@ def main(argv=None) -> int:
     parser.add_argument("--official-python", type=Path, default=None,
                         help=f"interpreter with bioscan-dataset installed (default {DEFAULT_OFFICIAL_PYTHON} if "
                              "present); without one the official-loader figures are left out")
+    parser.add_argument("--peers-python", type=Path, default=None,
+                        help="interpreter of the peers area (default: the official loader's, where "
+                             "scripts/install_peers.sh installs LitData, MosaicML Streaming, webdataset, datasets)")
+    parser.add_argument("--peers-records", type=int, default=6_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loader-records", type=int, default=30_000)
     parser.add_argument("--convert-records", type=int, default=100_000)
@@ -753,9 +762,11 @@ def main(argv=None) -> int:
     official = args.official_python
     if official is None and Path(DEFAULT_OFFICIAL_PYTHON).exists():
         official = Path(DEFAULT_OFFICIAL_PYTHON)
+    peers_python = args.peers_python or official
     st = Settings(args.workdir, args.repeats, args.loader_records, args.convert_records, args.metadata_records,
                   args.remote_records, official, args.gpu_records,
-                  tuple(int(w) for w in args.gpu_workers.split(",") if w.strip()), args.dna_records)
+                  tuple(int(w) for w in args.gpu_workers.split(",") if w.strip()), args.dna_records,
+                  args.peers_records, peers_python)
     command = "bioscan5m-hf bench " + " ".join(argv if argv is not None else sys.argv[1:])
     for area, figures in suite(st, areas):  # each area written as soon as it is measured
         print(f"\n{area}:\n{table(figures)}")

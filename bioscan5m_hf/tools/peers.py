@@ -6,8 +6,9 @@ function (:func:`~bioscan5m_hf.transforms.decode_image`: simplejpeg when install
 256, centre crop), tokenises the barcode with the same tokenizer and collates the same batch
 (channels-last uint8 images written into shared memory, k-mer ids, species indices), with batch
 size 256 and 2 workers. Each runs in its own process (``python -m bioscan5m_hf.tools.peers NAME
-DATA``), checks that it delivered every record exactly once, and prints
-``{"samples", "seconds", "first_batch"}`` as JSON.
+DATA``, in the environment ``scripts/install_peers.sh`` prepares, where every one of them imports),
+checks that it delivered every record exactly once, and prints ``{"samples", "seconds",
+"first_batch"}`` as JSON.
 
 - ``make_loader``, ``make_loader-threads``: this project, decoding in the workers or in threads;
 - ``dataloader-in-memory``: a plain ``torch`` DataLoader over JPEG bytes already in memory;
@@ -16,8 +17,7 @@ DATA``), checks that it delivered every record exactly once, and prints
 - ``litdata``: LitData's ``optimize`` output read by its ``StreamingDataLoader`` (made by :func:`prepare`);
 - ``mosaic``: MosaicML Streaming's MDS shards read by its ``StreamingDataset`` (made by :func:`prepare`).
 
-LitData and MosaicML Streaming are optional (``scripts/install_peers.sh``); a loader whose library
-is missing is reported as such, not measured.
+A loader whose library is missing there is reported as such, not measured.
 """
 
 from __future__ import annotations
@@ -242,4 +242,9 @@ def available(name: str) -> bool:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1], json.loads(sys.argv[2]))))
+    if sys.argv[1] == "prepare":  # prepare OUT WORKDIR: the peers' formats, and which loaders can run here
+        data = prepare(Path(sys.argv[2]), Path(sys.argv[3]))
+        data["available"] = [n for n in PEERS if available(n) and (n not in ("litdata", "mosaic") or n in data)]
+        print(json.dumps(data))
+    else:
+        print(json.dumps(run(sys.argv[1], json.loads(sys.argv[2]))))
