@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import gc
 import hashlib
 import io
 import os
 import random
 import re
 import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -84,6 +87,21 @@ def is_transient(exc: BaseException) -> bool:
                                                                      "Timeout"))
 
 
+#: Filesystem objects this process opened. Before it forks (DataLoader workers), garbage among them
+#: is collected here: collected in a child instead, its finalizer would close the parent's HTTP
+#: session through the parent's event loop, which does not run there, and fsspec then waits a full
+#: second per session (seen as a 1-2 s first batch after an earlier remote loader).
+_OPENED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _collect_before_fork() -> None:
+    if len(_OPENED):
+        gc.collect()
+
+
+os.register_at_fork(before=_collect_before_fork)
+
+
 @dataclass
 class Store:
     """A repo location (local folder or URL) and how to read from it."""
@@ -135,6 +153,10 @@ class Store:
             options.setdefault("skip_instance_cache", True)  # our own connections, not another Store's
             self._fs, _ = fsspec.core.url_to_fs(self.root, **options)
             self._fs_pid = os.getpid()
+            try:
+                _OPENED.add(self._fs)
+            except TypeError:  # not weakly referenceable: nothing to keep
+                pass
         return self._fs
 
     def _fs_path(self, rel: str) -> str:
@@ -220,9 +242,21 @@ class Store:
         return RangeFile(self, rel, size, sha256 if self.verify else None)
 
 
+_READAHEAD: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _readahead_pool() -> ThreadPoolExecutor:
+    """This process's threads fetching the next chunk of files read sequentially."""
+    global _READAHEAD
+    if _READAHEAD is None or _READAHEAD[0] != os.getpid():
+        _READAHEAD = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="bioscan5m-range"))
+    return _READAHEAD[1]
+
+
 class RangeFile(io.RawIOBase):
-    """A remote file read in bounded ranges (a chunk ahead while reading sequentially), checked
-    against ``sha256`` when read from start to end in order."""
+    """A remote file read in bounded ranges, checked against ``sha256`` when read from start to end in
+    order. Read sequentially, the next chunk is already being fetched while this one is consumed, so
+    the reader rarely waits for the network."""
 
     def __init__(self, store: Store, rel: str, size: int, sha256: str | None = None, chunk: int = CHUNK_BYTES):
         super().__init__()
@@ -231,6 +265,7 @@ class RangeFile(io.RawIOBase):
         self.buf_start, self.buf = 0, b""
         self.hash = hashlib.sha256() if sha256 else None
         self.hashed = 0  # bytes fed to the hash, in order from the start
+        self.ahead: tuple[int, Future] | None = None  # (start, fetch) of the next chunk
 
     def readable(self) -> bool:
         return True
@@ -269,9 +304,27 @@ class RangeFile(io.RawIOBase):
             n -= len(piece)
         return b"".join(out)
 
+    def _fetch(self, start: int) -> bytes:
+        if self.ahead is not None and self.ahead[0] == start:
+            data = self.ahead[1].result()  # a fault there is raised here, as by a fetch of our own
+        else:
+            data = self.store.fetch(self.rel, start, min(self.size, start + self.chunk))
+        self.ahead = None
+        following = start + self.chunk
+        if following < self.size and (start == 0 or start == self.buf_start + len(self.buf)):  # sequential
+            self.ahead = (following, _readahead_pool().submit(self.store.fetch, self.rel, following,
+                                                               min(self.size, following + self.chunk)))
+        return data
+
+    def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead[1].cancel()
+            self.ahead = None
+        super().close()
+
     def _fill(self, start: int) -> None:
         end = min(self.size, start + self.chunk)
-        data = self.store.fetch(self.rel, start, end)
+        data = self._fetch(start)
         if len(data) != end - start:
             raise ShardError(f"{redact(self.store.url(self.rel))}: got {len(data)} bytes for range {start}-{end - 1}; "
                              f"the file is shorter than its manifest says")
