@@ -31,6 +31,15 @@ SEED = 7
 PACKAGES = ("cropped_256", "original_256")
 
 
+def small_conversion(root, records: int, seed: int, shard_records: int):
+    """``root/out``: a cropped_256 release of ``records`` small images (zips), converted with
+    ``shard_records`` records per shard."""
+    write_sample(root / "release", records, seed, ("cropped_256",), image_size=32, layout=("zips",),
+                 show_progress=False)
+    convert(root / "release", root / "out", ConvertOptions(shard_records=shard_records, show_progress=False))
+    return root / "out"
+
+
 @pytest.fixture(scope="session")
 def release(tmp_path_factory):
     """A release with two packages, as folders and as official zips."""

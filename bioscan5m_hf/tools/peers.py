@@ -89,27 +89,18 @@ def prepare(out: Path, workdir: Path) -> dict[str, str]:
     """Convert the sample's pretrain records to LitData's and MosaicML Streaming's formats (where the
     library is installed and the output is not there yet); what each loader reads."""
     data = {"out": str(out)}
-    rows = None
-    try:
-        import litdata  # noqa: F401
-
-        target = workdir / "litdata"
+    rows: list = []
+    for name, module, folder, write in (("litdata", "litdata", "litdata", _write_litdata),
+                                        ("mosaic", "streaming", "mds", _write_mds)):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        target = workdir / folder
         if not (target / "index.json").exists():
             rows = rows or list(records(out))
-            _write_litdata(rows, target)
-        data["litdata"] = str(target)
-    except ImportError:
-        pass
-    try:
-        import streaming  # noqa: F401
-
-        target = workdir / "mds"
-        if not (target / "index.json").exists():
-            rows = rows or list(records(out))
-            _write_mds(rows, target)
-        data["mosaic"] = str(target)
-    except ImportError:
-        pass
+            write(rows, target)
+        data[name] = str(target)
     return data
 
 

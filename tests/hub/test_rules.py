@@ -64,34 +64,27 @@ def test_file_count_and_size_rules(out):
     assert any("per file" in p for p in verify_hub(out, HubLimits(file_bytes=1000)).problems)
 
 
-def test_tar_member_names_that_would_not_group(out):
+def rename_members(out, names: dict[int, str]) -> None:
+    """Rewrite the first tar shard with members ``i`` renamed to ``names[i]``."""
+    import io
+
     path = first_shard(out, schema.WDS_REPO)
     with tarfile.open(path) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-    members[0] = ("ABC.1.jpg", members[0][1])
-    import io
-
     with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
+        for i, (name, data) in enumerate(members):
+            info = tarfile.TarInfo(names.get(i, name))
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def test_tar_member_names_that_would_not_group(out):
+    rename_members(out, {0: "ABC.1.jpg"})
     assert any("[tar] member 'ABC.1.jpg'" in p for p in verify_hub(out).problems)
 
 
 def test_hidden_tar_keys_are_reported(out):
-    path = first_shard(out, schema.WDS_REPO)
-    with tarfile.open(path) as tar:
-        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-    members[0] = ("__ABC1.jpg", members[0][1])
-    members[1] = ("__ABC1.json", members[1][1])
-    import io
-
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    rename_members(out, {0: "__ABC1.jpg", 1: "__ABC1.json"})
     assert any("[tar] member '__ABC1.jpg' starts with '__'" in p for p in verify_hub(out).problems)
 
 

@@ -7,12 +7,11 @@ from collections import Counter
 import pytest
 
 from bioscan5m_hf import BIOSCAN5M, StreamingBIOSCAN5M, make_loader, schema
-from bioscan5m_hf.convert import ConvertOptions, convert
 from bioscan5m_hf.errors import RemoteError, UnreachableError
 from bioscan5m_hf.repo.storage import RetryPolicy, ShardCache, Store
 from bioscan5m_hf.repo.verify import verify
-from bioscan5m_hf.tools.sample import write_sample
 
+from ..conftest import small_conversion
 from .s3_server import BUCKET, S3Server, free_port_refusing
 
 pytest.importorskip("s3fs")
@@ -24,10 +23,7 @@ ROOT = f"s3://{BUCKET}/bioscan5m"
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    root = tmp_path_factory.mktemp("s3")
-    write_sample(root / "release", 160, 11, ("cropped_256",), image_size=32, layout=("zips",), show_progress=False)
-    convert(root / "release", root / "out", ConvertOptions(shard_records=16, show_progress=False))
-    return root / "out"
+    return small_conversion(tmp_path_factory.mktemp("s3"), 160, 11, 16)
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ from collections import Counter
 import pytest
 
 from bioscan5m_hf import StreamingBIOSCAN5M, make_loader, schema
-from bioscan5m_hf.convert import ConvertOptions, convert
 from bioscan5m_hf.errors import ShardError
 from bioscan5m_hf.repo.storage import RetryPolicy, ShardCache, redact
 from bioscan5m_hf.tools.fileserver import RepoServer
-from bioscan5m_hf.tools.sample import write_sample
+
+from ..conftest import small_conversion
 
 FAST = RetryPolicy(tries=6, base=0.01, cap=0.05, timeout=1.0)
 
@@ -19,10 +19,7 @@ FAST = RetryPolicy(tries=6, base=0.01, cap=0.05, timeout=1.0)
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     """A conversion with many small shards per split."""
-    root = tmp_path_factory.mktemp("remote")
-    write_sample(root / "release", 400, 5, ("cropped_256",), image_size=32, layout=("zips",), show_progress=False)
-    convert(root / "release", root / "out", ConvertOptions(shard_records=8, show_progress=False))
-    return root / "out"
+    return small_conversion(tmp_path_factory.mktemp("remote"), 400, 5, 8)
 
 
 @pytest.fixture

@@ -159,13 +159,9 @@ def test_dna_masking_is_seeded_resumable_and_bert_like(converted_zips, modality)
 @pytest.fixture(scope="module")
 def other_release(tmp_path_factory):
     """Another converted release: other records, other label vocabularies."""
-    from bioscan5m_hf.convert import ConvertOptions, convert
-    from bioscan5m_hf.tools.sample import write_sample
+    from ..conftest import small_conversion
 
-    root = tmp_path_factory.mktemp("other")
-    write_sample(root / "rel", 120, 99, ("cropped_256",), image_size=32, layout=("zips",), show_progress=False)
-    convert(root / "rel", root / "out", ConvertOptions(shard_records=30, show_progress=False))
-    return root / "out"
+    return small_conversion(tmp_path_factory.mktemp("other"), 120, 99, 30)
 
 
 def test_a_mixture_of_converted_repos_matches_its_weights(converted_zips, other_release):
