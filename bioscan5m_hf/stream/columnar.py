@@ -38,7 +38,14 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         if done >= n:
             return
         start, _ = partition.resume_point(plan.emission, done)
-        visits = iter(partition.visits(plan, start))
+        # The first visit is read in two pieces, so the first batch waits for a few batches' rows, not a
+        # whole shard; later visits whole (a read per piece costs more than it saves there).
+        runs = partition.visits(plan, start)
+        if runs:
+            a, b = runs[0]
+            head = min(b, a + 4 * self.batch_size)
+            runs = [(a, head), *([(head, b)] if head < b else []), *runs[1:]]
+        visits = iter(runs)
         chunks: list[tuple[int, int, pa.Table]] = []  # contiguous read positions [a, b) and their rows
         read_to = start
         for t in range(done, n, self.batch_size):

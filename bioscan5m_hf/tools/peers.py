@@ -15,7 +15,9 @@ checks that it delivered every record exactly once, and prints ``{"samples", "se
 - ``webdataset``: the ``webdataset`` library over the converted tars;
 - ``datasets``: ``datasets`` streaming of the converted Parquet files;
 - ``litdata``: LitData's ``optimize`` output read by its ``StreamingDataLoader`` (made by :func:`prepare`);
-- ``mosaic``: MosaicML Streaming's MDS shards read by its ``StreamingDataset`` (made by :func:`prepare`).
+- ``mosaic``: MosaicML Streaming's MDS shards read by its ``StreamingDataset`` (made by :func:`prepare`);
+- the ``-dna`` variants: the same loaders, DNA-only (token ids + species, batch 1024), on a metadata-only
+  conversion of realistic size (``datasets`` reads its ``metadata`` config).
 
 A loader whose library is missing there is reported as such, not measured.
 """
@@ -33,7 +35,10 @@ import torch
 from .. import schema
 
 BATCH, WORKERS, SIZE = 256, 2, 256
+DNA_BATCH = 1024
 PEERS = ("make_loader", "make_loader-threads", "dataloader-in-memory", "webdataset", "datasets", "litdata", "mosaic")
+#: DNA-only (token ids + species, no image): the same loaders on a metadata-only conversion.
+DNA_PEERS = ("make_loader-dna", "dataloader-in-memory-dna", "datasets-dna", "litdata-dna", "mosaic-dna")
 OPTIONAL = {"litdata": "litdata", "mosaic": "streaming", "webdataset": "webdataset", "datasets": "datasets"}
 
 
@@ -42,9 +47,9 @@ def _species(out: Path) -> dict[str, int]:
     return {label: i for i, label in enumerate(manifest["vocabularies"]["species"])}
 
 
-def parquet_shards(out: Path) -> list[Path]:
+def parquet_shards(out: Path, config: str = "cropped_256") -> list[Path]:
     manifest = json.loads((out / schema.PARQUET_REPO / schema.MANIFEST).read_text())
-    return [out / schema.PARQUET_REPO / s["path"] for s in manifest["configs"]["cropped_256"]["pretrain"]["shards"]]
+    return [out / schema.PARQUET_REPO / s["path"] for s in manifest["configs"][config]["pretrain"]["shards"]]
 
 
 def tar_shards(out: Path) -> list[Path]:
@@ -59,6 +64,27 @@ def records(out: Path):
         images = table.column("image").combine_chunks().field("bytes").to_pylist()
         yield from zip(table.column("processid").to_pylist(), images, table.column("dna_barcode").to_pylist(),
                        table.column("species").to_pylist())
+
+
+def dna_records(out: Path):
+    """(processid, barcode, species) of every pretrain record, from the metadata config."""
+    for path in parquet_shards(out, schema.METADATA_CONFIG):
+        table = pq.read_table(path, columns=["processid", "dna_barcode", "species"])
+        yield from zip(*(table.column(c).to_pylist() for c in ("processid", "dna_barcode", "species")))
+
+
+class CollateDNA:
+    """(processid, barcode, species label) samples -> make_loader's DNA-only batch."""
+
+    def __init__(self, species: dict[str, int]):
+        from ..transforms import KmerTokenizer
+
+        self.species, self.tokenizer = species, KmerTokenizer(4, 660)
+
+    def __call__(self, samples) -> dict:
+        ids, mask = self.tokenizer([s[1] for s in samples])
+        return {"processid": [s[0] for s in samples], "dna": torch.from_numpy(ids), "dna_mask": torch.from_numpy(mask),
+                "species": torch.tensor([self.species.get(s[2], -1) for s in samples], dtype=torch.int64)}
 
 
 class Collate:
@@ -85,26 +111,32 @@ class Collate:
 # Preparing the peers' own formats
 
 
-def prepare(out: Path, workdir: Path) -> dict[str, str]:
-    """Convert the sample's pretrain records to LitData's and MosaicML Streaming's formats (where the
-    library is installed and the output is not there yet); what each loader reads."""
-    data = {"out": str(out)}
-    rows: list = []
-    for name, module, folder, write in (("litdata", "litdata", "litdata", _write_litdata),
-                                        ("mosaic", "streaming", "mds", _write_mds)):
-        try:
-            __import__(module)
-        except ImportError:
-            continue
-        target = workdir / folder
-        if not (target / "index.json").exists():
-            rows = rows or list(records(out))
-            write(rows, target)
-        data[name] = str(target)
+def prepare(out: Path, workdir: Path, dna_out: Path | None = None) -> dict[str, str]:
+    """Convert the samples' pretrain records to LitData's and MosaicML Streaming's formats (where the
+    library is installed and the output is not there yet): ``out``'s with images, ``dna_out``'s
+    (a metadata-only conversion) without; what each loader reads."""
+    data = {"out": str(out), **({"dna_out": str(dna_out)} if dna_out else {})}
+    sources = [("", out, records)] + ([("-dna", dna_out, dna_records)] if dna_out else [])
+    for suffix, source, read in sources:
+        rows: list = []
+        for name, module, folder, write in (("litdata", "litdata", "litdata", _write_litdata),
+                                            ("mosaic", "streaming", "mds", _write_mds)):
+            try:
+                __import__(module)
+            except ImportError:
+                continue
+            target = workdir / (folder + suffix)
+            if not (target / "index.json").exists():
+                rows = rows or list(read(source))
+                write(rows, target)
+            data[name + suffix] = str(target)
     return data
 
 
 def _litdata_item(row):
+    if len(row) == 3:  # DNA-only
+        pid, dna, species = row
+        return {"processid": pid, "dna": dna, "species": species or ""}
     pid, image, dna, species = row
     return {"processid": pid, "image": image, "dna": dna, "species": species or ""}
 
@@ -119,10 +151,11 @@ def _write_litdata(rows, target: Path) -> None:
 def _write_mds(rows, target: Path) -> None:
     from streaming import MDSWriter
 
-    columns = {"processid": "str", "image": "bytes", "dna": "str", "species": "str"}
+    dna_only = len(rows[0]) == 3
+    columns = {"processid": "str", **({} if dna_only else {"image": "bytes"}), "dna": "str", "species": "str"}
     with MDSWriter(out=str(target), columns=columns, size_limit="64mb") as writer:
-        for pid, image, dna, species in rows:
-            writer.write({"processid": pid, "image": image, "dna": dna, "species": species or ""})
+        for row in rows:
+            writer.write(_litdata_item(row))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,22 +231,74 @@ def _mosaic(data: dict):
         _species(Path(data["out"]))), multiprocessing_context="fork")
 
 
+def _make_loader_dna(data: dict):
+    from ..stream.loader import make_loader
+
+    return make_loader(data["dna_out"], "pretrain", batch_size=DNA_BATCH, num_workers=WORKERS, modality=("dna",),
+                       target_type="species", shuffle=False, persistent_workers=False)
+
+
+def _in_memory_dna(data: dict):
+    rows = list(dna_records(Path(data["dna_out"])))
+    return torch.utils.data.DataLoader(rows, batch_size=DNA_BATCH, num_workers=WORKERS, collate_fn=CollateDNA(
+        _species(Path(data["dna_out"]))), multiprocessing_context="fork")
+
+
+def _datasets_dna(data: dict):
+    import datasets
+
+    files = [str(p) for p in parquet_shards(Path(data["dna_out"]), schema.METADATA_CONFIG)]
+    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
+    ds = ds.select_columns(["processid", "dna_barcode", "species"])
+    collate = CollateDNA(_species(Path(data["dna_out"])))
+    return torch.utils.data.DataLoader(ds, batch_size=DNA_BATCH, num_workers=WORKERS, multiprocessing_context="fork",
+                                       collate_fn=lambda b: collate([(r["processid"], r["dna_barcode"], r["species"])
+                                                                     for r in b]))
+
+
+def _stream_dna(data: dict, kind: str):
+    if kind == "litdata":
+        import litdata
+
+        base, loader = litdata.StreamingDataset, litdata.StreamingDataLoader
+    else:
+        from streaming import StreamingDataset as base  # noqa: N813
+
+        loader = torch.utils.data.DataLoader
+
+    class Rows(base):
+        def __getitem__(self, index):
+            item = super().__getitem__(index)
+            return item["processid"], item["dna"], item["species"] or None
+
+    ds = Rows(data[f"{kind}-dna"]) if kind == "litdata" else Rows(local=data["mosaic-dna"], batch_size=DNA_BATCH,
+                                                                   shuffle=False)
+    return loader(ds, batch_size=DNA_BATCH, num_workers=WORKERS, collate_fn=CollateDNA(_species(
+        Path(data["dna_out"]))))
+
+
 LOADERS = {"make_loader": lambda d: _make_loader(d, "workers"), "make_loader-threads": lambda d: _make_loader(
     d, "threads"), "dataloader-in-memory": _in_memory, "webdataset": _webdataset, "datasets": _datasets,
-    "litdata": _litdata, "mosaic": _mosaic}
+    "litdata": _litdata, "mosaic": _mosaic, "make_loader-dna": _make_loader_dna,
+    "dataloader-in-memory-dna": _in_memory_dna, "datasets-dna": _datasets_dna,
+    "litdata-dna": lambda d: _stream_dna(d, "litdata"), "mosaic-dna": lambda d: _stream_dna(d, "mosaic")}
 
 
 def run(name: str, data: dict) -> dict:
     """One pass of loader ``name``: samples, seconds (construction included), seconds to the first
     batch; an error if it did not deliver every pretrain record exactly once."""
-    expected = sum(pq.ParquetFile(p).metadata.num_rows for p in parquet_shards(Path(data["out"])))
+    dna_only = name.endswith("-dna")
+    shards = (parquet_shards(Path(data["dna_out"]), schema.METADATA_CONFIG) if dna_only
+              else parquet_shards(Path(data["out"])))
+    expected = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     start = time.perf_counter()
     loader = LOADERS[name](data)
     first, seen = None, []
     for batch in loader:
         if first is None:
             first = time.perf_counter() - start
-        assert batch["image"].shape[1:] == (3, SIZE, SIZE) and batch["dna"].shape[0] == len(batch["processid"])
+        assert dna_only or batch["image"].shape[1:] == (3, SIZE, SIZE)
+        assert batch["dna"].shape[0] == len(batch["processid"]) == len(batch["species"])
         seen += batch["processid"]
     seconds = time.perf_counter() - start
     if len(seen) != expected or len(set(seen)) != expected:
@@ -233,9 +318,11 @@ def available(name: str) -> bool:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "prepare":  # prepare OUT WORKDIR: the peers' formats, and which loaders can run here
-        data = prepare(Path(sys.argv[2]), Path(sys.argv[3]))
-        data["available"] = [n for n in PEERS if available(n) and (n not in ("litdata", "mosaic") or n in data)]
+    if sys.argv[1] == "prepare":  # prepare OUT WORKDIR [DNA_OUT]: the peers' formats, which loaders can run here
+        data = prepare(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]) if len(sys.argv) > 4 else None)
+        names = [*PEERS, *(DNA_PEERS if "dna_out" in data else ())]
+        data["available"] = [n for n in names if available(n.removesuffix("-dna"))
+                             and (n.removesuffix("-dna") not in ("litdata", "mosaic") or n in data)]
         print(json.dumps(data))
     else:
         print(json.dumps(run(sys.argv[1], json.loads(sys.argv[2]))))
