@@ -23,6 +23,22 @@ from ..errors import ShardError
 from .manifest import ShardInfo
 
 
+def arrow_indices(positions: np.ndarray) -> pa.Array:
+    """Row positions as an Arrow int64 array over the same memory (no conversion: pyarrow's
+    converters import pandas on first use, a sixth of a second in each fresh worker)."""
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(positions), [None, pa.py_buffer(positions)])
+
+
+def numpy_view(array: pa.Array) -> np.ndarray:
+    """A primitive Arrow array without nulls as numpy, over the same memory (``to_numpy`` imports
+    pandas on first use)."""
+    if array.null_count or not pa.types.is_primitive(array.type) or pa.types.is_boolean(array.type):
+        return array.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset: array.offset + len(array)]
+
+
 def row_group_starts(f: pq.ParquetFile) -> np.ndarray:
     """First row of each row group, and the row count at the end."""
     return np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
@@ -56,7 +72,7 @@ def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
         base = np.cumsum([0, *(starts[read + 1] - starts[read])[:-1]])  # where each group starts in `table`
         local = offsets[picked] - starts[groups[picked]] + base[np.searchsorted(read, groups[picked])]
         whole = len(local) == table.num_rows and local[0] == 0 and local[-1] == table.num_rows - 1
-        yield table if whole else table.take(pa.array(local))  # (offsets ascend: all rows means in order)
+        yield table if whole else table.take(arrow_indices(local))  # (offsets ascend: all rows means in order)
 
 
 def read_parquet(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],

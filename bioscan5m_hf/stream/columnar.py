@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from ..repo.readers import arrow_indices, numpy_view
 from ..transforms import KmerTokenizer
 from . import partition
 from .records import RecordStream, SharedPosition, worker_identity
@@ -28,7 +29,9 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         super().__init__()
         self.records, self.batch_size, self.tokenizer, self.position = records, batch_size, tokenizer, position
         self.dna_masking = dna_masking
-        self.value_sets = {t: pa.array(records.vocabularies[t], pa.string()) for t in target_type}
+        # Label -> index per rank, as plain dicts: building Arrow arrays from Python lists here would
+        # import pandas (pyarrow's converters do), a sixth of a second before the first batch.
+        self.indices = {t: {label: i for i, label in enumerate(records.vocabularies[t])} for t in target_type}
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_identity()
@@ -73,12 +76,12 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         for c in np.unique(which):
             picked = np.flatnonzero(which == c)
             a, _, table = chunks[c]
-            parts.append(table.take(pa.array(need[picked] - a)))
+            parts.append(table.take(arrow_indices(need[picked] - a)))
             order.append(picked)
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         inverse = np.empty(len(need), dtype=np.int64)
         inverse[np.concatenate(order)] = np.arange(len(need))
-        return table.take(pa.array(inverse))
+        return table.take(arrow_indices(inverse))
 
     def _batch(self, table: pa.Table) -> dict:
         tok = self.tokenizer
@@ -86,7 +89,7 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         barcodes = table.column("dna_barcode").combine_chunks()
         if self.records.max_nucleotides is not None:
             barcodes = pc.utf8_slice_codeunits(barcodes, 0, self.records.max_nucleotides)
-        lengths = pc.utf8_length(barcodes).to_numpy(zero_copy_only=False)
+        lengths = numpy_view(pc.utf8_length(barcodes))
         padded = pc.utf8_rpad(pc.utf8_slice_codeunits(barcodes, 0, width), width, padding="N")
         offsets, data = np.frombuffer(padded.buffers()[1], np.int32), padded.buffers()[2]
         first, last = offsets[padded.offset], offsets[padded.offset + len(padded)]
@@ -97,7 +100,24 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
             ids, mask = tok(barcodes.to_pylist())
         batch = {"processid": table.column("processid").to_pylist(), "dna": torch.from_numpy(ids),
                  "dna_mask": torch.from_numpy(mask)}
-        for t, values in self.value_sets.items():
-            index = pc.fill_null(pc.index_in(table.column(t), value_set=values), -1)
-            batch[t] = torch.from_numpy(index.to_numpy(zero_copy_only=False).astype(np.int64))
+        for t, index in self.indices.items():
+            batch[t] = torch.from_numpy(label_indices(table.column(t), index))
         return batch
+
+
+def label_indices(column: pa.ChunkedArray, index: dict[str, int]) -> np.ndarray:
+    """int64 vocabulary indices of a label column (-1 for missing or unknown labels), looking up
+    each distinct label once (the column dictionary-encoded by Arrow).
+
+    >>> label_indices(pa.chunked_array([["b", None, "a", "b", "z"]]), {"a": 0, "b": 1}).tolist()
+    [1, -1, 0, 1, -1]
+    """
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    lookup = np.array([index.get(label, -1) for label in encoded.dictionary.to_pylist()] + [-1], dtype=np.int64)
+    codes, n = encoded.indices, len(encoded.indices)
+    values = np.frombuffer(codes.buffers()[1], dtype=np.dtype(codes.type.to_pandas_dtype()))[codes.offset:
+                                                                                              codes.offset + n]
+    if codes.null_count:  # a null's slot holds no code: point it at the -1 at the end of `lookup`
+        bits = np.unpackbits(np.frombuffer(codes.buffers()[0], np.uint8), bitorder="little")
+        values = np.where(bits[codes.offset: codes.offset + n].astype(bool), values, len(lookup) - 1)
+    return lookup[values]
