@@ -121,14 +121,15 @@ def write_shard(task: ShardTask) -> list[dict]:
                   for ref, pid in zip(task.refs, pids)]
     entries = []
     s = task.shard
+    table = writers.parquet_table(rows, images)  # the Parquet shard's table, and what a tar's Arrow bytes count
     for fmt in task.formats:
         rel = schema.shard_relpath(fmt, s.config, s.split, s.index)
         path = Path(task.repos[fmt]) / rel
         if fmt == "parquet":
-            arrow_bytes = writers.write_parquet(path, writers.parquet_table(rows, images), images is not None)
+            arrow_bytes = writers.write_parquet(path, table, images is not None)
         else:
             writers.write_tar(path, rows.to_pylist(), images)
-            arrow_bytes = writers.tar_arrow_bytes(writers.parquet_table(rows, images), rel)
+            arrow_bytes = writers.tar_arrow_bytes(table, rel)
         entry = {"format": fmt, "config": s.config, "split": s.split, "path": rel, "num_records": len(s),
                  "num_bytes": path.stat().st_size, "arrow_bytes": arrow_bytes, "sha256": file_digest(path)}
         if task.journal is not None:

@@ -110,13 +110,14 @@ def page_scan_bytes(meta: pq.FileMetaData, group: int) -> int:
     return sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
 
 
-def _check_parquet(path: Path, where: str, image: bool, limits: HubLimits, report: Report) -> None:
+def _check_parquet(path: Path, where: str, image: bool, limits: HubLimits, report: Report) -> int:
+    """Check one Parquet shard; returns the most bytes a page of it may make the viewer read."""
     f = pq.ParquetFile(path)
     meta = f.metadata
     if meta.num_columns > limits.columns:
         report.add(where, f"[parquet] {meta.num_columns} columns, over the viewer's {limits.columns}")
-    for g in range(meta.num_row_groups):
-        scan = page_scan_bytes(meta, g)
+    scans = [page_scan_bytes(meta, g) for g in range(meta.num_row_groups)]
+    for g, scan in enumerate(scans):
         if scan > limits.page_scan_bytes:
             report.add(where, f"[parquet] row group {g} is {scan:,} bytes on disk, over the {limits.page_scan_bytes:,} "
                               f"the viewer reads at most to serve one page of rows (libviewer scan size limit)")
@@ -129,6 +130,7 @@ def _check_parquet(path: Path, where: str, image: bool, limits: HubLimits, repor
         feature = hf.get("info", {}).get("features", {}).get(schema.IMAGE_COLUMN, {})
         if feature.get("_type") != "Image":
             report.add(where, "[parquet] the image column is not tagged as a datasets Image")
+    return max(scans, default=0)
 
 
 def _check_tar(path: Path, where: str, report: Report) -> None:
@@ -240,9 +242,7 @@ def verify_hub(root: str | os.PathLike, limits: HubLimits = HubLimits(), namespa
                     if not path.is_file():
                         continue  # plain verify reports missing files
                     if fmt == "parquet":
-                        _check_parquet(path, where, config != schema.METADATA_CONFIG, limits, report)
-                        meta = pq.ParquetFile(path).metadata
-                        scan = max([scan] + [page_scan_bytes(meta, g) for g in range(meta.num_row_groups)])
+                        scan = max(scan, _check_parquet(path, where, config != schema.METADATA_CONFIG, limits, report))
                     else:
                         _check_tar(path, where, report)
         report.notes += viewer_notes(repo, limits, counts, scan)

@@ -29,7 +29,7 @@ from PIL import Image
 from .. import schema
 from ..errors import ShardError
 from ..repo.manifest import Repo, ShardInfo, open_repos
-from ..repo.readers import parquet_rows, read_column, read_records, read_table
+from ..repo.readers import arrow_indices, parquet_rows, read_column, read_records, read_table
 from ..repo.storage import RetryPolicy
 from ..util import check_choice
 from . import partition, sampling
@@ -175,23 +175,19 @@ class RecordStream:
         from the metadata columns alone, so no image byte of a record left out is read."""
         columns = sampling.filter_columns(keep)
         out = []
-        for k, shard in enumerate(self.shards):
+        for k in range(len(self.shards)):
             rows = self.selection[k] if self.selection is not None else None
             if rows is not None and len(rows) == 0:
                 out.append(rows)
                 continue
-            table = read_table(shard, columns)
-            if rows is not None:
-                table = table.take(pa.array(rows))
-            mask = sampling.evaluate(keep, table)
-            kept = np.flatnonzero(mask)
+            kept = np.flatnonzero(sampling.evaluate(keep, self.metadata_of(k, columns)))
             out.append(rows[kept] if rows is not None else kept.astype(np.int64))
         return out
 
     def metadata_of(self, shard: int, columns: Sequence[str]) -> pa.Table:
         """Metadata ``columns`` of the records of shard ``shard`` that the stream keeps, in order."""
         table = read_table(self.shards[shard], list(columns))
-        return table.take(pa.array(self.selection[shard])) if self.selection is not None else table
+        return table.take(arrow_indices(self.selection[shard])) if self.selection is not None else table
 
     def universe(self, epoch: int) -> np.ndarray | None:
         """The epoch's records as stream positions (None: every record once); see :mod:`.sampling`."""
