@@ -40,6 +40,18 @@ def small_conversion(root, records: int, seed: int, shard_records: int):
     return root / "out"
 
 
+def interrupted(make, stop: int):
+    """Batches of the loader ``make()`` interrupted after ``stop`` batches and finished by a fresh
+    ``make()`` resumed from its ``state_dict``; and that state."""
+    loader = make()
+    it = iter(loader)
+    head = [next(it) for _ in range(stop)]
+    state = loader.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    return head + list(resumed), state
+
+
 @pytest.fixture(scope="session")
 def release(tmp_path_factory):
     """A release with two packages, as folders and as official zips."""

@@ -11,6 +11,8 @@ import torch
 from bioscan5m_hf import BIOSCAN5M, StreamingBIOSCAN5M, make_loader, schema
 from bioscan5m_hf.repo import readers
 
+from ..conftest import interrupted, small_conversion
+
 
 def pids(root, split="pretrain", **kw):
     ds = StreamingBIOSCAN5M(root, split, modality=("processid",), target_type=[], output_format="dict", **kw)
@@ -113,16 +115,13 @@ def test_sampled_epochs_resume_exactly_and_elastically(converted_zips):
               seed=4, buffer_size=16)
     full = [p for b in make_loader(root, "pretrain", batch_size=10, num_workers=2, **kw) for p in b["processid"]]
     assert len(full) == 500
-    loader = make_loader(root, "pretrain", batch_size=10, num_workers=2, **kw)
-    it = iter(loader)
-    head = [p for _ in range(7) for p in next(it)["processid"]]
-    resumed = make_loader(root, "pretrain", batch_size=10, num_workers=2, **kw)
-    resumed.load_state_dict(loader.state_dict())
-    assert head + [p for b in resumed for p in b["processid"]] == full
+    batches, state = interrupted(lambda: make_loader(root, "pretrain", batch_size=10, num_workers=2, **kw), 7)
+    assert [p for b in batches for p in b["processid"]] == full
+    head = [p for b in batches[:7] for p in b["processid"]]
     elastic = []
     for r in range(3):  # the same draw, finished on three ranks
         other = make_loader(root, "pretrain", batch_size=6, num_workers=1, rank=r, world_size=3, **kw)
-        other.load_state_dict(loader.state_dict())
+        other.load_state_dict(state)
         elastic += [p for b in other for p, pad in zip(b["processid"], b["padding"].tolist()) if not pad]
     assert Counter(head + elastic) == Counter(full)
 
@@ -145,12 +144,8 @@ def test_dna_masking_is_seeded_resumable_and_bert_like(converted_zips, modality)
         masked += int((b["dna_masked"][picked] == MASK_ID).sum())
         real += int(b["dna_mask"].sum())
     assert abs(chosen / real - 0.15) < 0.02 and abs(masked / chosen - 0.8) < 0.05
-    loader = make_loader(root, "pretrain", **kw)
-    it = iter(loader)
-    head = [next(it) for _ in range(3)]
-    resumed = make_loader(root, "pretrain", **kw)
-    resumed.load_state_dict(loader.state_dict())
-    for a, b in zip(head + list(resumed), batches, strict=True):
+    resumed, _ = interrupted(lambda: make_loader(root, "pretrain", **kw), 3)
+    for a, b in zip(resumed, batches, strict=True):
         assert torch.equal(a["dna_masked"], b["dna_masked"]) and torch.equal(a["dna_labels"], b["dna_labels"])
     other = next(iter(make_loader(root, "pretrain", **{**kw, "seed": 2})))
     assert not torch.equal(other["dna_labels"], batches[0]["dna_labels"])
@@ -159,8 +154,6 @@ def test_dna_masking_is_seeded_resumable_and_bert_like(converted_zips, modality)
 @pytest.fixture(scope="module")
 def other_release(tmp_path_factory):
     """Another converted release: other records, other label vocabularies."""
-    from ..conftest import small_conversion
-
     return small_conversion(tmp_path_factory.mktemp("other"), 120, 99, 30)
 
 
