@@ -12,7 +12,8 @@ import torch
 from ..repo.readers import arrow_indices, numpy_view
 from ..transforms import KmerTokenizer
 from . import partition
-from .records import RecordStream, SharedPosition, worker_identity
+from .records import RecordStream, SharedPosition
+from .workers import worker_identity
 
 
 class ColumnarBatches(torch.utils.data.IterableDataset):

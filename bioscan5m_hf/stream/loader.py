@@ -31,8 +31,10 @@ from . import partition
 from .columnar import ColumnarBatches
 from .outputs import missing_as_nan
 from .records import IMAGE_ERRORS, RecordStream, SharedPosition, WorkerSamples
+from .workers import ThreadWorkers
 
 DECODERS = ("workers", "threads", "device")
+WORKER_METHODS = ("process", "thread")
 
 
 class LoaderSample:
@@ -223,7 +225,7 @@ class Loader:
                  *, batch_size: int, num_workers: int, collate: Collate | None, target_type: Sequence[str],
                  device: str | torch.device | None, normalize_images: bool, drop_last: bool,
                  prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None,
-                 image_size: int = 256, thread_decoder: ThreadDecoder | None = None):
+                 image_size: int = 256, thread_decoder: ThreadDecoder | None = None, worker_method: str = "process"):
         self.records = records
         self.image_size = image_size
         self.thread_decoder = thread_decoder
@@ -240,9 +242,12 @@ class Loader:
                       prefetch_factor=prefetch_factor if num_workers else None,
                       persistent_workers=persistent_workers and num_workers > 0,
                       multiprocessing_context="fork" if num_workers else None)
-        if collate is None:  # the source yields whole batches already
-            if drop_last:
-                raise ValueError("drop_last is not supported for DNA-only batches from Parquet")
+        if collate is None and drop_last:  # the source yields whole batches already
+            raise ValueError("drop_last is not supported for DNA-only batches from Parquet")
+        if worker_method == "thread":  # the same streams and order, as threads of this process
+            self.loader = ThreadWorkers(dataset, max(1, num_workers), batch_size=batch_size, collate=collate,
+                                        drop_last=drop_last, prefetch=prefetch_factor or 2, pin_memory=pin_memory)
+        elif collate is None:
             self.loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, **common)
         else:
             self.loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=drop_last,
@@ -363,7 +368,7 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
                 normalize: bool = False, shuffle: bool = True, drop_last: bool = False, prefetch_factor: int = 4,
                 persistent_workers: bool = True, pin_memory: bool | None = None, decode: str = "workers",
                 augment: bool = False, mask_dna: float | None = None, decode_threads: int | None = None,
-                **stream_kwargs) -> Loader:
+                worker_method: str = "process", **stream_kwargs) -> Loader:
     """A DataLoader of tensor batches over a converted BIOSCAN-5M repo, for training.
 
     Parameters
@@ -388,8 +393,15 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         Return float images normalised with the dataset's RGB mean/std (after the move to ``device``).
     shuffle, drop_last, prefetch_factor, persistent_workers, pin_memory
         As for :class:`torch.utils.data.DataLoader` (shuffle: seeded shard order + buffer).
+    worker_method : {"process", "thread"}
+        How the ``num_workers`` workers run: as DataLoader worker processes, or as threads of this
+        process (no process start-up, no batch crossing a process boundary; the streams' Python
+        shares one interpreter lock). Exactly the same batches in the same order, and the same
+        ``state_dict``. ``"thread"`` is the faster choice for DNA-only batches and with
+        ``decode="threads"`` on a few cores (see BENCHMARKS.md); processes stay better where each
+        record costs much Python, e.g. ``decode="workers"`` with many cores.
     decode : {"workers", "threads", "device"}
-        Where images are decoded: in the worker processes (pixels cross into the main process); in
+        Where images are decoded: in the workers (pixels cross into the main process); in
         the main process by ``decode_threads`` threads (default: one per core) from the JPEG bytes
         the workers ship, straight into the batch (same pixels as ``"workers"``; no pixel crosses a
         process boundary); or on ``device`` (``torchvision.io``; nvJPEG on CUDA; needs the ``gpu``
@@ -407,6 +419,7 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         What an epoch holds (see :class:`~bioscan5m_hf.StreamingBIOSCAN5M`).
     """
     check_choice(decode, "decode", DECODERS)
+    check_choice(worker_method, "worker_method", WORKER_METHODS)
     if decode == "device" and "image" in modality:
         on_device.require_torchvision()
     modalities = [schema.resolve_modality(m) for m in dict.fromkeys(["processid", *modality])]
@@ -425,7 +438,7 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
     common = dict(batch_size=batch_size, num_workers=num_workers, target_type=targets, device=device,
                   normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
                   persistent_workers=persistent_workers, pin_memory=pin_memory, image_size=image_size,
-                  thread_decoder=threads)
+                  thread_decoder=threads, worker_method=worker_method)
     if {m.name for m in modalities} <= {"dna", "processid"} and "dna" in kinds and records.formats == {"parquet"} \
             and records.on_error == "raise":  # DNA-only from Parquet: whole batches from Arrow columns
         source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking)

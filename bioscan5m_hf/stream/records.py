@@ -35,6 +35,7 @@ from ..util import check_choice
 from . import partition, sampling
 from .metadata import reduced_rows, release_table
 from .outputs import Labels
+from .workers import worker_identity
 
 DEFAULT_BUFFER = 1000
 #: What :meth:`RecordStream.samples` yields for a record lost to damage under ``on_error="skip"``.
@@ -59,12 +60,6 @@ def default_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def worker_identity() -> tuple[int, int]:
-    """(this DataLoader worker's id, the number of workers); (0, 1) outside a worker."""
-    info = torch.utils.data.get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
 class RecordStream:

@@ -21,7 +21,8 @@ from .. import schema
 from ..repo.storage import RetryPolicy
 from . import partition
 from .outputs import OfficialAPI
-from .records import SKIPPED, RecordStream, worker_identity
+from .records import SKIPPED, RecordStream
+from .workers import worker_identity
 
 
 class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
