@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -130,8 +130,10 @@ class ThreadDecoder:
             self._buffers.append(array)
         return torch.from_numpy(array)
 
-    def __call__(self, jpeg: torch.Tensor, offsets: torch.Tensor, crop: torch.Tensor | None,
-                 processids: Sequence[str]) -> torch.Tensor:
+    def submit(self, jpeg: torch.Tensor, offsets: torch.Tensor, crop: torch.Tensor | None,
+               processids: Sequence[str]) -> Callable[[], torch.Tensor]:
+        """Start decoding a batch; the returned function waits for it and gives ``B x 3 x S x S``
+        uint8 (channels-last). Batches submitted one after another are decoded in that order."""
         from concurrent.futures import ThreadPoolExecutor
 
         if self._pool is None:
@@ -154,9 +156,18 @@ class ThreadDecoder:
 
         n = len(processids)
         step = -(-n // (4 * self.threads))  # four slices per thread: even when images differ in cost
-        for future in [self._pool.submit(part, a, min(n, a + step)) for a in range(0, n, step)]:
-            future.result()
-        return out.permute(0, 3, 1, 2)
+        futures = [self._pool.submit(part, a, min(n, a + step)) for a in range(0, n, step)]
+
+        def result() -> torch.Tensor:
+            for future in futures:
+                future.result()
+            return out.permute(0, 3, 1, 2)
+
+        return result
+
+    def __call__(self, jpeg: torch.Tensor, offsets: torch.Tensor, crop: torch.Tensor | None,
+                 processids: Sequence[str]) -> torch.Tensor:
+        return self.submit(jpeg, offsets, crop, processids)()
 
 
 class DnaMasking:
@@ -317,16 +328,37 @@ class Loader:
             yield batch
         self.epoch, self.batches, self.phases = self.epoch + 1, 0, []
 
-    def _move(self, batch: dict) -> dict:
-        out = {}
-        if "jpeg" in batch:  # decode="device" or "threads": decode, crop and resize here
+    def _decoded_ahead(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """``decode="threads"``: each batch's JPEGs go to the decoding threads as soon as the batch
+        arrives, one batch ahead of the consumer, so the threads decode while the training step runs
+        (and while the previous batch's last images finish)."""
+        def submit(batch: dict) -> Callable[[], dict]:
             batch = dict(batch)
             jpeg, offsets, crop = batch.pop("jpeg"), batch.pop("jpeg_offsets"), batch.pop("crop", None)
-            if self.thread_decoder is not None:
-                image = self.thread_decoder(jpeg, offsets, crop, batch["processid"])
-            else:
-                image = on_device.decode_batch(jpeg, offsets, crop, self.image_size,
-                                               self.device or torch.device("cpu"), batch["processid"])
+            image = self.thread_decoder.submit(jpeg, offsets, crop, batch["processid"])
+
+            def done() -> dict:
+                batch["image"] = image()
+                return batch
+
+            return done
+
+        pending = None
+        for batch in batches:
+            ahead = submit(batch) if "jpeg" in batch else (lambda b=batch: b)
+            if pending is not None:
+                yield pending()
+            pending = ahead
+        if pending is not None:
+            yield pending()
+
+    def _move(self, batch: dict) -> dict:
+        out = {}
+        if "jpeg" in batch:  # decode="device": decode, crop and resize here
+            batch = dict(batch)
+            jpeg, offsets, crop = batch.pop("jpeg"), batch.pop("jpeg_offsets"), batch.pop("crop", None)
+            image = on_device.decode_batch(jpeg, offsets, crop, self.image_size, self.device or torch.device("cpu"),
+                                           batch["processid"])
             batch["image"] = normalize(image) if self.normalize_images else image
         for k, v in batch.items():
             if isinstance(v, torch.Tensor):
@@ -340,8 +372,10 @@ class Loader:
         """Move each batch to the device one batch ahead of the consumer: on CUDA the copy runs on a
         side stream while the model computes on the current one. The same code runs on the CPU,
         where the streams are no-ops (so tests exercise it on machines without a GPU)."""
+        if self.thread_decoder is not None:
+            batches = self._decoded_ahead(batches)
         if self.device is None:
-            yield from (self._move(b) if "jpeg" in b else b for b in batches)
+            yield from (self._move(b) if "jpeg" in b or self.normalize_images else b for b in batches)
             return
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None

@@ -30,6 +30,10 @@ def test_normalized_images_and_dna_only(converted_zips):
     b = next(iter(make_loader(root, "val", batch_size=4, num_workers=0, image_size=16, normalize=True, device="cpu")))
     assert b["image"].dtype == torch.float32 and b["image"].shape == (4, 3, 16, 16)
     assert -10 < b["image"].mean() < 10
+    for decode in ("workers", "threads"):  # also without a device
+        b = next(iter(make_loader(root, "val", batch_size=4, num_workers=0, image_size=16, normalize=True,
+                                  decode=decode)))
+        assert b["image"].dtype == torch.float32 and b["image"].shape == (4, 3, 16, 16)
     d = next(iter(make_loader(root, "pretrain", batch_size=64, num_workers=1, modality=("dna",), target_type="family",
                               k=6)))
     assert "image" not in d and d["dna"].shape == (64, 110) and (d["family"] >= -1).all()
