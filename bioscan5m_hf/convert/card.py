@@ -82,9 +82,16 @@ record = next(iter(ds))  # {{'image': <PIL.Image>, 'processid': ..., 'dna_barcod
 # Or download and memory-map a split:
 val = load_dataset("{repo_id}", "{config}", split="val")
 
+# Read only the columns you use (the others are skipped in every row group), and keep the images as
+# JPEG bytes to decode in your DataLoader workers:
+from datasets import Image
+fast = load_dataset("{repo_id}", "{config}", split="train", streaming=True,
+                    columns=["processid", "image", "dna_barcode", "species"])
+fast = fast.cast_column("image", Image(decode=False))  # {{'image': {{'bytes': ..., 'path': ...}}, ...}}
+
 # DNA and labels only: the `metadata` config has no image column.
-dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True)
-dna = dna.select_columns(["processid", "dna_barcode", "species"])
+dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True,
+                   columns=["processid", "dna_barcode", "species"])
 
 # Every split has {min_shards} or more shards where records allow (64 records each at least), so streaming
 # uses that many DataLoader workers, and ranks (each rank reads its own shards):

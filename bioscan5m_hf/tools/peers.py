@@ -196,9 +196,9 @@ def _datasets(data: dict):
     import datasets
 
     files = [str(p) for p in parquet_shards(Path(data["out"]))]
-    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
-    ds = ds.select_columns(["processid", "image", "dna_barcode", "species"]).cast_column(
-        "image", datasets.Image(decode=False))
+    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True,
+                               columns=["processid", "image", "dna_barcode", "species"])
+    ds = ds.cast_column("image", datasets.Image(decode=False))
     collate = Collate(_species(Path(data["out"])))
 
     def rows(batch):
@@ -250,8 +250,8 @@ def _datasets_dna(data: dict):
     import datasets
 
     files = [str(p) for p in parquet_shards(Path(data["dna_out"]), schema.METADATA_CONFIG)]
-    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
-    ds = ds.select_columns(["processid", "dna_barcode", "species"])
+    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True,
+                               columns=["processid", "dna_barcode", "species"])
     collate = CollateDNA(_species(Path(data["dna_out"])))
     return torch.utils.data.DataLoader(ds, batch_size=DNA_BATCH, num_workers=WORKERS, multiprocessing_context="fork",
                                        collate_fn=lambda b: collate([(r["processid"], r["dna_barcode"], r["species"])
