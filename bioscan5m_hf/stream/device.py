@@ -34,7 +34,7 @@ def pack(blobs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
     """JPEG byte strings -> (one uint8 tensor of all bytes, int64 offsets of length ``len(blobs) + 1``)."""
     offsets = torch.zeros(len(blobs) + 1, dtype=torch.int64)
     offsets[1:] = torch.tensor([len(b) for b in blobs], dtype=torch.int64).cumsum(0)
-    data = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+    data = torch.frombuffer(bytearray().join(blobs), dtype=torch.uint8)  # one copy (not a bytes, then a bytearray)
     return data, offsets
 
 

@@ -138,6 +138,32 @@ def raw_decode_rate(split_dir: Path, total: int, decoder: str = "pillow") -> flo
     return sum(n for n, _ in results) / max(s for _, s in results)
 
 
+def thread_decoder_rate(split_dir: Path, total: int) -> float:
+    """Samples/s of ``decode="threads"``'s decoding threads alone (2 threads, batches of 256 JPEGs
+    already packed in memory, nothing read): the ceiling of that design on this machine."""
+    import pyarrow.parquet as pq
+
+    from ..stream.device import pack
+    from ..stream.loader import ThreadDecoder
+
+    images = []
+    for p in sorted(Path(split_dir).glob("*.parquet")):
+        images += pq.read_table(p, columns=["image"]).column("image").combine_chunks().field("bytes").to_pylist()
+    images = images[:total]
+    batches = [(*pack(images[i: i + 256]), [str(k) for k in range(len(images[i: i + 256]))])
+               for i in range(0, len(images), 256)]
+    decoder = ThreadDecoder(256, threads=2)
+    start = time.perf_counter()
+    pending = None
+    for jpeg, offsets, names in batches:  # one batch ahead, as the loader submits them
+        ahead = decoder.submit(jpeg, offsets, None, names)
+        if pending is not None:
+            pending()
+        pending = ahead
+    pending()
+    return len(images) / (time.perf_counter() - start)
+
+
 def loader_rate(root: Path, split: str, image: bool, batch_size: int, **how) -> float:
     """Samples/s of one make_loader epoch (2 workers; ``how``: decode, worker_method)."""
     from ..stream.loader import make_loader
@@ -281,12 +307,14 @@ def loader_area(st: Settings) -> list[Figure]:
     for p in [*out.rglob("*.parquet"), *(rel / "bioscan5m").rglob("*.jpg"), *dna_out.rglob("*.parquet")]:
         p.read_bytes()  # warm the page cache for everyone
     split_dir = out / schema.PARQUET_REPO / "cropped_256" / "pretrain"
-    rows = {k: [] for k in ("raw", "raw_loader_decoder", "ours", "ours_threads", "ours_threads_processes",
+    rows = {k: [] for k in ("raw", "raw_loader_decoder", "decoder_alone", "ours", "ours_threads",
+                            "ours_threads_processes",
                             "datasets", "official", "ours_dna", "ours_dna_processes", "official_dna")}
     fast = dict(decode="threads", worker_method="thread")
     for _ in range(st.repeats):  # interleaved, so the machine's mood hits every figure alike
         rows["raw"].append(raw_decode_rate(split_dir, total))
         rows["raw_loader_decoder"].append(raw_decode_rate(split_dir, total, "loader"))
+        rows["decoder_alone"].append(thread_decoder_rate(split_dir, total))
         rows["ours"].append(loader_rate(out, "pretrain", True, 256))
         rows["ours_threads"].append(loader_rate(out, "pretrain", True, 256, **fast))
         rows["ours_threads_processes"].append(loader_rate(out, "pretrain", True, 256, decode="threads"))
@@ -302,6 +330,8 @@ def loader_area(st: Settings) -> list[Figure]:
         Figure("image+DNA+label samples/s, make_loader decode='threads', worker_method='thread', 2 workers, "
                "batch 256", f"{med['ours_threads']:,.0f}/s", raw, f"{med['ours_threads'] / med[limit]:.2f}",
                ">= 0.90", med["ours_threads"] / med[limit] >= 0.9),
+        Figure("decode='threads' decoding threads alone (batches of JPEGs in memory, nothing read): the design's "
+               "ceiling", f"{med['decoder_alone']:,.0f}/s", raw, f"{med['decoder_alone'] / med[limit]:.2f}", "-", None),
         Figure("same, decode='threads' in worker processes", f"{med['ours_threads_processes']:,.0f}/s", raw,
                f"{med['ours_threads_processes'] / med[limit]:.2f}", "-", None),
         Figure("same, make_loader's defaults (decode='workers', worker processes)", f"{med['ours']:,.0f}/s", raw,
