@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from ..repo.readers import arrow_indices, numpy_view
+from ..repo.readers import arrow_indices
 from ..transforms import KmerTokenizer
 from . import partition
 from .records import RecordStream, SharedPosition
@@ -85,19 +85,26 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         return table.take(arrow_indices(inverse))
 
     def _batch(self, table: pa.Table) -> dict:
-        tok = self.tokenizer
+        tok, limit = self.tokenizer, self.records.max_nucleotides
         width = tok.num_tokens * tok.k
         barcodes = table.column("dna_barcode").combine_chunks()
-        if self.records.max_nucleotides is not None:
-            barcodes = pc.utf8_slice_codeunits(barcodes, 0, self.records.max_nucleotides)
-        lengths = numpy_view(pc.utf8_length(barcodes))
-        padded = pc.utf8_rpad(pc.utf8_slice_codeunits(barcodes, 0, width), width, padding="N")
-        offsets, data = np.frombuffer(padded.buffers()[1], np.int32), padded.buffers()[2]
-        first, last = offsets[padded.offset], offsets[padded.offset + len(padded)]
-        if last - first == len(padded) * width:  # ASCII, as barcodes are
-            matrix = np.frombuffer(data, np.uint8, count=last - first, offset=first).reshape(len(padded), width)
+        ends = np.frombuffer(barcodes.buffers()[1], np.int32)[barcodes.offset: barcodes.offset + len(barcodes) + 1]
+        chars = (np.frombuffer(barcodes.buffers()[2], np.uint8, count=ends[-1] - ends[0], offset=ends[0])
+                 if ends[-1] > ends[0] else np.zeros(0, np.uint8))
+        if barcodes.null_count == 0 and chars.max(initial=0) < 128:  # ASCII, as barcodes are: a byte is a base
+            sizes = np.diff(ends)
+            lengths = np.minimum(sizes, limit) if limit is not None else sizes
+            # cut to whole k-mers (width <= max_nucleotides), bytewise: 12x faster than by characters
+            cut = (pc.binary_slice(barcodes.view(pa.binary()), 0, width).view(pa.string())
+                   if sizes.max(initial=0) > width else barcodes)
+            padded = pc.utf8_rpad(cut, width, padding="N")
+            offsets, data = np.frombuffer(padded.buffers()[1], np.int32), padded.buffers()[2]
+            first = offsets[padded.offset]
+            matrix = np.frombuffer(data, np.uint8, count=len(padded) * width, offset=first).reshape(len(padded), width)
             ids, mask = tok.encode_matrix(matrix, lengths)
         else:
+            if limit is not None:
+                barcodes = pc.utf8_slice_codeunits(barcodes, 0, limit)
             ids, mask = tok(barcodes.to_pylist())
         batch = {"processid": table.column("processid").to_pylist(), "dna": torch.from_numpy(ids),
                  "dna_mask": torch.from_numpy(mask)}

@@ -132,11 +132,12 @@ def test_cuda_copy_overlaps_the_model_step(converted_zips):
     assert any(c.start < k.end and k.start < c.end for c in copies for k in kernels), "no copy overlapped compute"
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_dna_only_columnar_batches_equal_the_per_record_path(converted_zips, num_workers):
+@pytest.mark.parametrize("num_workers, k, max_nucleotides", [(0, 4, 660), (2, 4, 660), (0, 6, 100), (0, 5, 700)])
+def test_dna_only_columnar_batches_equal_the_per_record_path(converted_zips, num_workers, k, max_nucleotides):
+    """Also where every barcode is cut (100 nucleotides, 16 6-mers) or padded (700 nucleotides: 140 5-mers)."""
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=16, num_workers=num_workers, modality=("dna",), target_type=["order", "species"],
-              seed=2, buffer_size=24)
+              seed=2, buffer_size=24, k=k, max_nucleotides=max_nucleotides)
     fast = make_loader(root, "all", **kw)  # Parquet + DNA only: whole batches from Arrow columns
     slow = make_loader(root, "all", on_error="skip", **kw)  # the per-record path
     assert fast.loader.batch_size is None and slow.loader.batch_size == 16
