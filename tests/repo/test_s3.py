@@ -72,8 +72,9 @@ def test_streaming_gives_the_local_records(s3_clean, out, repo):
     assert [r[0].size for r in got] == [r[0].size for r in want]
 
 
-def test_make_loader_with_workers_gives_the_local_batches(s3_clean, out):
-    kw = dict(batch_size=6, num_workers=2, image_size=32, shuffle=True, seed=3)
+@pytest.mark.parametrize("worker_method", ["process", "thread"])
+def test_make_loader_with_workers_gives_the_local_batches(s3_clean, out, worker_method):
+    kw = dict(batch_size=6, num_workers=2, image_size=32, shuffle=True, seed=3, worker_method=worker_method)
     remote = make_loader(f"{ROOT}/{schema.WDS_REPO}", "pretrain", storage_options=s3_clean.storage_options(),
                          retry=FAST, **kw)
     here = make_loader(out / schema.WDS_REPO, "pretrain", **kw)

@@ -63,8 +63,8 @@ def test_streaming_5_percent_reads_at_most_10_percent(out, server):
     assert server.shard_bytes() <= 0.10 * total, (server.shard_bytes(), total)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_every_transient_fault_still_gives_every_record_once(out, server, num_workers):
+@pytest.mark.parametrize("num_workers, worker_method", [(0, "process"), (2, "process"), (2, "thread")])
+def test_every_transient_fault_still_gives_every_record_once(out, server, num_workers, worker_method):
     repo = schema.WDS_REPO
     shards = [s["path"] for s in manifest(out, repo)["configs"]["cropped_256"]["train"]["shards"]]
     shards += [s["path"] for s in manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"]]
@@ -73,7 +73,7 @@ def test_every_transient_fault_still_gives_every_record_once(out, server, num_wo
         server.faults[f"{repo}/{path}"] = list(actions)
     server.faults[f"{repo}/{schema.MANIFEST}"] = ["503"]
     loader = make_loader(f"{server.url}/{repo}", "train+val", batch_size=5, num_workers=num_workers, image_size=32,
-                         retry=FAST, verify=True)
+                         retry=FAST, verify=True, worker_method=worker_method)
     got = [p for b in loader for p in b["processid"]]
     assert Counter(got) == Counter(local_pids(out, "train+val"))
     assert not any(server.faults.values())  # every fault was served
