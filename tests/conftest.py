@@ -13,6 +13,7 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bioscan5m-hf
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # CI runs the same examples every time (deterministic); locally hypothesis explores new ones.
@@ -50,6 +51,17 @@ def interrupted(make, stop: int):
     resumed = make()
     resumed.load_state_dict(state)
     return head + list(resumed), state
+
+
+def assert_same_batches(a_batches, b_batches, at_least: int = 1):
+    """Two loaders' batches: the same count (over ``at_least``), keys, record order, and tensors
+    equal in dtype, shape and value."""
+    assert len(a_batches) == len(b_batches) > at_least
+    for a, b in zip(a_batches, b_batches):
+        assert a.keys() == b.keys() and a["processid"] == b["processid"]
+        for k in a:
+            if isinstance(a[k], torch.Tensor):
+                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ import torch
 
 from bioscan5m_hf import make_loader
 
-from ..conftest import interrupted
+from ..conftest import assert_same_batches, interrupted
 
 
 def pids(batches):
@@ -165,13 +165,8 @@ def test_thread_decode_gives_the_worker_batches(converted_zips, augment):
               target_type=["order", "species"])
     workers = list(make_loader(root, "pretrain", **kw))
     threads = list(make_loader(root, "pretrain", decode="threads", decode_threads=3, **kw))
-    assert len(workers) == len(threads) > 3
-    for a, b in zip(workers, threads):
-        assert a.keys() == b.keys() and a["processid"] == b["processid"]
-        for k in a:
-            if isinstance(a[k], torch.Tensor):
-                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
-        assert b["image"].is_contiguous(memory_format=torch.channels_last)
+    assert_same_batches(workers, threads, at_least=3)
+    assert all(b["image"].is_contiguous(memory_format=torch.channels_last) for b in threads)
 
 
 def test_thread_decode_resumes_exactly_and_names_a_bad_image(converted_zips, monkeypatch):

@@ -9,7 +9,7 @@ from bioscan5m_hf import make_loader
 from bioscan5m_hf.errors import ShardError
 from bioscan5m_hf.stream.workers import ThreadWorkers, worker_identity
 
-from ..conftest import interrupted
+from ..conftest import assert_same_batches, interrupted
 
 
 class Uneven(torch.utils.data.IterableDataset):
@@ -53,15 +53,6 @@ def test_thread_workers_stop_when_left_and_raise_what_a_worker_raised():
         list(ThreadWorkers(Failing(), 2, batch_size=1, collate=list))
     with pytest.raises(ValueError, match="num_workers >= 1"):
         ThreadWorkers(Failing(), 0)
-
-
-def assert_same_batches(a_batches, b_batches):
-    assert len(a_batches) == len(b_batches) > 1
-    for a, b in zip(a_batches, b_batches):
-        assert a.keys() == b.keys() and a["processid"] == b["processid"]
-        for k in a:
-            if isinstance(a[k], torch.Tensor):
-                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
 
 
 CASES = {
