@@ -515,7 +515,7 @@ def peers_area(st: Settings) -> list[Figure]:
     for label, group, mine in (("image+DNA+label", [n for n in names if not n.endswith("-dna")],
                                 ("make_loader", "make_loader-threads")),
                                (f"DNA-only ({dna_total:,} records)", [n for n in names if n.endswith("-dna")],
-                                ("make_loader-dna", "make_loader-dna-processes"))):
+                                ("make_loader-dna", "make_loader-processes-dna"))):
         ours = max((n for n in mine if n in rate), key=lambda n: rate[n])
         others = [n for n in group if n not in mine]
         for name in group:

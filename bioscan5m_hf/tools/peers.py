@@ -39,7 +39,7 @@ BATCH, WORKERS, SIZE = 256, 2, 256
 DNA_BATCH = 1024
 PEERS = ("make_loader", "make_loader-threads", "dataloader-in-memory", "webdataset", "datasets", "litdata", "mosaic")
 #: DNA-only (token ids + species, no image): the same loaders on a metadata-only conversion.
-DNA_PEERS = ("make_loader-dna", "make_loader-dna-processes", "dataloader-in-memory-dna",
+DNA_PEERS = ("make_loader-dna", "make_loader-processes-dna", "dataloader-in-memory-dna",
              "datasets-dna", "litdata-dna", "mosaic-dna")
 OPTIONAL = {"litdata": "litdata", "mosaic": "streaming", "webdataset": "webdataset", "datasets": "datasets"}
 
@@ -283,7 +283,7 @@ LOADERS = {"make_loader": _make_loader, "make_loader-threads": lambda d: _make_l
     d, decode="threads", worker_method="thread"), "dataloader-in-memory": _in_memory, "webdataset": _webdataset,
     "datasets": _datasets, "litdata": _litdata, "mosaic": _mosaic,
     "make_loader-dna": lambda d: _make_loader_dna(d, "thread"),
-    "make_loader-dna-processes": lambda d: _make_loader_dna(d, "process"),
+    "make_loader-processes-dna": lambda d: _make_loader_dna(d, "process"),
     "dataloader-in-memory-dna": _in_memory_dna, "datasets-dna": _datasets_dna,
     "litdata-dna": lambda d: _stream_dna(d, "litdata"), "mosaic-dna": lambda d: _stream_dna(d, "mosaic")}
 
