@@ -431,9 +431,9 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         How the ``num_workers`` workers run: as DataLoader worker processes, or as threads of this
         process (no process start-up, no batch crossing a process boundary; the streams' Python
         shares one interpreter lock). Exactly the same batches in the same order, and the same
-        ``state_dict``. ``"thread"`` is the faster choice for DNA-only batches and with
-        ``decode="threads"`` on a few cores (see BENCHMARKS.md); processes stay better where each
-        record costs much Python, e.g. ``decode="workers"`` with many cores.
+        ``state_dict``. On 2 cores ``"thread"`` was faster in every case measured (DNA-only 2.6x,
+        images 1.2x; BENCHMARKS.md). With many workers on many cores the streams' per-record
+        Python, serialised by the lock, may become the limit there: keep processes then.
     decode : {"workers", "threads", "device"}
         Where images are decoded: in the workers (pixels cross into the main process); in
         the main process by ``decode_threads`` threads (default: one per core) from the JPEG bytes
