@@ -47,6 +47,10 @@ def compare(root: str, split: str = "train", device: str = "cpu", image_size: in
     resumed = make_loader(root, split, **kw)
     resumed.load_state_dict(state)
     rest = epoch(resumed)
+    # thread workers: the same batches, decoded on the device the same way
+    threads = epoch(make_loader(root, split, worker_method="thread", **kw))
+    out["thread_workers_same"] = len(threads) == len(full) and all(
+        x["processid"] == y["processid"] and torch.equal(x["image"], y["image"]) for x, y in zip(full, threads))
     out["resume_exact"] = (len(full) > 3 and len(rest) == len(full) - 3 and all(
         x["processid"] == y["processid"] and torch.equal(x["image"], y["image"]) for x, y in zip(full[3:], rest)))
     return out

@@ -60,6 +60,10 @@ def test_device_decode_resumes_exactly(comparison):
     assert comparison["resume_exact"]
 
 
+def test_device_decode_through_thread_workers(comparison):
+    assert comparison["thread_workers_same"]
+
+
 def test_decode_is_checked_and_a_missing_torchvision_names_the_extra(converted_zips):
     root = converted_zips.repos["parquet"].parent
     with pytest.raises(ValueError, match="decode must be one of"):
