@@ -695,7 +695,7 @@ def mapstyle_area(st: Settings) -> list[Figure]:
     return figures
 
 
-def _gpu_epoch(root: Path, package: str, workers: int, decode: str) -> dict:
+def _gpu_epoch(root: Path, package: str, workers: int, **how) -> dict:
     """One epoch of make_loader on CUDA (image + DNA + label, batch 256, 224 px), synchronised per
     batch as a training loop would be: images/s over the whole epoch (start-up included, as a
     training epoch sees it), the first batch's time, batch latency, GPU memory."""
@@ -707,7 +707,7 @@ def _gpu_epoch(root: Path, package: str, workers: int, decode: str) -> dict:
     torch.cuda.reset_peak_memory_stats()
     free_before = torch.cuda.mem_get_info()[0]
     loader = make_loader(root, "pretrain", batch_size=256, num_workers=workers, image_size=224, image_package=package,
-                         device="cuda", decode=decode, persistent_workers=False, prefetch_factor=4)
+                         device="cuda", persistent_workers=False, prefetch_factor=4, **how)
     times, n, lowest_free = [], 0, free_before
     start = last = time.perf_counter()
     for batch in loader:
@@ -724,13 +724,15 @@ def _gpu_epoch(root: Path, package: str, workers: int, decode: str) -> dict:
 
 
 def gpu_area(st: Settings) -> list[Figure]:
-    """Images/s into a CUDA training loop, decode="workers" vs decode="device", on cropped_256-like
-    and original_full-like (1024 x 768) images, with 2, 8 and 15 workers."""
+    """Images/s into a CUDA training loop, decode="workers" vs decode="device" (and CPU threads
+    decoding into pinned batches, for comparison), on cropped_256-like and original_full-like
+    (1024 x 768) images, with 2, 8 and 15 workers."""
     import torch
 
     name = torch.cuda.get_device_name()
     figures = []
-    for package, records in (("cropped_256", st.gpu_records), ("original_full", max(1000, st.gpu_records // 3))):
+    full_records = max(min(1000, st.gpu_records), st.gpu_records // 3)
+    for package, records in (("cropped_256", st.gpu_records), ("original_full", full_records)):
         rel = _sample(st.workdir / f"gpu-{package}-release", records, "--packages", package, "--layout", "folders",
                       "--workers", str(min(16, os.cpu_count() or 2)))
         out = st.workdir / f"gpu-{package}-out"
@@ -740,7 +742,8 @@ def gpu_area(st: Settings) -> list[Figure]:
         for p in (out / schema.WDS_REPO).rglob("*.tar"):
             p.read_bytes()  # warm the page cache
         for workers in st.gpu_workers:
-            r = {d: _gpu_epoch(out / schema.WDS_REPO, package, workers, d) for d in ("workers", "device")}
+            r = {d: _gpu_epoch(out / schema.WDS_REPO, package, workers, decode=d) for d in ("workers", "device")}
+            r["threads"] = _gpu_epoch(out / schema.WDS_REPO, package, workers, **FAST)
             target, met = "-", None
             if package == "cropped_256":
                 target, met = ">= 15,000/s (device)", r["device"]["rate"] >= 15_000
@@ -754,6 +757,12 @@ def gpu_area(st: Settings) -> list[Figure]:
                 f"{dev['rate']:,.0f} img/s",
                 f"decode=workers {wrk['rate']:,.0f} img/s (first batch {wrk['first']:.1f} s, "
                 f"p50/p99 {wrk['p50']:.0f}/{wrk['p99']:.0f} ms)", f"{dev['rate'] / wrk['rate']:.2f}x", target, met))
+            thr = r["threads"]  # decoded by CPU threads into pinned batches: what a CPU-side decode reaches
+            figures.append(Figure(
+                f"{name}: same, decode=threads with worker_method=thread ({os.cpu_count()} decoding threads; first "
+                f"batch {thr['first']:.1f} s, p50/p99 batch {thr['p50']:.0f}/{thr['p99']:.0f} ms)",
+                f"{thr['rate']:,.0f} img/s", f"decode=device {dev['rate']:,.0f} img/s",
+                f"{thr['rate'] / dev['rate']:.2f}x", "-", None))
     return figures
 
 

@@ -33,3 +33,28 @@ def test_only_names_known_areas(capsys):
     with pytest.raises(SystemExit):
         main(["/tmp/never-made", "--only", "loader,warp-speed"])
     assert "warp-speed" in capsys.readouterr().err
+
+
+def test_gpu_area_measures_every_way_and_tabulates_it(tmp_path, monkeypatch):
+    """The gpu area's data, calls and table, with a stand-in for the CUDA epochs (run on a GPU by
+    scripts/gpu_check.sh): decode in workers, on the device, and by CPU threads, per worker count."""
+    import torch
+
+    from bioscan5m_hf.tools import bench
+
+    calls = []
+
+    def epoch(root, package, workers, **how):
+        calls.append((package, workers, how))
+        rate = {"workers": 1000.0, "device": 4000.0, "threads": 3000.0}[how["decode"]]
+        return {"rate": rate, "p50": 10.0, "p99": 20.0, "first": 0.5, "torch_peak": 2**20, "device_used": 2**21}
+
+    monkeypatch.setattr(bench, "_gpu_epoch", epoch)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stand-in GPU")
+    figures = bench.gpu_area(bench.Settings(tmp_path, gpu_records=200, gpu_workers=(2,)))
+    assert [(p, w, h.get("worker_method")) for p, w, h in calls] == [
+        (p, 2, m) for p in ("cropped_256", "original_full") for m in (None, None, "thread")]
+    assert len(figures) == 4 and all(f.name.startswith("Stand-in GPU: ") for f in figures)
+    assert figures[0].ratio == "4.00x" and figures[0].met is False  # 4,000 img/s: under the 15,000 target
+    assert figures[2].met is True  # original_full: device 4x the workers
+    assert "decode=threads with worker_method=thread" in figures[1].name and figures[1].ratio == "0.75x"
