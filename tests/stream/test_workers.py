@@ -63,6 +63,7 @@ CASES = {
     "DNA-only, columnar": dict(modality=("dna",), num_workers=2, batch_size=32),
     "DNA-only from tars": dict(modality=("dna",), num_workers=2, tars=True),
     "rank 1 of 3, padded": dict(modality=("dna",), num_workers=2, rank=1, world_size=3),
+    "no workers: one thread": dict(modality=("image", "dna"), decode="threads", num_workers=0),
 }
 
 
