@@ -16,6 +16,7 @@ import functools
 import json
 import multiprocessing
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +133,7 @@ class RecordStream:
         self._executor = None
         self._executor_pid = None
         self._live_cache = None
+        self._live_lock = threading.Lock()  # thread workers share this stream: one computes, the others wait
 
     # -- set-up ----------------------------------------------------------------------------------------
 
@@ -194,7 +196,11 @@ class RecordStream:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_executor"] = state["_executor_pid"] = state["_live_cache"] = None
+        del state["_live_lock"]
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _live_lock=threading.Lock())
 
     # -- sizes, order, resume ----------------------------------------------------------------------------
 
@@ -205,13 +211,14 @@ class RecordStream:
     def _live(self, epoch: int, phases: Sequence[partition.Phase]) -> tuple[partition.Layout, np.ndarray]:
         """The epoch's layout and what ``phases`` left of it (the last one computed is kept)."""
         key = (epoch, tuple(phases))
-        if self._live_cache is None or self._live_cache[0] != key:
-            layout = partition.epoch_layout(self.shard_sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                                            universe=self.universe(epoch))
-            live = partition.live_slots(layout, phases, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                                        even=self.even, buffer_size=self.buffer_size)
-            self._live_cache = (key, layout, live)
-        return self._live_cache[1], self._live_cache[2]
+        with self._live_lock:
+            if self._live_cache is None or self._live_cache[0] != key:
+                layout = partition.epoch_layout(self.shard_sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                                universe=self.universe(epoch))
+                live = partition.live_slots(layout, phases, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                            even=self.even, buffer_size=self.buffer_size)
+                self._live_cache = (key, layout, live)
+            return self._live_cache[1], self._live_cache[2]
 
     def live_count(self, epoch: int, phases: Sequence[partition.Phase] = ()) -> int:
         """Records of the epoch not yet yielded after ``phases`` (over all ranks)."""
