@@ -112,19 +112,25 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     return {"seconds": time.perf_counter() - start, "peak": peak, "anon": peak_anon, "output": output}
 
 
+def split_images(split_dir: Path) -> list[bytes]:
+    """The JPEG bytes of a converted Parquet split's folder, in shard order."""
+    import pyarrow.parquet as pq
+
+    images: list[bytes] = []
+    for p in sorted(Path(split_dir).glob("*.parquet")):
+        images += pq.read_table(p, columns=["image"]).column("image").combine_chunks().field("bytes").to_pylist()
+    return images
+
+
 def _decode_worker(args) -> tuple[int, float]:
     import io
 
-    import pyarrow.parquet as pq
     from PIL import Image
 
     from ..transforms import decode_image
 
     folder, lo, hi, decoder = args
-    images = []
-    for p in sorted(Path(folder).glob("*.parquet")):
-        images += pq.read_table(p, columns=["image"]).column("image").combine_chunks().field("bytes").to_pylist()
-    images = images[lo:hi]
+    images = split_images(folder)[lo:hi]
     start = time.perf_counter()
     for data in images:  # decode + resize/crop, nothing else
         decode_image(Image.open(io.BytesIO(data)) if decoder == "pillow" else data, 256, channels_last=True)
@@ -143,15 +149,10 @@ def raw_decode_rate(split_dir: Path, total: int, decoder: str = "pillow") -> flo
 def thread_decoder_rate(split_dir: Path, total: int) -> float:
     """Samples/s of ``decode="threads"``'s decoding threads alone (2 threads, batches of 256 JPEGs
     already packed in memory, nothing read): the ceiling of that design on this machine."""
-    import pyarrow.parquet as pq
-
     from ..stream.device import pack
     from ..stream.loader import ThreadDecoder
 
-    images = []
-    for p in sorted(Path(split_dir).glob("*.parquet")):
-        images += pq.read_table(p, columns=["image"]).column("image").combine_chunks().field("bytes").to_pylist()
-    images = images[:total]
+    images = split_images(split_dir)[:total]
     batches = [(*pack(images[i: i + 256]), [str(k) for k in range(len(images[i: i + 256]))])
                for i in range(0, len(images), 256)]
     decoder = ThreadDecoder(256, threads=2)
