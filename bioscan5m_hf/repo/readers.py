@@ -299,11 +299,10 @@ def read_records(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
 
 def read_table(shard: ShardInfo, columns: Sequence[str]) -> pa.Table:
     """Metadata ``columns`` of a whole shard as one Arrow table, in shard order (no image bytes)."""
+    fields = pa.schema([schema.arrow_schema().field(c) for c in columns])
     if shard.fmt == "parquet":
         tables = list(parquet_rows(shard, None, columns, groups_per_read=1 << 30))
-        fields = pa.schema([schema.arrow_schema().field(c) for c in columns])
         return pa.concat_tables(tables) if tables else fields.empty_table()
-    fields = pa.schema([schema.arrow_schema().field(c) for c in columns])
     return pa.Table.from_pylist(list(read_records(shard, None, columns, image=False)), schema=fields)
 
 
