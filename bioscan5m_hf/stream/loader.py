@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ from . import partition
 from .columnar import ColumnarBatches
 from .outputs import missing_as_nan
 from .records import IMAGE_ERRORS, RecordStream, SharedPosition, WorkerSamples
+from .slots import ImageSlots, SlotRef
 from .workers import ThreadWorkers
 
 DECODERS = ("workers", "threads", "device")
@@ -190,11 +192,32 @@ class Collate:
     """List of dict samples -> dict of tensors (runs in the workers)."""
 
     def __init__(self, modalities: Sequence[schema.Modality], target_type: Sequence[str],
-                 tokenizer: KmerTokenizer | None, dna_masking: DnaMasking | None = None):
+                 tokenizer: KmerTokenizer | None, dna_masking: DnaMasking | None = None,
+                 slots: ImageSlots | None = None):
         self.modalities = list(modalities)
         self.target_type = list(target_type)
         self.tokenizer = tokenizer
         self.dna_masking = dna_masking
+        self.slots = slots
+
+    def __getstate__(self):  # a copy in another process has no slots to write into: fresh memory there
+        return {**self.__dict__, "slots": None}
+
+    def _images(self, images: list[np.ndarray]) -> torch.Tensor | SlotRef:
+        """Decoded images -> the batch tensor; in a worker process with slots, written into a free
+        slot of that worker's, and only the slot's reference sent on."""
+        info = torch.utils.data.get_worker_info()
+        claimed = self.slots.claim(info.id, len(images)) if self.slots is not None and info is not None else None
+        if claimed is None:
+            return stack_images(images)
+        ref, out = claimed
+        try:
+            for i, image in enumerate(images):
+                out[i] = image
+        except BaseException:
+            self.slots.release_claim(ref)
+            raise
+        return ref
 
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict = {"processid": [s["processid"] for s in samples]}
@@ -206,7 +229,7 @@ class Collate:
                 if "crop" in samples[0]:
                     batch["crop"] = torch.from_numpy(np.stack([s["crop"] for s in samples]))
             elif m.kind == "image":
-                batch["image"] = stack_images([s["image"] for s in samples])
+                batch["image"] = self._images([s["image"] for s in samples])
             elif m.kind == "dna":
                 ids, mask = self.tokenizer([s["dna"] for s in samples])
                 batch["dna"] = torch.from_numpy(ids)
@@ -236,8 +259,10 @@ class Loader:
                  *, batch_size: int, num_workers: int, collate: Collate | None, target_type: Sequence[str],
                  device: str | torch.device | None, normalize_images: bool, drop_last: bool,
                  prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None,
-                 image_size: int = 256, thread_decoder: ThreadDecoder | None = None, worker_method: str = "process"):
+                 image_size: int = 256, thread_decoder: ThreadDecoder | None = None, worker_method: str = "process",
+                 slots: ImageSlots | None = None):
         self.records = records
+        self.slots = slots
         self.image_size = image_size
         self.thread_decoder = thread_decoder
         self.target_type = list(target_type)
@@ -266,6 +291,7 @@ class Loader:
         self.epoch = 0
         self.batches = 0
         self.phases: list[partition.Phase] = []  # earlier phases of this epoch (elastic resume)
+        self._live: weakref.ref | None = None  # the iteration under way
 
     @property
     def vocabularies(self) -> dict[str, list[str]]:
@@ -317,16 +343,36 @@ class Loader:
     # -- iteration ----------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict]:
+        """This epoch's batches (the rest of it, after a resume). One iteration at a time: starting
+        another ends the one before (its workers stop, as when it is left early), as a DataLoader
+        with persistent workers also requires; they would share the counters and slots."""
+        previous = self._live() if self._live is not None else None
+        if previous is not None:
+            previous.close()
+        batches = self._epoch()
+        self._live = weakref.ref(batches)
+        return batches
+
+    def _epoch(self) -> Iterator[dict]:
         if self.batches >= len(self):  # a checkpoint taken right at the end of an epoch
             self.epoch, self.batches, self.phases = self.epoch + 1, 0, []
         counts = self.records.worker_counts(self.num_workers, self.epoch, self.phases)
         per_worker, rotation = partition.loader_progress(counts, self.batch_size, self.batches, self.drop_last)
         self.position.write(self.epoch, rotation, [min(c, b * self.batch_size) for c, b in zip(counts, per_worker)],
                             self.phases)
-        for batch in self._to_device(iter(self.loader)):
+        if self.slots is not None:
+            self.slots.new_generation()
+        for batch in self._to_device(self._from_slots(iter(self.loader))):
             self.batches += 1
             yield batch
         self.epoch, self.batches, self.phases = self.epoch + 1, 0, []
+
+    def _from_slots(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """Image batches a worker wrote into shared slots, as tensors viewing them (:mod:`.slots`)."""
+        for batch in batches:
+            if isinstance(batch.get("image"), SlotRef):
+                batch["image"] = self.slots.take(batch["image"])
+            yield batch
 
     def _decoded_ahead(self, batches: Iterator[dict]) -> Iterator[dict]:
         """``decode="threads"``: each batch's JPEGs go to the decoding threads as soon as the batch
@@ -435,7 +481,9 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         images 1.2x; BENCHMARKS.md). With many workers on many cores the streams' per-record
         Python, serialised by the lock, may become the limit there: keep processes then.
     decode : {"workers", "threads", "device"}
-        Where images are decoded: in the workers (pixels cross into the main process); in
+        Where images are decoded: in the workers (pixels cross into the main process, through
+        shared-memory slots reused batch after batch with worker processes and no pinning,
+        :mod:`.slots`); in
         the main process by ``decode_threads`` threads (default: one per core) from the JPEG bytes
         the workers ship, straight into the batch (same pixels as ``"workers"``; no pixel crosses a
         process boundary); or on ``device`` (``torchvision.io``; nvJPEG on CUDA; needs the ``gpu``
@@ -477,8 +525,15 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
             and records.on_error == "raise":  # DNA-only from Parquet: whole batches from Arrow columns
         source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking)
         return Loader(records, source, position, collate=None, **common)
+    pinned = pin_memory if pin_memory is not None else cuda
+    slots = None
+    if "image" in kinds and decode == "workers" and worker_method == "process" and num_workers > 0 and not pinned:
+        # Per worker: up to prefetch_factor batches on their way (one being written), one just received,
+        # one the consumer still holds, one moved ahead to the device: no fallback in a plain training loop.
+        slots = ImageSlots(num_workers, (prefetch_factor or 2) + 3, batch_size, image_size)
     samples = WorkerSamples(records, LoaderSample(records, modalities, targets, image_size, decode, augment), position)
-    return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer, masking), **common)
+    return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer, masking, slots),
+                  slots=slots, **common)
 
 
 __all__ = ["make_loader", "Loader"]

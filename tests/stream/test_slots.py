@@ -1,0 +1,139 @@
+"""Image batches from worker processes through reused shared-memory slots: the same batches, a slot
+never overwritten while anything refers to its batch."""
+
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from bioscan5m_hf import make_loader
+from bioscan5m_hf.stream.loader import Collate
+from bioscan5m_hf.stream.slots import ImageSlots
+
+from ..conftest import assert_same_batches
+
+
+def _write(slots: ImageSlots, worker: int, value: int, out) -> None:
+    claimed = slots.claim(worker, 2)
+    if claimed is not None:
+        ref, array = claimed
+        array[:] = value
+    out.put(claimed[0] if claimed is not None else None)
+
+
+def in_worker(slots: ImageSlots, worker: int, value: int):
+    """What a forked worker process claims and writes (None: all its slots were in use)."""
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    process = context.Process(target=_write, args=(slots, worker, value, out))
+    process.start()
+    ref = out.get(timeout=30)
+    process.join()
+    return ref
+
+
+def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
+    slots = ImageSlots(num_workers=2, per_worker=2, batch_size=4, size=3)
+    a = in_worker(slots, 1, 7)
+    assert a.slot in (2, 3) and a.count == 2  # worker 1's own slots
+    image = slots.take(a)
+    assert image.shape == (2, 3, 3, 3) and image.is_contiguous(memory_format=torch.channels_last)
+    assert (image == 7).all() and slots.held == 1
+    view, array = image[1, 0], image.numpy()  # views and arrays made from the batch keep it held
+    del image
+    assert slots.held == 1
+    del view
+    assert slots.held == 1
+    b = in_worker(slots, 1, 8)
+    assert b.slot != a.slot and (slots.take(b) == 8).all()  # the batch taken here is dropped at once
+    assert in_worker(slots, 1, 9) is None and slots.fallbacks == 1  # a.slot held; b's about to be freed
+    assert (array == 7).all()  # nothing overwrote the held batch
+    del array
+    assert slots.held == 0  # the main process frees what nothing refers to whenever it takes a batch
+    c = in_worker(slots, 1, 10)
+    assert c is not None and (slots.take(c) == 10).all() and slots.fallbacks == 1
+
+
+def test_slots_claimed_and_never_delivered_are_free_in_the_next_iteration():
+    slots = ImageSlots(num_workers=1, per_worker=2, batch_size=2, size=2)
+    in_worker(slots, 0, 1), in_worker(slots, 0, 2)  # both on their way when the consumer left
+    assert in_worker(slots, 0, 3) is None
+    slots.new_generation()
+    assert in_worker(slots, 0, 4) is not None
+
+
+def test_slots_stay_with_the_processes_that_share_them():
+    slots = ImageSlots(num_workers=1, per_worker=1, batch_size=1, size=1)
+    with pytest.raises(TypeError, match="not pickled"):
+        pickle.dumps(slots)
+    collate = Collate([], [], None, slots=slots)
+    assert pickle.loads(pickle.dumps(collate)).slots is None  # a copy elsewhere sends fresh memory
+
+
+KW = dict(batch_size=8, image_size=16, seed=3, target_type=["order", "species"], modality=("image", "dna"))
+
+
+def copied_from(batches, loader, every_batch_in_a_slot: bool = True) -> list[dict]:
+    """A training loop's view: each batch used, then dropped (copied here to compare afterwards)."""
+    out = []
+    for batch in batches:
+        assert loader.slots.held >= 1 or not every_batch_in_a_slot  # this batch's images are in a slot
+        out.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    return out
+
+
+def copied(loader, epochs: int = 1) -> list[dict]:
+    return [b for _ in range(epochs) for b in copied_from(loader, loader)]
+
+
+@pytest.mark.parametrize("how", [dict(num_workers=2), dict(num_workers=3, augment=True, drop_last=True),
+                                 dict(num_workers=2, persistent_workers=False, device="cpu")])
+def test_worker_processes_send_images_through_slots_with_the_same_batches(converted_zips, how):
+    root = converted_zips.repos["parquet"].parent
+    loader = make_loader(root, "pretrain", **KW, **how)
+    through_slots = copied(loader, epochs=2)
+    assert loader.slots.fallbacks == 0  # every batch went through a slot
+    threads = make_loader(root, "pretrain", worker_method="thread", **KW, **how)
+    assert threads.slots is None
+    assert_same_batches(through_slots, [b for _ in range(2) for b in threads])
+
+
+def test_a_consumer_keeping_every_batch_gets_them_all_intact(converted_zips):
+    root = converted_zips.repos["parquet"].parent
+    loader = make_loader(root, "pretrain", num_workers=2, prefetch_factor=1, **KW)
+    kept = list(loader)
+    assert loader.slots.fallbacks > 0 and loader.slots.held == loader.slots.slots
+    assert_same_batches(kept, list(make_loader(root, "pretrain", num_workers=2, worker_method="thread", **KW)))
+
+
+def test_leaving_an_epoch_early_then_training_on(converted_zips):
+    """Batches still on their way when the consumer left may be claimed after the next iteration
+    began (their workers were persistent): that iteration may fall back to fresh memory for a few
+    batches, never with wrong images, and the one after it has every slot again."""
+    root = converted_zips.repos["parquet"].parent
+    loader = make_loader(root, "pretrain", num_workers=2, **KW)
+    left = iter(loader)
+    next(left), next(left)
+    loader.set_epoch(1)
+    resumed = iter(loader)  # ends the iteration left
+    with pytest.raises(StopIteration):
+        next(left)
+    rest = copied_from(resumed, loader, every_batch_in_a_slot=False)
+    before = loader.slots.fallbacks
+    then = copied(loader)
+    assert loader.slots.fallbacks == before
+    threads = make_loader(root, "pretrain", num_workers=2, worker_method="thread", **KW)
+    threads.set_epoch(1)
+    assert_same_batches(rest + then, [b for _ in range(2) for b in threads])
+
+
+def test_slots_only_where_worker_processes_decode_into_unpinned_memory(converted_zips):
+    root = converted_zips.repos["parquet"].parent
+    assert make_loader(root, "pretrain", num_workers=2, **KW).slots is not None
+    for other in (dict(num_workers=0), dict(decode="threads"), dict(pin_memory=True), dict(worker_method="thread"),
+                  dict(modality=("dna",))):
+        assert make_loader(root, "pretrain", **{**KW, "num_workers": 2, **other}).slots is None, other
+    assert np.frombuffer(make_loader(root, "pretrain", num_workers=2, **KW).slots.memory, np.uint8).size == \
+        2 * (4 + 3) * 8 * 16 * 16 * 3  # per worker: prefetch_factor + 3 slots of a batch
