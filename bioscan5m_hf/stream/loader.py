@@ -258,7 +258,7 @@ class Loader:
     def __init__(self, records: RecordStream, dataset: torch.utils.data.IterableDataset, position: SharedPosition,
                  *, batch_size: int, num_workers: int, collate: Collate | None, target_type: Sequence[str],
                  device: str | torch.device | None, normalize_images: bool, drop_last: bool,
-                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool | None,
+                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool,
                  image_size: int = 256, thread_decoder: ThreadDecoder | None = None, worker_method: str = "process",
                  slots: ImageSlots | None = None):
         self.records = records
@@ -271,8 +271,6 @@ class Loader:
         self.drop_last = drop_last
         self.device = torch.device(device) if device is not None else None
         self.normalize_images = normalize_images
-        if pin_memory is None:
-            pin_memory = self.device is not None and self.device.type == "cuda"
         self.position = position
         common = dict(num_workers=num_workers, pin_memory=pin_memory,
                       prefetch_factor=prefetch_factor if num_workers else None,
@@ -516,6 +514,7 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
     masking = DnaMasking(mask_dna, records.seed, tokenizer.vocab_size) if mask_dna is not None else None
     position = SharedPosition(num_workers)
     cuda = device is not None and torch.device(device).type == "cuda"
+    pin_memory = cuda if pin_memory is None else pin_memory
     threads = ThreadDecoder(image_size, decode_threads, pin=cuda) if decode == "threads" else None
     common = dict(batch_size=batch_size, num_workers=num_workers, target_type=targets, device=device,
                   normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
@@ -525,9 +524,8 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
             and records.on_error == "raise":  # DNA-only from Parquet: whole batches from Arrow columns
         source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking)
         return Loader(records, source, position, collate=None, **common)
-    pinned = pin_memory if pin_memory is not None else cuda
     slots = None
-    if "image" in kinds and decode == "workers" and worker_method == "process" and num_workers > 0 and not pinned:
+    if "image" in kinds and decode == "workers" and worker_method == "process" and num_workers > 0 and not pin_memory:
         # Per worker: up to prefetch_factor batches on their way (one being written), one just received,
         # one the consumer still holds, one moved ahead to the device: no fallback in a plain training loop.
         slots = ImageSlots(num_workers, (prefetch_factor or 2) + 3, batch_size, image_size)

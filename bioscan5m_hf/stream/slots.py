@@ -50,10 +50,10 @@ class ImageSlots:
         self.num_workers, self.per_worker = num_workers, per_worker
         self.shape = (batch_size, size, size, 3)
         self.slot_bytes = batch_size * size * size * 3
-        self.slots = num_workers * per_worker
-        self.memory = mmap.mmap(-1, self.slots * self.slot_bytes)  # anonymous, shared with forked children
+        self.slot_count = num_workers * per_worker
+        self.memory = mmap.mmap(-1, self.slot_count * self.slot_bytes)  # anonymous, shared with forked children
         # [generation, fallbacks of worker 0, ..., of worker n - 1, state of slot 0, of slot 1, ...]
-        self.state = multiprocessing.get_context("fork").Array("q", 1 + num_workers + self.slots, lock=False)
+        self.state = multiprocessing.get_context("fork").Array("q", 1 + num_workers + self.slot_count, lock=False)
         self.state[0] = 1
         self._first_slot = 1 + num_workers
         self._held: dict[int, np.ndarray] = {}  # main process: slots handed out, by slot
