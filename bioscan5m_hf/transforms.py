@@ -306,10 +306,15 @@ class KmerTokenizer:
         ids[codes.max(axis=-1) > 3] = UNK_ID
         return ids, mask
 
-    def __call__(self, sequences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def pad(self, sequences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`encode_matrix` reads: the sequences cut or ``N``-padded to whole k-mers as an
+        ``n x (max_len // k * k)`` uint8 matrix (a non-ASCII character becomes ``?``), and their lengths."""
         n = len(sequences)
         width = self.num_tokens * self.k
         # One padded text, one array: no per-sequence numpy work.
         text = "".join(seq[:width].ljust(width, "N") for seq in sequences).encode("ascii", "replace")
         lengths = np.fromiter((len(seq) for seq in sequences), dtype=np.int64, count=n)
-        return self.encode_matrix(np.frombuffer(text, dtype=np.uint8).reshape(n, width), lengths)
+        return np.frombuffer(text, dtype=np.uint8).reshape(n, width), lengths
+
+    def __call__(self, sequences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.encode_matrix(*self.pad(sequences))

@@ -63,7 +63,9 @@ def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
     for k in range(0, len(wanted), groups_per_read):
         read = wanted[k: k + groups_per_read]
         try:
-            table = f.read_row_groups(read.tolist(), columns=list(columns))
+            # One row group's few column chunks: Arrow's thread pool would cost more than it saves
+            # (3.8 vs 8.9 us per record for 100-row image groups).
+            table = f.read_row_groups(read.tolist(), columns=list(columns), use_threads=len(read) > 1)
         except (OSError, ValueError, pa.ArrowException) as e:
             rows = f"rows {starts[read[0]]}-{starts[read[-1] + 1] - 1}"
             which = f"row group {read[0]}" if len(read) == 1 else f"row groups {read[0]}-{read[-1]}"

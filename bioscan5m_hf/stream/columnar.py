@@ -1,4 +1,5 @@
-"""DNA-only batches straight from Parquet columns, for ``make_loader``: no Python object per record."""
+"""Whole batches straight from Parquet columns, for ``make_loader``: no Python object per record
+(beyond its JPEG bytes and ``processid``)."""
 
 from __future__ import annotations
 
@@ -9,27 +10,124 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from .. import schema
 from ..repo.readers import arrow_indices
-from ..transforms import KmerTokenizer
+from ..transforms import KmerTokenizer, crop_params, sample_rng
+from . import device as on_device
 from . import partition
-from .records import RecordStream, SharedPosition
+from .images import WorkerImages
+from .records import IMAGE_ERRORS, RecordStream, SharedPosition, image_error
 from .workers import worker_identity
 
 
+class HeldRows:
+    """The rows a worker has read and not yet emitted, as column arrays indexed by slot: what the
+    per-record path's pending records are, without a Python object per record. Pieces go in by read
+    position, batches come out by read position and their slots are reused, so memory follows the
+    rows held (a shuffle buffer's worth), not the row groups they were read with.
+
+    >>> held = HeldRows(positions=4)
+    >>> held.put(np.array([0, 1, 2]), {"x": np.array([10, 11, 12])})
+    >>> held.take(np.array([2, 0]))["x"].tolist(), len(held)
+    ([12, 10], 1)
+    """
+
+    def __init__(self, positions: int):
+        self.slot_of = np.full(positions, -1, dtype=np.int64)
+        self.columns: dict[str, np.ndarray] = {}
+        self.free = np.zeros(0, dtype=np.int64)
+        self.capacity = 0
+
+    def __len__(self) -> int:
+        return self.capacity - len(self.free)
+
+    def _grow(self, rows: int) -> None:
+        old, self.capacity = self.capacity, max(2 * self.capacity, self.capacity + rows, 1024)
+        for name, column in self.columns.items():
+            bigger = np.empty((self.capacity, *column.shape[1:]), dtype=column.dtype)
+            bigger[:old] = column
+            self.columns[name] = bigger
+        self.free = np.concatenate([self.free, np.arange(old, self.capacity)])
+
+    def put(self, positions: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Hold the rows read at ``positions`` (``values``: one array per column, a row each)."""
+        k = len(positions)
+        if len(self.free) < k:
+            self._grow(k)
+        cut = len(self.free) - k
+        slots, self.free = self.free[cut:], self.free[:cut]
+        for name, value in values.items():
+            column = self.columns.get(name)
+            if column is None:
+                column = self.columns[name] = np.empty((self.capacity, *value.shape[1:]), dtype=value.dtype)
+            column[slots] = value
+        self.slot_of[positions] = slots
+
+    def take(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows read at ``positions``, in that order, no longer held."""
+        slots = self.slot_of[positions]
+        out = {name: column[slots] for name, column in self.columns.items()}
+        for column in self.columns.values():
+            if column.dtype == object:  # let go of the JPEG bytes with the batch
+                column[slots] = None
+        self.free = np.concatenate([self.free, slots])
+        return out
+
+
+def padded_barcodes(barcodes: pa.ChunkedArray, tokenizer: KmerTokenizer,
+                    max_nucleotides: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Barcodes (cut to ``max_nucleotides``) as :meth:`KmerTokenizer.pad` gives them: the ``N``-padded
+    uint8 matrix and the lengths, with Arrow kernels where the barcodes are ASCII (as they are)."""
+    width = tokenizer.num_tokens * tokenizer.k
+    barcodes = barcodes.combine_chunks()
+    ends = np.frombuffer(barcodes.buffers()[1], np.int32)[barcodes.offset: barcodes.offset + len(barcodes) + 1]
+    chars = (np.frombuffer(barcodes.buffers()[2], np.uint8, count=ends[-1] - ends[0], offset=ends[0])
+             if ends[-1] > ends[0] else np.zeros(0, np.uint8))
+    if barcodes.null_count or chars.max(initial=0) >= 128:
+        if max_nucleotides is not None:
+            barcodes = pc.utf8_slice_codeunits(barcodes, 0, max_nucleotides)
+        return tokenizer.pad(barcodes.to_pylist())
+    sizes = np.diff(ends)  # ASCII: a byte is a base
+    lengths = np.minimum(sizes, max_nucleotides) if max_nucleotides is not None else sizes
+    # cut to whole k-mers (width <= max_nucleotides), bytewise: 12x faster than by characters
+    cut = (pc.binary_slice(barcodes.view(pa.binary()), 0, width).view(pa.string())
+           if sizes.max(initial=0) > width else barcodes)
+    padded = pc.utf8_rpad(cut, width, padding="N")
+    offsets, data = np.frombuffer(padded.buffers()[1], np.int32), padded.buffers()[2]
+    matrix = np.frombuffer(data, np.uint8, count=len(padded) * width, offset=offsets[padded.offset])
+    return matrix.reshape(len(padded), width), lengths.astype(np.int64)
+
+
+def objects(values: list) -> np.ndarray:
+    """A list as a 1-d object array (numpy would make a 2-d array of equal-length sequences)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 class ColumnarBatches(torch.utils.data.IterableDataset):
-    """DNA-only batches straight from Parquet columns: no Python object per record.
+    """Whole batches straight from Parquet columns: ``processid``, DNA token ids, label indices and
+    images, with no Python object per record but its JPEG bytes.
 
     Yields, per DataLoader worker, exactly the batches the per-record path would (same partition,
     same shuffle-buffer emission order, same resume points: the :class:`RecordStream` decides all of
-    it), but reads whole visits as Arrow tables, gathers each batch with ``take``, pads the barcodes
-    with Arrow kernels and tokenises the whole matrix at once.
+    it; the same tokenizer and decoders), but reads pieces of visits as Arrow tables and turns each
+    into column arrays at once (barcodes padded with Arrow kernels, each distinct label looked up
+    once), held until their rows are emitted (:class:`HeldRows`); a batch's barcodes are tokenised
+    as one matrix. Images (``decode``): decoded here straight into the batch (``"workers"``, by
+    ``images``), or shipped as packed JPEG bytes (``"threads"``, ``"device"``) with their crop
+    parameters where the per-record path ships them.
     """
 
     def __init__(self, records: RecordStream, target_type: Sequence[str], batch_size: int,
-                 tokenizer: KmerTokenizer, position: SharedPosition, dna_masking=None):
+                 tokenizer: KmerTokenizer | None, position: SharedPosition, dna_masking=None, *,
+                 drop_last: bool = False, decode: str | None = None, image_size: int = 256, augment: bool = False,
+                 images: WorkerImages | None = None):
         super().__init__()
         self.records, self.batch_size, self.tokenizer, self.position = records, batch_size, tokenizer, position
-        self.dna_masking = dna_masking
+        self.dna_masking, self.drop_last = dna_masking, drop_last
+        self.decode, self.image_size, self.augment = decode, image_size, augment
+        self.images = images if images is not None else WorkerImages(image_size, augment, records.seed)
         # Label -> index per rank, as plain dicts: building Arrow arrays from Python lists here would
         # import pandas (pyarrow's converters do), a sixth of a second before the first batch.
         self.indices = {t: {label: i for i, label in enumerate(records.vocabularies[t])} for t in target_type}
@@ -39,78 +137,76 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         epoch, worker, done, phases = self.position.read(worker)
         plan = self.records.worker_plan(epoch, worker, num_workers, phases)
         n = len(plan)
-        if done >= n:
+        stop = n - n % self.batch_size if self.drop_last else n
+        if done >= stop:
             return
-        start, _ = partition.resume_point(plan.emission, done)
-        # The first visit is read in two pieces, so the first batch waits for a few batches' rows, not a
-        # whole shard; later visits whole (a read per piece costs more than it saves there).
+        start, already = partition.resume_point(plan.emission, done)
         runs = partition.visits(plan, start)
-        if runs:
+        if self.decode is None and runs:
+            # Metadata: the first visit is read in two pieces, so the first batch waits for a few
+            # batches' rows, not a whole shard; later visits whole (a read per piece costs more there).
             a, b = runs[0]
             head = min(b, a + 4 * self.batch_size)
             runs = [(a, head), *([(head, b)] if head < b else []), *runs[1:]]
-        visits = iter(runs)
-        chunks: list[tuple[int, int, pa.Table]] = []  # contiguous read positions [a, b) and their rows
+        # Images: a row group per read (at most 100 images), so memory stays a shuffle buffer's worth.
+        pieces = self.records.visit_tables(plan, runs, groups_per_read=None if self.decode is None else 1)
+        wanted = np.ones(n, dtype=bool)
+        wanted[already] = False  # read again after a resume, but yielded before it
+        held = HeldRows(n)
         read_to = start
-        for t in range(done, n, self.batch_size):
+        for t in range(done, stop, self.batch_size):
             need = plan.emission[t: t + self.batch_size]
             while read_to <= need.max():
-                a, b = next(visits)
-                chunks.append((a, b, self.records.visit_table(plan, a, b)))
-                read_to = b
-            batch = self._batch(self._gather(chunks, need))
-            if self.dna_masking is not None:
-                batch.update(self.dna_masking(batch["dna"].numpy(), batch["dna_mask"].numpy(), batch["processid"],
-                                              epoch))
-            if self.records.world_size > 1:
-                batch["padding"] = torch.from_numpy(plan.padding[need])
-            yield batch
-            rest = plan.emission[t + self.batch_size:]
-            keep_from = rest.min() if len(rest) else n
-            chunks = [c for c in chunks if c[1] > keep_from]
+                a, read_to, table = next(pieces)
+                keep = np.flatnonzero(wanted[a: read_to])
+                if len(keep) < read_to - a:
+                    table = table.take(arrow_indices(keep))
+                held.put(a + keep, self._values(table))
+            yield self._batch(held.take(need), need, plan, epoch)
 
-    @staticmethod
-    def _gather(chunks, need: np.ndarray) -> pa.Table:
-        firsts = np.array([a for a, _, _ in chunks])
-        which = np.searchsorted(firsts, need, side="right") - 1
-        parts, order = [], []
-        for c in np.unique(which):
-            picked = np.flatnonzero(which == c)
-            a, _, table = chunks[c]
-            parts.append(table.take(arrow_indices(need[picked] - a)))
-            order.append(picked)
-        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        inverse = np.empty(len(need), dtype=np.int64)
-        inverse[np.concatenate(order)] = np.arange(len(need))
-        return table.take(arrow_indices(inverse))
-
-    def _batch(self, table: pa.Table) -> dict:
-        tok, limit = self.tokenizer, self.records.max_nucleotides
-        width = tok.num_tokens * tok.k
-        barcodes = table.column("dna_barcode").combine_chunks()
-        ends = np.frombuffer(barcodes.buffers()[1], np.int32)[barcodes.offset: barcodes.offset + len(barcodes) + 1]
-        chars = (np.frombuffer(barcodes.buffers()[2], np.uint8, count=ends[-1] - ends[0], offset=ends[0])
-                 if ends[-1] > ends[0] else np.zeros(0, np.uint8))
-        if barcodes.null_count == 0 and chars.max(initial=0) < 128:  # ASCII, as barcodes are: a byte is a base
-            sizes = np.diff(ends)
-            lengths = np.minimum(sizes, limit) if limit is not None else sizes
-            # cut to whole k-mers (width <= max_nucleotides), bytewise: 12x faster than by characters
-            cut = (pc.binary_slice(barcodes.view(pa.binary()), 0, width).view(pa.string())
-                   if sizes.max(initial=0) > width else barcodes)
-            padded = pc.utf8_rpad(cut, width, padding="N")
-            offsets, data = np.frombuffer(padded.buffers()[1], np.int32), padded.buffers()[2]
-            first = offsets[padded.offset]
-            matrix = np.frombuffer(data, np.uint8, count=len(padded) * width, offset=first).reshape(len(padded), width)
-            ids, mask = tok.encode_matrix(matrix, lengths)
-        else:
-            if limit is not None:
-                barcodes = pc.utf8_slice_codeunits(barcodes, 0, limit)
-            ids, mask = tok(barcodes.to_pylist())
-        batch = {"processid": table.column("processid").to_pylist(), "dna": torch.from_numpy(ids),
-                 "dna_mask": torch.from_numpy(mask)}
+    def _values(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """A piece's rows as the column arrays :class:`HeldRows` holds."""
+        values = {"processid": objects(table.column("processid").to_pylist())}
+        if self.tokenizer is not None:
+            values["dna"], values["dna_length"] = padded_barcodes(table.column("dna_barcode"), self.tokenizer,
+                                                                  self.records.max_nucleotides)
         for t, index in self.indices.items():
-            batch[t] = torch.from_numpy(label_indices(table.column(t), index))
+            values[t] = label_indices(table.column(t), index)
+        if self.decode is not None:
+            values["image"] = objects(pc.struct_field(table.column(schema.IMAGE_COLUMN), "bytes").to_pylist())
+        return values
+
+    def _batch(self, values: dict[str, np.ndarray], need: np.ndarray, plan: partition.WorkerPlan, epoch: int) -> dict:
+        batch: dict = {"processid": values["processid"].tolist()}
+        if self.records.world_size > 1:
+            batch["padding"] = torch.from_numpy(plan.padding[need])
+        if self.decode is not None:
+            batch.update(self._images(values["image"].tolist(), batch["processid"], epoch,
+                                      lambda i: self.records.shards[int(plan.shards[need[i]])].path))
+        if self.tokenizer is not None:
+            ids, mask = self.tokenizer.encode_matrix(values["dna"], values["dna_length"])
+            batch["dna"], batch["dna_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
+            if self.dna_masking is not None:
+                batch.update(self.dna_masking(ids, mask, batch["processid"], epoch))
+        for t in self.indices:
+            batch[t] = torch.from_numpy(values[t])
         return batch
+
+    def _images(self, jpegs: list[bytes], processids: list[str], epoch: int, shard_of) -> dict:
+        if self.decode == "workers":
+            return {"image": self.images.decode(jpegs, processids, epoch, shard_of)}
+        jpeg, offsets = on_device.pack(jpegs)
+        out = {"jpeg": jpeg, "jpeg_offsets": offsets}
+        if self.augment or self.decode == "device":  # as LoaderSample ships them
+            params = []
+            for i, (data, pid) in enumerate(zip(jpegs, processids)):
+                rng = sample_rng(self.records.seed, epoch, pid) if self.augment else None
+                try:
+                    params.append(crop_params(data, self.image_size, self.augment, rng))
+                except IMAGE_ERRORS as e:
+                    raise image_error(shard_of(i), pid, e) from None
+            out["crop"] = torch.from_numpy(np.stack(params))
+        return out
 
 
 def label_indices(column: pa.ChunkedArray, index: dict[str, int]) -> np.ndarray:

@@ -14,8 +14,6 @@ workers learn it (and the epoch, also with persistent workers) through a small s
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 
@@ -24,14 +22,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import schema
-from ..errors import ShardError
 from ..transforms import KmerTokenizer, crop_params, decode_crop, decode_image, mask_tokens, normalize, sample_rng
 from ..util import check_choice
 from . import device as on_device
 from . import partition
 from .columnar import ColumnarBatches
+from .images import ThreadDecoder, WorkerImages, stack_images
 from .outputs import missing_as_nan
-from .records import IMAGE_ERRORS, RecordStream, SharedPosition, WorkerSamples
+from .records import RecordStream, SharedPosition, WorkerSamples
 from .slots import ImageSlots, SlotRef
 from .workers import ThreadWorkers
 
@@ -83,95 +81,6 @@ class LoaderSample:
         return out
 
 
-def stack_images(images: list[np.ndarray]) -> torch.Tensor:
-    """HWC uint8 images -> one ``B x 3 x H x W`` tensor in channels-last memory format (plain copies,
-    no transposition), written straight into shared memory when in a DataLoader worker (as
-    ``default_collate`` does), so the batch is not copied again to reach the main process."""
-    h, w, c = images[0].shape
-    if torch.utils.data.get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(len(images) * h * w * c)
-        out = torch.empty(0, dtype=torch.uint8).set_(storage).view(len(images), h, w, c)
-    else:
-        out = torch.empty((len(images), h, w, c), dtype=torch.uint8)
-    view = out.numpy()  # the same memory
-    for i, image in enumerate(images):
-        view[i] = image
-    return out.permute(0, 3, 1, 2)
-
-
-class ThreadDecoder:
-    """``decode="threads"``: a batch's JPEGs decoded in the main process by a pool of threads, straight
-    into one preallocated batch tensor (pinned for CUDA), so no pixel crosses a process boundary: the
-    workers ship ~8 KB of JPEG per image instead of 196 KB of pixels. libjpeg-turbo and the resize
-    release the GIL, so the threads use every core. Pixels are exactly those of ``decode="workers"``
-    (the same functions decode them)."""
-
-    #: Batch buffers kept for reuse: a fresh 50 MB buffer per batch would cost its page faults again.
-    SPARE_BUFFERS = 4
-
-    def __init__(self, image_size: int, threads: int | None = None, pin: bool = False):
-        self.image_size, self.pin = image_size, pin
-        self.threads = threads or os.cpu_count() or 1
-        self._pool = None
-        self._buffers: list[np.ndarray] = []
-
-    def __getstate__(self):
-        return {**self.__dict__, "_pool": None, "_buffers": []}
-
-    def _buffer(self, n: int) -> torch.Tensor:
-        """An ``n x size x size x 3`` uint8 batch: pinned (torch caches those) or a spare buffer that
-        no batch handed out still uses (its only references are ours)."""
-        shape = (n, self.image_size, self.image_size, 3)
-        if self.pin:
-            return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-        for array in self._buffers:
-            if array.shape == shape and sys.getrefcount(array) <= 3:  # the list, `array`, the call's argument
-                return torch.from_numpy(array)
-        array = np.empty(shape, dtype=np.uint8)
-        if len(self._buffers) < self.SPARE_BUFFERS:
-            self._buffers.append(array)
-        return torch.from_numpy(array)
-
-    def submit(self, jpeg: torch.Tensor, offsets: torch.Tensor, crop: torch.Tensor | None,
-               processids: Sequence[str]) -> Callable[[], torch.Tensor]:
-        """Start decoding a batch; the returned function waits for it and gives ``B x 3 x S x S``
-        uint8 (channels-last). Batches submitted one after another are decoded in that order."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bioscan5m-decode")
-        data, ends, size = jpeg.numpy(), offsets.tolist(), self.image_size
-        params = crop.tolist() if crop is not None else None
-        out = self._buffer(len(processids))
-        view = out.numpy()
-
-        def part(first: int, stop: int) -> None:  # a slice of the batch per task: little dispatch overhead
-            for i in range(first, stop):
-                blob = data[ends[i]: ends[i + 1]].tobytes()
-                try:
-                    if params is None:
-                        decode_image(blob, size, channels_last=True, out=view[i])
-                    else:
-                        view[i] = decode_crop(blob, params[i], size)
-                except IMAGE_ERRORS as e:
-                    raise ShardError(f"record {processids[i]}: image does not decode ({e})") from None
-
-        n = len(processids)
-        step = -(-n // (4 * self.threads))  # four slices per thread: even when images differ in cost
-        futures = [self._pool.submit(part, a, min(n, a + step)) for a in range(0, n, step)]
-
-        def result() -> torch.Tensor:
-            for future in futures:
-                future.result()
-            return out.permute(0, 3, 1, 2)
-
-        return result
-
-    def __call__(self, jpeg: torch.Tensor, offsets: torch.Tensor, crop: torch.Tensor | None,
-                 processids: Sequence[str]) -> torch.Tensor:
-        return self.submit(jpeg, offsets, crop, processids)()
-
-
 class DnaMasking:
     """``dna_masked`` (inputs) and ``dna_labels`` (targets, -100 where not predicted) of a batch's
     token ids, BarcodeBERT-style (:func:`~bioscan5m_hf.transforms.mask_tokens`), seeded per record
@@ -189,35 +98,17 @@ class DnaMasking:
 
 
 class Collate:
-    """List of dict samples -> dict of tensors (runs in the workers)."""
+    """List of dict samples -> dict of tensors (runs in the workers); images decoded one by one go
+    into one batch through ``images`` (into a shared slot where there is one)."""
 
     def __init__(self, modalities: Sequence[schema.Modality], target_type: Sequence[str],
                  tokenizer: KmerTokenizer | None, dna_masking: DnaMasking | None = None,
-                 slots: ImageSlots | None = None):
+                 images: WorkerImages | None = None):
         self.modalities = list(modalities)
         self.target_type = list(target_type)
         self.tokenizer = tokenizer
         self.dna_masking = dna_masking
-        self.slots = slots
-
-    def __getstate__(self):  # a copy in another process has no slots to write into: fresh memory there
-        return {**self.__dict__, "slots": None}
-
-    def _images(self, images: list[np.ndarray]) -> torch.Tensor | SlotRef:
-        """Decoded images -> the batch tensor; in a worker process with slots, written into a free
-        slot of that worker's, and only the slot's reference sent on."""
-        info = torch.utils.data.get_worker_info()
-        claimed = self.slots.claim(info.id, len(images)) if self.slots is not None and info is not None else None
-        if claimed is None:
-            return stack_images(images)
-        ref, out = claimed
-        try:
-            for i, image in enumerate(images):
-                out[i] = image
-        except BaseException:
-            self.slots.release_claim(ref)
-            raise
-        return ref
+        self.images = images
 
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict = {"processid": [s["processid"] for s in samples]}
@@ -229,7 +120,8 @@ class Collate:
                 if "crop" in samples[0]:
                     batch["crop"] = torch.from_numpy(np.stack([s["crop"] for s in samples]))
             elif m.kind == "image":
-                batch["image"] = self._images([s["image"] for s in samples])
+                images = [s["image"] for s in samples]
+                batch["image"] = self.images.stack(images) if self.images is not None else stack_images(images)
             elif m.kind == "dna":
                 ids, mask = self.tokenizer([s["dna"] for s in samples])
                 batch["dna"] = torch.from_numpy(ids)
@@ -276,8 +168,6 @@ class Loader:
                       prefetch_factor=prefetch_factor if num_workers else None,
                       persistent_workers=persistent_workers and num_workers > 0,
                       multiprocessing_context="fork" if num_workers else None)
-        if collate is None and drop_last:  # the source yields whole batches already
-            raise ValueError("drop_last is not supported for DNA-only batches from Parquet")
         if worker_method == "thread":  # the same streams and order, as threads of this process
             self.loader = ThreadWorkers(dataset, max(1, num_workers), batch_size=batch_size, collate=collate,
                                         drop_last=drop_last, prefetch=prefetch_factor or 2, pin_memory=pin_memory)
@@ -520,17 +410,21 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
                   normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
                   persistent_workers=persistent_workers, pin_memory=pin_memory, image_size=image_size,
                   thread_decoder=threads, worker_method=worker_method)
-    if {m.name for m in modalities} <= {"dna", "processid"} and "dna" in kinds and records.formats == {"parquet"} \
-            and records.on_error == "raise":  # DNA-only from Parquet: whole batches from Arrow columns
-        source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking)
-        return Loader(records, source, position, collate=None, **common)
     slots = None
     if "image" in kinds and decode == "workers" and worker_method == "process" and num_workers > 0 and not pin_memory:
         # Per worker: up to prefetch_factor batches on their way (one being written), one just received,
         # one the consumer still holds, one moved ahead to the device: no fallback in a plain training loop.
         slots = ImageSlots(num_workers, (prefetch_factor or 2) + 3, batch_size, image_size)
+    images = WorkerImages(image_size, augment, records.seed, slots) if "image" in kinds else None
+    if {m.name for m in modalities} <= {"image", "dna", "processid"} and kinds & {"image", "dna"} \
+            and records.formats == {"parquet"} and records.on_error == "raise":
+        # Parquet, images and/or DNA: whole batches from Arrow columns, images decoded a batch at a time
+        source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking, drop_last=drop_last,
+                                 decode=decode if "image" in kinds else None, image_size=image_size,
+                                 augment=augment, images=images)
+        return Loader(records, source, position, collate=None, slots=slots, **common)
     samples = WorkerSamples(records, LoaderSample(records, modalities, targets, image_size, decode, augment), position)
-    return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer, masking, slots),
+    return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer, masking, images),
                   slots=slots, **common)
 
 

@@ -45,6 +45,11 @@ SKIPPED = object()
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def image_error(shard: str, processid: str, error: BaseException) -> ShardError:
+    """The error of an image that does not decode, naming its shard and member."""
+    return ShardError(f"{shard}: member {processid}.{schema.IMAGE_EXTENSION}: image does not decode ({error})")
+
+
 def merged_vocabularies(vocabularies: Sequence[dict[str, list[str]]]) -> dict[str, list[str]]:
     """One repo's label vocabularies, or for a mixture of repos whose vocabularies differ, the sorted
     union per rank (so an index means the same label whichever repo a record comes from)."""
@@ -271,10 +276,10 @@ class RecordStream:
             except IMAGE_ERRORS as e:
                 if "image" not in record:  # not damage: a bug or a bad argument
                     raise
-                member = f"member {record['processid']}.{schema.IMAGE_EXTENSION}"
                 if self.on_error == "raise":
-                    raise ShardError(f"{record['__shard__']}: {member}: image does not decode ({e})") from None
-                self.skip(record["__shard__"], 1, f"{member} does not decode ({e})")
+                    raise image_error(record["__shard__"], record["processid"], e) from None
+                self.skip(record["__shard__"], 1, f"member {record['processid']}.{schema.IMAGE_EXTENSION} "
+                                                  f"does not decode ({e})")
                 yield SKIPPED
 
     def records(self, plan: partition.WorkerPlan, done: int) -> Iterator[dict | None]:
@@ -329,11 +334,20 @@ class RecordStream:
             offsets = self.selection[shard][offsets]
         return self.shards[shard], np.asarray(offsets, dtype=np.int64)
 
-    def visit_table(self, plan: partition.WorkerPlan, a: int, b: int) -> pa.Table:
-        """The metadata columns of read positions ``[a, b)`` (one visit of a Parquet shard) as one
-        Arrow table, in read order: the columnar path's counterpart of :meth:`records`."""
-        info, offsets = self.visit_rows(plan, a, np.arange(a, b))
-        return pa.concat_tables(parquet_rows(info, offsets, self.columns, groups_per_read=len(offsets)))
+    def visit_tables(self, plan: partition.WorkerPlan, runs: Sequence[tuple[int, int]],
+                     groups_per_read: int | None = None) -> Iterator[tuple[int, int, pa.Table]]:
+        """The columns (and the JPEG bytes, if ``image``) of ``runs`` (read positions ``[a, b)``, each
+        within one visit of a Parquet shard) as ``(a, b, table)`` pieces in read order, a read per
+        ``groups_per_read`` row groups (None: a whole run): the columnar path's counterpart of
+        :meth:`records`. With a shard cache, the next ``readahead`` runs' shards are fetched in the
+        background as a run starts."""
+        columns = [*self.columns, *([schema.IMAGE_COLUMN] if self.image else [])]
+        for k, (a, b) in enumerate(runs):
+            info, offsets = self.visit_rows(plan, a, np.arange(a, b))
+            self._prefetch([self.shards[int(plan.shards[x])] for x, _ in runs[k + 1: k + 1 + self.readahead]])
+            for table in parquet_rows(info, offsets, columns, groups_per_read=groups_per_read or len(offsets)):
+                yield a, a + table.num_rows, table
+                a += table.num_rows
 
     def _prefetch(self, shards: list[ShardInfo]) -> None:
         """Fetch shards into the cache in the background (remote repos with a cache only)."""

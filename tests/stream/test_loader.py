@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from bioscan5m_hf import make_loader
+from bioscan5m_hf.stream.columnar import ColumnarBatches
 
 from ..conftest import assert_same_batches, interrupted
 
@@ -132,12 +133,14 @@ def test_cuda_copy_overlaps_the_model_step(converted_zips):
     assert any(c.start < k.end and k.start < c.end for c in copies for k in kernels), "no copy overlapped compute"
 
 
-@pytest.mark.parametrize("num_workers, k, max_nucleotides", [(0, 4, 660), (2, 4, 660), (0, 6, 100), (0, 5, 700)])
-def test_dna_only_columnar_batches_equal_the_per_record_path(converted_zips, num_workers, k, max_nucleotides):
+@pytest.mark.parametrize("num_workers, k, max_nucleotides, drop_last", [(0, 4, 660, False), (2, 4, 660, True),
+                                                                      (0, 6, 100, False), (0, 5, 700, False)])
+def test_dna_only_columnar_batches_equal_the_per_record_path(converted_zips, num_workers, k, max_nucleotides,
+                                                             drop_last):
     """Also where every barcode is cut (100 nucleotides, 16 6-mers) or padded (700 nucleotides: 140 5-mers)."""
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=16, num_workers=num_workers, modality=("dna",), target_type=["order", "species"],
-              seed=2, buffer_size=24, k=k, max_nucleotides=max_nucleotides)
+              seed=2, buffer_size=24, k=k, max_nucleotides=max_nucleotides, drop_last=drop_last)
     fast = make_loader(root, "all", **kw)  # Parquet + DNA only: whole batches from Arrow columns
     slow = make_loader(root, "all", on_error="skip", **kw)  # the per-record path
     assert fast.loader.batch_size is None and slow.loader.batch_size == 16
@@ -154,6 +157,30 @@ def test_dna_only_columnar_batches_equal_the_per_record_path(converted_zips, num
     again = make_loader(root, "all", **kw)
     again.load_state_dict(state)
     assert head + collect(again) == [b["processid"] for b in make_loader(root, "all", **kw)]
+
+
+@pytest.mark.parametrize("how", [
+    dict(num_workers=0),
+    dict(num_workers=2, augment=True, persistent_workers=False),
+    dict(num_workers=3, drop_last=True, decode="threads", batch_size=7),  # 80 records a worker: 3 left
+    dict(num_workers=2, augment=True, decode="threads", worker_method="thread"),
+    dict(num_workers=1, rank=1, world_size=2, modality=("image",)),
+    dict(num_workers=2, reduce_repeated_barcodes=True, mask_dna=0.2, buffer_size=1),
+])
+def test_image_batches_from_columns_equal_the_per_record_path(converted_zips, how):
+    """Parquet images (+ DNA): whole batches from Arrow columns, each batch's images decoded
+    straight into it, are the per-record path's batches: keys, order, pixels, tokens, over two
+    epochs and through a resume (with drop_last, augmented crops, ranks, a reduced split)."""
+    root = converted_zips.repos["parquet"].parent
+    kw = dict(batch_size=8, image_size=16, seed=5, buffer_size=30, target_type=["order", "species"],
+              modality=("image", "dna")) | how
+    fast = make_loader(root, "all", **kw)
+    slow = make_loader(root, "all", on_error="skip", **kw)  # the per-record path
+    assert isinstance(fast.loader.dataset, ColumnarBatches) and not isinstance(slow.loader.dataset, ColumnarBatches)
+    for _ in range(2):  # two epochs
+        assert_same_batches(list(fast), list(slow), at_least=3)
+    resumed, _ = interrupted(lambda: make_loader(root, "all", **kw), 3)
+    assert_same_batches(resumed, list(make_loader(root, "all", on_error="skip", **kw)), at_least=3)
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -175,7 +202,7 @@ def test_thread_decode_resumes_exactly_and_names_a_bad_image(converted_zips, mon
     full = [b["processid"] for b in make_loader(root, "pretrain", **kw)]
     batches, _ = interrupted(lambda: make_loader(root, "pretrain", **kw), 3)
     assert [b["processid"] for b in batches] == full
-    from bioscan5m_hf.stream import loader as loader_module
+    from bioscan5m_hf.stream import images as loader_module
 
     def broken(data, size, channels_last=False, out=None):
         raise OSError("broken data stream")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bioscan5m_hf import make_loader
-from bioscan5m_hf.stream.loader import Collate
+from bioscan5m_hf.stream.images import WorkerImages
 from bioscan5m_hf.stream.slots import ImageSlots
 
 from ..conftest import assert_same_batches
@@ -67,8 +67,8 @@ def test_slots_stay_with_the_processes_that_share_them():
     slots = ImageSlots(num_workers=1, per_worker=1, batch_size=1, size=1)
     with pytest.raises(TypeError, match="not pickled"):
         pickle.dumps(slots)
-    collate = Collate([], [], None, slots=slots)
-    assert pickle.loads(pickle.dumps(collate)).slots is None  # a copy elsewhere sends fresh memory
+    images = WorkerImages(1, slots=slots)
+    assert pickle.loads(pickle.dumps(images)).slots is None  # a copy elsewhere sends fresh memory
 
 
 KW = dict(batch_size=8, image_size=16, seed=3, target_type=["order", "species"], modality=("image", "dna"))
@@ -88,7 +88,8 @@ def copied(loader, epochs: int = 1) -> list[dict]:
 
 
 @pytest.mark.parametrize("how", [dict(num_workers=2), dict(num_workers=3, augment=True, drop_last=True),
-                                 dict(num_workers=2, persistent_workers=False, device="cpu")])
+                                 dict(num_workers=2, persistent_workers=False, device="cpu"),
+                                 dict(num_workers=2, on_error="skip")])  # the per-record path
 def test_worker_processes_send_images_through_slots_with_the_same_batches(converted_zips, how):
     root = converted_zips.repos["parquet"].parent
     loader = make_loader(root, "pretrain", **KW, **how)

@@ -99,7 +99,7 @@ def test_thread_workers_resume_exactly_on_either_method_and_topology(converted_z
 
 
 def test_a_bad_image_is_named_through_thread_workers(converted_zips, monkeypatch):
-    from bioscan5m_hf.stream import loader as loader_module
+    from bioscan5m_hf.stream import images as loader_module
 
     def broken(data, size, channels_last=False, out=None):
         raise OSError("broken data stream")
