@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -35,6 +36,35 @@ def new_batch(count: int, height: int, width: int) -> torch.Tensor:
     return torch.empty((count, height, width, 3), dtype=torch.uint8)
 
 
+class SpareBuffers:
+    """uint8 batch buffers of this process, reused once no batch handed out refers to them (their
+    only references are ours): a fresh 50 MB buffer per batch would cost its page faults again, as
+    much as decoding the batch on 2 cores. A consumer keeping batches gets fresh buffers. Safe to
+    share among threads."""
+
+    KEEP = 4
+
+    def __init__(self):
+        self._arrays: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # a copy elsewhere starts with none
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def get(self, shape: tuple[int, ...]) -> torch.Tensor:
+        with self._lock:
+            for array in self._arrays:
+                if array.shape == shape and sys.getrefcount(array) <= 3:  # the list, `array`, the call's argument
+                    return torch.from_numpy(array)
+            array = np.empty(shape, dtype=np.uint8)
+            if len(self._arrays) < self.KEEP:
+                self._arrays.append(array)
+            return torch.from_numpy(array)
+
+
 def stack_images(images: list[np.ndarray]) -> torch.Tensor:
     """HWC uint8 images -> one ``B x 3 x H x W`` tensor in channels-last memory format (plain copies,
     no transposition) in :func:`new_batch` memory."""
@@ -48,15 +78,17 @@ def stack_images(images: list[np.ndarray]) -> torch.Tensor:
 
 class WorkerImages:
     """``decode="workers"``: a worker's image batches, written where the main process reads them
-    without another copy. With ``slots`` (worker processes) into a free slot of the worker's own,
-    sending on only the slot's :class:`~bioscan5m_hf.stream.slots.SlotRef`; otherwise, or when all
-    its slots are in use, into :func:`new_batch` memory.
+    without another copy. In a worker process with ``slots``, into a free slot of the worker's own,
+    sending on only the slot's :class:`~bioscan5m_hf.stream.slots.SlotRef` (when all its slots are
+    in use, into :func:`new_batch` shared memory); in the main process (thread workers, or none)
+    into a :class:`SpareBuffers` buffer.
 
     :meth:`decode` decodes a batch's JPEGs straight into that memory (no image is held decoded
     between records); :meth:`stack` copies images decoded one by one."""
 
     def __init__(self, image_size: int, augment: bool = False, seed: int = 0, slots: ImageSlots | None = None):
         self.image_size, self.augment, self.seed, self.slots = image_size, augment, seed, slots
+        self.spare = SpareBuffers()
 
     def __getstate__(self):  # a copy in another process has no slots to write into: fresh memory there
         return {**self.__dict__, "slots": None}
@@ -67,7 +99,8 @@ class WorkerImages:
         info = torch.utils.data.get_worker_info()
         claimed = self.slots.claim(info.id, count) if self.slots is not None and info is not None else None
         if claimed is None:
-            out = new_batch(count, self.image_size, self.image_size)
+            size = self.image_size
+            out = new_batch(count, size, size) if info is not None else self.spare.get((count, size, size, 3))
             fill(out.numpy())
             return out.permute(0, 3, 1, 2)
         ref, view = claimed
@@ -114,31 +147,21 @@ class ThreadDecoder:
     release the GIL, so the threads use every core. Pixels are exactly those of ``decode="workers"``
     (the same functions decode them)."""
 
-    #: Batch buffers kept for reuse: a fresh 50 MB buffer per batch would cost its page faults again.
-    SPARE_BUFFERS = 4
-
     def __init__(self, image_size: int, threads: int | None = None, pin: bool = False):
         self.image_size, self.pin = image_size, pin
         self.threads = threads or os.cpu_count() or 1
         self._pool = None
-        self._buffers: list[np.ndarray] = []
+        self.spare = SpareBuffers()
 
     def __getstate__(self):
-        return {**self.__dict__, "_pool": None, "_buffers": []}
+        return {**self.__dict__, "_pool": None}
 
     def _buffer(self, n: int) -> torch.Tensor:
-        """An ``n x size x size x 3`` uint8 batch: pinned (torch caches those) or a spare buffer that
-        no batch handed out still uses (its only references are ours)."""
+        """An ``n x size x size x 3`` uint8 batch: pinned (torch caches those) or a spare buffer."""
         shape = (n, self.image_size, self.image_size, 3)
         if self.pin:
             return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-        for array in self._buffers:
-            if array.shape == shape and sys.getrefcount(array) <= 3:  # the list, `array`, the call's argument
-                return torch.from_numpy(array)
-        array = np.empty(shape, dtype=np.uint8)
-        if len(self._buffers) < self.SPARE_BUFFERS:
-            self._buffers.append(array)
-        return torch.from_numpy(array)
+        return self.spare.get(shape)
 
     def submit(self, jpeg: torch.Tensor, offsets: torch.Tensor, crop: torch.Tensor | None,
                processids: Sequence[str]) -> Callable[[], torch.Tensor]:

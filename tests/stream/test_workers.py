@@ -109,3 +109,20 @@ def test_a_bad_image_is_named_through_thread_workers(converted_zips, monkeypatch
     with pytest.raises(ShardError, match=r"\.parquet: member [A-Z]+\d+-\d+\.jpg: image does not decode"):
         next(iter(make_loader(root, "pretrain", batch_size=4, image_size=16, num_workers=2, worker_method="thread")))
     assert not [t for t in threading.enumerate() if t.name.startswith("bioscan5m-worker")]
+
+
+@pytest.mark.parametrize("how", [dict(num_workers=2, worker_method="thread"), dict(num_workers=0),
+                                 dict(num_workers=2, worker_method="thread", on_error="skip")])
+def test_batches_decoded_in_this_process_reuse_buffers_only_once_dropped(converted_zips, how):
+    """Image batches decoded in the main process (thread workers, or none) go into buffers reused
+    once nothing refers to them: a loop that drops each batch sees the same pixels as one keeping
+    every batch (which gets fresh buffers)."""
+    root = converted_zips.repos["parquet"].parent
+    kw = dict(batch_size=8, image_size=16, seed=3, target_type="species", modality=("image", "dna"), **how)
+    kept = list(make_loader(root, "pretrain", **kw))
+    dropped = []
+    for batch in make_loader(root, "pretrain", **kw):
+        dropped.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        del batch
+    assert_same_batches(kept, dropped, at_least=3)
+    assert len({b["image"].untyped_storage().data_ptr() for b in kept}) == len(kept)
