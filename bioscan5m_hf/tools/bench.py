@@ -311,7 +311,7 @@ def loader_area(st: Settings) -> list[Figure]:
         p.read_bytes()  # warm the page cache for everyone
     split_dir = out / schema.PARQUET_REPO / "cropped_256" / "pretrain"
     rows = {k: [] for k in ("raw", "raw_loader_decoder", "decoder_alone", "ours", "ours_threads",
-                            "ours_threads_processes",
+                            "ours_threads_processes", "ours_thread_workers",
                             "datasets", "official", "ours_dna", "ours_dna_processes", "official_dna")}
     for _ in range(st.repeats):  # interleaved, so the machine's mood hits every figure alike
         rows["raw"].append(raw_decode_rate(split_dir, total))
@@ -320,6 +320,7 @@ def loader_area(st: Settings) -> list[Figure]:
         rows["ours"].append(loader_rate(out, "pretrain", True, 256))
         rows["ours_threads"].append(loader_rate(out, "pretrain", True, 256, **FAST))
         rows["ours_threads_processes"].append(loader_rate(out, "pretrain", True, 256, decode="threads"))
+        rows["ours_thread_workers"].append(loader_rate(out, "pretrain", True, 256, worker_method="thread"))
         rows["datasets"].append(datasets_route_rate(out / schema.PARQUET_REPO, "cropped_256", "pretrain", 256))
         rows["official"].append(official_rate(st.official_python, rel, "pretrain", True, 256))
         rows["ours_dna"].append(loader_rate(dna_out, "pretrain", False, 1024, worker_method="thread"))
@@ -328,29 +329,28 @@ def loader_area(st: Settings) -> list[Figure]:
     med = {k: statistics.median(v) for k, v in rows.items() if v and None not in v}
     limit = "raw_loader_decoder" if "raw_loader_decoder" in med else "raw"
     raw = f"raw decode limit (its decoder) {med[limit]:,.0f}/s"
+    ways = {"ours": "make_loader's defaults (decode='workers', worker processes)",
+            "ours_thread_workers": "decode='workers', worker_method='thread'",
+            "ours_threads": "decode='threads', worker_method='thread'",
+            "ours_threads_processes": "decode='threads' in worker processes"}
+    best = max(ways, key=lambda k: med[k])
     figures = [
-        Figure("image+DNA+label samples/s, make_loader decode='threads', worker_method='thread', 2 workers, "
-               "batch 256", f"{med['ours_threads']:,.0f}/s", raw, f"{med['ours_threads'] / med[limit]:.2f}",
-               ">= 0.90", med["ours_threads"] / med[limit] >= 0.9),
+        Figure(f"image+DNA+label samples/s, the best make_loader ({ways[best]}), 2 workers, batch 256",
+               f"{med[best]:,.0f}/s", raw, f"{med[best] / med[limit]:.2f}", ">= 0.90", med[best] / med[limit] >= 0.9),
+        *(Figure(f"same, {how}", f"{med[k]:,.0f}/s", raw, f"{med[k] / med[limit]:.2f}", "-", None)
+          for k, how in ways.items()),
         Figure("decode='threads' decoding threads alone (batches of JPEGs in memory, nothing read): the design's "
                "ceiling", f"{med['decoder_alone']:,.0f}/s", raw, f"{med['decoder_alone'] / med[limit]:.2f}", "-", None),
-        Figure("same, decode='threads' in worker processes", f"{med['ours_threads_processes']:,.0f}/s", raw,
-               f"{med['ours_threads_processes'] / med[limit]:.2f}", "-", None),
-        Figure("same, make_loader's defaults (decode='workers', worker processes)", f"{med['ours']:,.0f}/s", raw,
-               f"{med['ours'] / med[limit]:.2f}", "-", None),
-        Figure("same, decode='threads', worker_method='thread' vs the Pillow raw limit",
-               f"{med['ours_threads']:,.0f}/s",
-               f"raw decode limit (Pillow) {med['raw']:,.0f}/s", f"{med['ours_threads'] / med['raw']:.2f}", "-",
-               None),
+        Figure(f"the best make_loader ({ways[best]}) vs the Pillow raw limit", f"{med[best]:,.0f}/s",
+               f"raw decode limit (Pillow) {med['raw']:,.0f}/s", f"{med[best] / med['raw']:.2f}", "-", None),
         Figure("datasets route (load_dataset(repo, 'cropped_256', streaming=True, columns=...), DataLoader with 2 "
                "workers, the same decode in its workers) vs make_loader with that decode", f"{med['datasets']:,.0f}/s",
                f"make_loader {med['ours']:,.0f}/s", f"{med['datasets'] / med['ours']:.2f}", ">= 0.8",
                med["datasets"] / med["ours"] >= 0.8)]
     if "official" in med:
-        best = max(med["ours"], med["ours_threads"], med["ours_threads_processes"])
-        figures.append(Figure("best of make_loader vs the official loader", f"{best:,.0f}/s",
-                              f"official {med['official']:,.0f}/s", f"{best / med['official']:.2f}x",
-                              ">= 1.6x", best / med["official"] >= 1.6))
+        figures.append(Figure("best of make_loader vs the official loader", f"{med[best]:,.0f}/s",
+                              f"official {med['official']:,.0f}/s", f"{med[best] / med['official']:.2f}x",
+                              ">= 1.6x", med[best] / med["official"] >= 1.6))
         for key, how in (("ours_dna", "worker_method='thread'"), ("ours_dna_processes", "worker processes")):
             figures.append(Figure(f"DNA-only records/s on a {dna_total:,}-record split (token ids + labels, batch "
                                   f"1024, start-up included), {how}", f"{med[key]:,.0f}/s",
@@ -518,7 +518,7 @@ def peers_area(st: Settings) -> list[Figure]:
     rate = {n: m["samples"] / m["seconds"] for n, m in med.items()}
     figures = []
     for label, group, mine in (("image+DNA+label", [n for n in names if not n.endswith("-dna")],
-                                ("make_loader", "make_loader-threads")),
+                                ("make_loader", "make_loader-threads", "make_loader-thread-workers")),
                                (f"DNA-only ({dna_total:,} records)", [n for n in names if n.endswith("-dna")],
                                 ("make_loader-dna", "make_loader-processes-dna"))):
         ours = max((n for n in mine if n in rate), key=lambda n: rate[n])

@@ -10,8 +10,9 @@ DATA``, in the environment ``scripts/install_peers.sh`` prepares, where every on
 checks that it delivered every record exactly once, and prints ``{"samples", "seconds",
 "first_batch"}`` as JSON.
 
-- ``make_loader``: this project as it comes (decoding in worker processes); ``make_loader-threads``:
-  its fastest way on a few cores (``worker_method="thread"``, ``decode="threads"``);
+- ``make_loader``: this project as it comes (decoding in worker processes); ``make_loader-threads``
+  and ``make_loader-thread-workers``: its workers as threads (``worker_method="thread"``), decoding
+  in a pool of threads (``decode="threads"``) or in the worker threads themselves;
 - ``dataloader-in-memory``: a plain ``torch`` DataLoader over JPEG bytes already in memory;
 - ``webdataset``: the ``webdataset`` library over the converted tars;
 - ``datasets``: ``datasets`` streaming of the converted Parquet files;
@@ -37,7 +38,8 @@ from .. import schema
 
 BATCH, WORKERS, SIZE = 256, 2, 256
 DNA_BATCH = 1024
-PEERS = ("make_loader", "make_loader-threads", "dataloader-in-memory", "webdataset", "datasets", "litdata", "mosaic")
+PEERS = ("make_loader", "make_loader-threads", "make_loader-thread-workers", "dataloader-in-memory", "webdataset",
+         "datasets", "litdata", "mosaic")
 #: DNA-only (token ids + species, no image): the same loaders on a metadata-only conversion.
 DNA_PEERS = ("make_loader-dna", "make_loader-processes-dna", "dataloader-in-memory-dna",
              "datasets-dna", "litdata-dna", "mosaic-dna")
@@ -280,7 +282,9 @@ def _stream_dna(data: dict, kind: str):
 
 
 LOADERS = {"make_loader": _make_loader, "make_loader-threads": lambda d: _make_loader(
-    d, decode="threads", worker_method="thread"), "dataloader-in-memory": _in_memory, "webdataset": _webdataset,
+    d, decode="threads", worker_method="thread"),
+    "make_loader-thread-workers": lambda d: _make_loader(d, worker_method="thread"),
+    "dataloader-in-memory": _in_memory, "webdataset": _webdataset,
     "datasets": _datasets, "litdata": _litdata, "mosaic": _mosaic,
     "make_loader-dna": lambda d: _make_loader_dna(d, "thread"),
     "make_loader-processes-dna": lambda d: _make_loader_dna(d, "process"),
