@@ -250,17 +250,26 @@ class Loader:
                             self.phases)
         if self.slots is not None:
             self.slots.new_generation()
-        for batch in self._to_device(self._from_slots(iter(self.loader))):
+        batches = iter(self.loader) if self.slots is None else self._from_slots(iter(self.loader))
+        for batch in self._to_device(batches):
             self.batches += 1
             yield batch
+            del batch  # not held while the next batch is awaited (a slot is free once the consumer lets go)
         self.epoch, self.batches, self.phases = self.epoch + 1, 0, []
 
     def _from_slots(self, batches: Iterator[dict]) -> Iterator[dict]:
-        """Image batches a worker wrote into shared slots, as tensors viewing them (:mod:`.slots`)."""
-        for batch in batches:
+        """Image batches a worker wrote into shared slots, as tensors viewing them (:mod:`.slots`).
+        Before each wait for the next batch, the slots of batches nothing refers to any more are
+        freed, so the workers keep writing into the few slots already in memory."""
+        while True:
+            self.slots.release_unused()
+            batch = next(batches, None)
+            if batch is None:
+                return
             if isinstance(batch.get("image"), SlotRef):
                 batch["image"] = self.slots.take(batch["image"])
             yield batch
+            del batch
 
     def _decoded_ahead(self, batches: Iterator[dict]) -> Iterator[dict]:
         """``decode="threads"``: each batch's JPEGs go to the decoding threads as soon as the batch
@@ -309,7 +318,9 @@ class Loader:
         if self.thread_decoder is not None:
             batches = self._decoded_ahead(batches)
         if self.device is None:
-            yield from (self._move(b) if "jpeg" in b or self.normalize_images else b for b in batches)
+            for batch in batches:
+                yield self._move(batch) if "jpeg" in batch or self.normalize_images else batch
+                del batch
             return
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
