@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,18 +21,20 @@ from .workers import worker_identity
 
 
 class HeldRows:
-    """The rows a worker has read and not yet emitted, as column arrays indexed by slot: what the
-    per-record path's pending records are, without a Python object per record. Pieces go in by read
-    position, batches come out by read position and their slots are reused, so memory follows the
-    rows held (a shuffle buffer's worth), not the row groups they were read with.
+    """The rows a worker has read and not yet emitted, converted a piece at a time (``convert``:
+    table -> one array per column) into column arrays indexed by slot: what the per-record path's
+    pending records are, without a Python object per record. Pieces go in by read position, batches
+    come out by read position and their slots are reused, so memory follows the rows held (a shuffle
+    buffer's worth), not the row groups they were read with. For images.
 
-    >>> held = HeldRows(positions=4)
-    >>> held.put(np.array([0, 1, 2]), {"x": np.array([10, 11, 12])})
+    >>> held = HeldRows(4, lambda table: {"x": table.column("x").to_numpy()})
+    >>> held.put(np.array([0, 1, 2]), pa.table({"x": [10, 11, 12]}))
     >>> held.take(np.array([2, 0]))["x"].tolist(), len(held)
     ([12, 10], 1)
     """
 
-    def __init__(self, positions: int):
+    def __init__(self, positions: int, convert: Callable[[pa.Table], dict[str, np.ndarray]]):
+        self.convert = convert
         self.slot_of = np.full(positions, -1, dtype=np.int64)
         self.columns: dict[str, np.ndarray] = {}
         self.free = np.zeros(0, dtype=np.int64)
@@ -49,14 +51,14 @@ class HeldRows:
             self.columns[name] = bigger
         self.free = np.concatenate([self.free, np.arange(old, self.capacity)])
 
-    def put(self, positions: np.ndarray, values: dict[str, np.ndarray]) -> None:
-        """Hold the rows read at ``positions`` (``values``: one array per column, a row each)."""
+    def put(self, positions: np.ndarray, table: pa.Table) -> None:
+        """Hold the rows of ``table``, read at ``positions``."""
         k = len(positions)
         if len(self.free) < k:
             self._grow(k)
         cut = len(self.free) - k
         slots, self.free = self.free[cut:], self.free[:cut]
-        for name, value in values.items():
+        for name, value in self.convert(table).items():
             column = self.columns.get(name)
             if column is None:
                 column = self.columns[name] = np.empty((self.capacity, *value.shape[1:]), dtype=value.dtype)
@@ -72,6 +74,45 @@ class HeldRows:
                 column[slots] = None
         self.free = np.concatenate([self.free, slots])
         return out
+
+
+class HeldTables:
+    """The pieces a worker has read, kept as Arrow tables (metadata: a few large visits), each batch
+    gathered from them with ``take`` (no copy but the batch's rows) and converted then (``convert``).
+    A piece is dropped once none of its rows is still to come (``emission``: read positions in
+    emission order; ``step``: how many were emitted before). For metadata, where converting whole
+    visits up front would copy every row once more.
+
+    >>> held = HeldTables(np.array([1, 0, 2]), 0, lambda table: {"x": table.column("x").to_pylist()})
+    >>> held.put(np.array([0, 1]), pa.table({"x": [10, 11]}))
+    >>> held.take(np.array([1]))["x"], len(held.pieces)
+    ([11], 1)
+    """
+
+    def __init__(self, emission: np.ndarray, step: int, convert: Callable[[pa.Table], dict]):
+        self.later = np.minimum.accumulate(emission[::-1])[::-1]  # by step: the first read position to come
+        self.step, self.convert = step, convert
+        self.pieces: list[tuple[np.ndarray, pa.Table]] = []
+
+    def put(self, positions: np.ndarray, table: pa.Table) -> None:
+        self.pieces.append((positions, table))
+
+    def take(self, need: np.ndarray) -> dict:
+        firsts = np.array([positions[0] for positions, _ in self.pieces])
+        which = np.searchsorted(firsts, need, side="right") - 1
+        parts, order = [], []
+        for c in np.unique(which):
+            picked = np.flatnonzero(which == c)
+            positions, table = self.pieces[c]
+            parts.append(table.take(arrow_indices(np.searchsorted(positions, need[picked]))))
+            order.append(picked)
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        inverse = np.empty(len(need), dtype=np.int64)
+        inverse[np.concatenate(order)] = np.arange(len(need))
+        self.step += len(need)
+        if self.step < len(self.later):
+            self.pieces = [p for p in self.pieces if p[0][-1] >= self.later[self.step]]
+        return self.convert(table.take(arrow_indices(inverse)))
 
 
 def padded_barcodes(barcodes: pa.ChunkedArray, tokenizer: KmerTokenizer,
@@ -111,12 +152,14 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
 
     Yields, per DataLoader worker, exactly the batches the per-record path would (same partition,
     same shuffle-buffer emission order, same resume points: the :class:`RecordStream` decides all of
-    it; the same tokenizer and decoders), but reads pieces of visits as Arrow tables and turns each
-    into column arrays at once (barcodes padded with Arrow kernels, each distinct label looked up
-    once), held until their rows are emitted (:class:`HeldRows`); a batch's barcodes are tokenised
-    as one matrix. Images (``decode``): decoded here straight into the batch (``"workers"``, by
-    ``images``), or shipped as packed JPEG bytes (``"threads"``, ``"device"``) with their crop
-    parameters where the per-record path ships them.
+    it; the same tokenizer and decoders), but reads pieces of visits as Arrow tables and converts
+    rows a column at a time (barcodes padded with Arrow kernels and tokenised as one matrix, each
+    distinct label looked up once). Metadata alone: whole visits held as tables, a batch gathered
+    and converted at a time (:class:`HeldTables`). With images: a row group per read, converted at
+    once and held until emitted (:class:`HeldRows`), so memory stays a shuffle buffer's worth; the
+    images are decoded here straight into the batch (``decode="workers"``, by ``images``) or shipped
+    as packed JPEG bytes (``"threads"``, ``"device"``) with their crop parameters where the
+    per-record path ships them.
     """
 
     def __init__(self, records: RecordStream, target_type: Sequence[str], batch_size: int,
@@ -152,20 +195,19 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
         pieces = self.records.visit_tables(plan, runs, groups_per_read=None if self.decode is None else 1)
         wanted = np.ones(n, dtype=bool)
         wanted[already] = False  # read again after a resume, but yielded before it
-        held = HeldRows(n)
+        held = HeldRows(n, self._values) if self.decode is not None else HeldTables(plan.emission, done, self._values)
         read_to = start
         for t in range(done, stop, self.batch_size):
             need = plan.emission[t: t + self.batch_size]
             while read_to <= need.max():
                 a, read_to, table = next(pieces)
                 keep = np.flatnonzero(wanted[a: read_to])
-                if len(keep) < read_to - a:
-                    table = table.take(arrow_indices(keep))
-                held.put(a + keep, self._values(table))
+                if len(keep):
+                    held.put(a + keep, table if len(keep) == read_to - a else table.take(arrow_indices(keep)))
             yield self._batch(held.take(need), need, plan, epoch)
 
     def _values(self, table: pa.Table) -> dict[str, np.ndarray]:
-        """A piece's rows as the column arrays :class:`HeldRows` holds."""
+        """Rows (a piece's, or a batch's) as one array per column."""
         values = {"processid": objects(table.column("processid").to_pylist())}
         if self.tokenizer is not None:
             values["dna"], values["dna_length"] = padded_barcodes(table.column("dna_barcode"), self.tokenizer,
