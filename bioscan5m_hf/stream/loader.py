@@ -2,7 +2,10 @@
 
 Workers read and shuffle undecoded records, then decode images (resize + centre-crop to uint8) and
 collate: images ``B x 3 x S x S`` uint8 (channels-last memory format), barcodes as k-mer token ids
-with an attention mask, and one int64 label tensor per requested rank. With ``device="cuda"``
+with an attention mask, and one int64 label tensor per requested rank. From Parquet (images and/or
+DNA) whole batches come straight from the Arrow columns (:mod:`.columnar`), a batch's JPEGs decoded
+straight into the batch's memory (:mod:`.images`); otherwise record by record (tar shards,
+``on_error="skip"``, other metadata modalities), with the same batches. With ``device="cuda"``
 batches come from pinned memory with non-blocking copies on a side stream, one batch ahead, so the
 copy overlaps the model's compute.
 
@@ -376,17 +379,16 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
         How the ``num_workers`` workers run: as DataLoader worker processes, or as threads of this
         process (no process start-up, no batch crossing a process boundary; the streams' Python
         shares one interpreter lock). Exactly the same batches in the same order, and the same
-        ``state_dict``. On 2 cores ``"thread"`` was faster in every case measured (DNA-only 2.6x,
-        images 1.2x; BENCHMARKS.md). With many workers on many cores the streams' per-record
-        Python, serialised by the lock, may become the limit there: keep processes then.
+        ``state_dict``. On 2 cores ``"thread"`` is 2-2.5x faster DNA-only and level with
+        processes for images (BENCHMARKS.md). With many workers on many cores the streams' Python,
+        serialised by the lock, may become the limit there: keep processes then.
     decode : {"workers", "threads", "device"}
-        Where images are decoded: in the workers (pixels cross into the main process, through
-        shared-memory slots reused batch after batch with worker processes and no pinning,
-        :mod:`.slots`); in
-        the main process by ``decode_threads`` threads (default: one per core) from the JPEG bytes
-        the workers ship, straight into the batch (same pixels as ``"workers"``; no pixel crosses a
-        process boundary); or on ``device`` (``torchvision.io``; nvJPEG on CUDA; needs the ``gpu``
-        extra). Same keys, shapes, dtypes and record order.
+        Where images are decoded: in the workers, straight into the batch (pixels cross into the
+        main process through shared-memory slots reused batch after batch with worker processes and
+        no pinning, :mod:`.slots`); in the main process by ``decode_threads`` threads (default: one
+        per core) from the JPEG bytes the workers ship, straight into the batch (same pixels as
+        ``"workers"``; no pixel crosses a process boundary); or on ``device`` (``torchvision.io``;
+        nvJPEG on CUDA; needs the ``gpu`` extra). Same keys, shapes, dtypes and record order.
     augment : bool
         Training crops: a random resized crop (scale 0.08-1, ratio 3/4-4/3) and a random horizontal
         flip per sample, drawn from ``seed``, the epoch and the record, so a resumed run reproduces
