@@ -210,3 +210,23 @@ def test_thread_decode_resumes_exactly_and_names_a_bad_image(converted_zips, mon
     monkeypatch.setattr(loader_module, "decode_image", broken)
     with pytest.raises(Exception, match=r"record [A-Z]+\d+-\d+: image does not decode"):
         next(iter(make_loader(root, "pretrain", num_workers=0, batch_size=4, image_size=16, decode="threads")))
+
+
+def test_columnar_image_rows_held_stay_a_shuffle_buffers_worth(converted_zips, monkeypatch):
+    """Rows read ahead of emission are held as converted columns, not whole row groups: at most the
+    shuffle buffer plus one read's rows, never the epoch."""
+    from bioscan5m_hf.stream import columnar
+
+    most = []
+
+    class Counting(columnar.HeldRows):
+        def take(self, positions):
+            most.append(len(self))
+            return super().take(positions)
+
+    monkeypatch.setattr(columnar, "HeldRows", Counting)
+    root = converted_zips.repos["parquet"].parent
+    loader = make_loader(root, "all", batch_size=8, num_workers=0, image_size=16, buffer_size=30, seed=1)
+    assert sum(len(b["processid"]) for b in loader) == loader.records.num_records > 200
+    rows_per_read = max(s.num_records for s in loader.records.shards)  # a shard's one row group, here
+    assert 30 <= max(most) <= 30 + 8 + rows_per_read
