@@ -12,7 +12,7 @@ import torch
 
 from .. import schema
 from ..repo.readers import arrow_indices
-from ..transforms import KmerTokenizer, crop_params, sample_rng
+from ..transforms import KmerTokenizer
 from . import device as on_device
 from . import partition
 from .images import WorkerImages
@@ -164,13 +164,13 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, records: RecordStream, target_type: Sequence[str], batch_size: int,
                  tokenizer: KmerTokenizer | None, position: SharedPosition, dna_masking=None, *,
-                 drop_last: bool = False, decode: str | None = None, image_size: int = 256, augment: bool = False,
-                 images: WorkerImages | None = None):
+                 drop_last: bool = False, decode: str | None = None, images: WorkerImages | None = None):
         super().__init__()
+        if decode is not None and images is None:
+            raise ValueError("decode needs images (their size, crops and memory)")
         self.records, self.batch_size, self.tokenizer, self.position = records, batch_size, tokenizer, position
         self.dna_masking, self.drop_last = dna_masking, drop_last
-        self.decode, self.image_size, self.augment = decode, image_size, augment
-        self.images = images if images is not None else WorkerImages(image_size, augment, records.seed)
+        self.decode, self.images = decode, images
         # Label -> index per rank, as plain dicts: building Arrow arrays from Python lists here would
         # import pandas (pyarrow's converters do), a sixth of a second before the first batch.
         self.indices = {t: {label: i for i, label in enumerate(records.vocabularies[t])} for t in target_type}
@@ -239,12 +239,11 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
             return {"image": self.images.decode(jpegs, processids, epoch, shard_of)}
         jpeg, offsets = on_device.pack(jpegs)
         out = {"jpeg": jpeg, "jpeg_offsets": offsets}
-        if self.augment or self.decode == "device":  # as LoaderSample ships them
+        if self.images.augment or self.decode == "device":  # as LoaderSample ships them
             params = []
             for i, (data, pid) in enumerate(zip(jpegs, processids)):
-                rng = sample_rng(self.records.seed, epoch, pid) if self.augment else None
                 try:
-                    params.append(crop_params(data, self.image_size, self.augment, rng))
+                    params.append(self.images.crop_params(data, pid, epoch))
                 except IMAGE_ERRORS as e:
                     raise image_error(shard_of(i), pid, e) from None
             out["crop"] = torch.from_numpy(np.stack(params))

@@ -119,6 +119,12 @@ class WorkerImages:
 
         return self.write(len(images), fill)
 
+    def crop_params(self, data: bytes, processid: str, epoch: int) -> np.ndarray:
+        """The record's crop (:func:`~bioscan5m_hf.transforms.crop_params`): with ``augment`` drawn
+        from the seed, the epoch and the record, otherwise the whole image."""
+        rng = sample_rng(self.seed, epoch, processid) if self.augment else None
+        return crop_params(data, self.image_size, self.augment, rng)
+
     def decode(self, jpegs: Sequence[bytes], processids: Sequence[str], epoch: int,
                shard_of: Callable[[int], str]) -> torch.Tensor | SlotRef:
         """A batch's JPEGs decoded into one batch: the centre crop, or with ``augment`` the random
@@ -130,8 +136,7 @@ class WorkerImages:
             for i, data in enumerate(jpegs):
                 try:
                     if self.augment:
-                        rng = sample_rng(self.seed, epoch, processids[i])
-                        out[i] = decode_crop(data, crop_params(data, size, True, rng), size)
+                        out[i] = decode_crop(data, self.crop_params(data, processids[i], epoch), size)
                     else:
                         decode_image(data, size, channels_last=True, out=out[i])
                 except IMAGE_ERRORS as e:

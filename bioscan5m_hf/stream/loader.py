@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import schema
-from ..transforms import KmerTokenizer, crop_params, decode_crop, decode_image, mask_tokens, normalize, sample_rng
+from ..transforms import KmerTokenizer, decode_crop, decode_image, mask_tokens, normalize
 from ..util import check_choice
 from . import device as on_device
 from . import partition
@@ -48,23 +48,23 @@ class LoaderSample:
     epoch and the record (:func:`~bioscan5m_hf.transforms.sample_rng`); otherwise the centre crop."""
 
     def __init__(self, records: RecordStream, modalities: Sequence[schema.Modality], target_type: Sequence[str],
-                 image_size: int, decode: str = "workers", augment: bool = False):
+                 images: WorkerImages | None, decode: str = "workers"):
         self.records, self.modalities, self.target_type = records, list(modalities), list(target_type)
-        self.image_size, self.decode, self.augment = image_size, decode, augment
+        self.images, self.decode = images, decode  # images: the size and crops (and, collated, the memory)
 
     def _image(self, data: bytes, processid: str, epoch: int, out: dict) -> None:
-        if self.decode == "workers" and not self.augment:  # the exact centre crop of decode_image
-            out["image"] = decode_image(data, self.image_size, channels_last=True)
+        size, augment = self.images.image_size, self.images.augment
+        if self.decode == "workers" and not augment:  # the exact centre crop of decode_image
+            out["image"] = decode_image(data, size, channels_last=True)
             return
-        if self.decode == "threads" and not self.augment:  # decoded in the main process, as above
+        if self.decode == "threads" and not augment:  # decoded in the main process, as above
             out["jpeg"] = data
             return
-        rng = sample_rng(self.records.seed, epoch, processid) if self.augment else None
-        params = crop_params(data, self.image_size, self.augment, rng)
+        params = self.images.crop_params(data, processid, epoch)
         if self.decode in ("device", "threads"):
             out["jpeg"], out["crop"] = data, params
         else:
-            out["image"] = decode_crop(data, params, self.image_size)
+            out["image"] = decode_crop(data, params, size)
 
     def __call__(self, record: dict, epoch: int = 0) -> dict:
         out = {"processid": record["processid"], "epoch": epoch}
@@ -433,10 +433,9 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
             and records.formats == {"parquet"} and records.on_error == "raise":
         # Parquet, images and/or DNA: whole batches from Arrow columns, images decoded a batch at a time
         source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking, drop_last=drop_last,
-                                 decode=decode if "image" in kinds else None, image_size=image_size,
-                                 augment=augment, images=images)
+                                 decode=decode if "image" in kinds else None, images=images)
         return Loader(records, source, position, collate=None, slots=slots, **common)
-    samples = WorkerSamples(records, LoaderSample(records, modalities, targets, image_size, decode, augment), position)
+    samples = WorkerSamples(records, LoaderSample(records, modalities, targets, images, decode), position)
     return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer, masking, images),
                   slots=slots, **common)
 
