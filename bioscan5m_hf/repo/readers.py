@@ -50,7 +50,11 @@ def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
     per ``groups_per_read`` row groups read (memory stays bounded by that). The one place Parquet
     shards are read: damage raises :class:`ShardError` naming the shard and the row group(s)."""
     try:
-        f = pq.ParquetFile(shard.path if not shard.store.remote else shard.open())
+        # A local shard is read in this thread: Arrow's pre-buffering hands each read to its I/O
+        # pool and waits (4% of a worker thread's time here). Remote reads keep it: it coalesces
+        # a row group's column chunks into few ranged requests.
+        f = (pq.ParquetFile(shard.open(), pre_buffer=True) if shard.store.remote
+             else pq.ParquetFile(shard.path, pre_buffer=False))
     except (ValueError, pa.ArrowException) as e:
         raise ShardError(f"{shard.path}: not a readable Parquet shard ({e})") from None
     if offsets is None:
