@@ -7,7 +7,8 @@ verifying a converted repo, local or remote), ``stream`` (records into PyTorch t
 
 __version__ = "0.1.0"
 
-__all__ = ["BIOSCAN5M", "StreamingBIOSCAN5M", "make_loader", "KmerTokenizer", "normalize", "__version__"]
+__all__ = ["BIOSCAN5M", "StreamingBIOSCAN5M", "make_loader", "BatchCollate", "KmerTokenizer", "normalize",
+           "__version__"]
 
 
 def __getattr__(name):
@@ -24,6 +25,10 @@ def __getattr__(name):
         from .stream.loader import make_loader
 
         return make_loader
+    if name == "BatchCollate":
+        from .stream.collate import BatchCollate
+
+        return BatchCollate
     if name in ("KmerTokenizer", "normalize"):
         from . import transforms
 

@@ -1,0 +1,73 @@
+"""``collate_fn`` for the plain ``datasets`` route: a batch of the Parquet repo's rows, as
+``IterableDataset.batch(n)`` yields them (a dict of columns), becomes make_loader's batch, decoded
+in the DataLoader worker that collates it.
+
+A batch at a time, not a row at a time: ``datasets`` formats a batch's Arrow table once instead of
+once per row, and the JPEGs are decoded straight into the batch's tensor (shared memory in a worker
+process, as ``default_collate`` makes it) instead of into one array per image stacked afterwards::
+
+    ds = load_dataset(repo, "cropped_256", split="train", streaming=True,
+                      columns=["processid", "image", "dna_barcode", "species"])
+    ds = ds.cast_column("image", Image(decode=False))
+    loader = DataLoader(ds.batch(256), batch_size=None, num_workers=8, collate_fn=BatchCollate(256))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .. import schema
+from ..transforms import KmerTokenizer
+from .images import WorkerImages
+
+#: The metadata column of the DNA barcode, tokenised into ``dna`` and ``dna_mask``.
+DNA_COLUMN = "dna_barcode"
+
+
+class BatchCollate:
+    """A dict of columns (``processid``, ``image``, ``dna_barcode``, label columns, ...) -> make_loader's
+    batch: ``image`` the ``B x 3 x S x S`` uint8 centre crops (channels-last memory, the pixels of
+    :func:`~bioscan5m_hf.transforms.decode_image`), ``dna``/``dna_mask`` the k-mer ids and mask of
+    ``tokenizer``, each column of ``vocabularies`` (e.g. the repo manifest's ``vocabularies``) an
+    int64 index tensor (``-1``: missing or not in the vocabulary), any other column as given.
+
+    ``image`` values are JPEG bytes or ``{"bytes": ..., "path": ...}`` (``Image(decode=False)``). An
+    image that does not decode raises :class:`~bioscan5m_hf.errors.ShardError` naming its record.
+    """
+
+    def __init__(self, image_size: int = 256, tokenizer: KmerTokenizer | None = None,
+                 vocabularies: Mapping[str, Sequence[str]] | None = None):
+        self.images = WorkerImages(image_size)
+        self.tokenizer = tokenizer or KmerTokenizer()
+        self.labels = {column: {label: i for i, label in enumerate(labels)}
+                       for column, labels in (vocabularies or {}).items()}
+
+    def __call__(self, batch: Mapping[str, Sequence]) -> dict:
+        out: dict = {}
+        for column, values in batch.items():
+            if column == schema.IMAGE_COLUMN:
+                out[column] = self._images(values, batch.get("processid"))
+            elif column == DNA_COLUMN:
+                ids, mask = self.tokenizer(list(values))
+                out["dna"], out["dna_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
+            elif column in self.labels:
+                index = self.labels[column]
+                out[column] = torch.tensor([index.get(v, -1) for v in values], dtype=torch.int64)
+            else:
+                out[column] = values
+        return out
+
+    def _images(self, values: Sequence, processids: Sequence[str] | None) -> torch.Tensor:
+        jpegs = [v["bytes"] if isinstance(v, Mapping) else v for v in values]
+        names = list(processids) if processids is not None else [f"row {i} of the batch" for i in range(len(jpegs))]
+
+        def source(i: int) -> str:
+            path = values[i].get("path") if isinstance(values[i], Mapping) else None
+            return path or "a datasets batch"
+
+        return self.images.decode(jpegs, names, 0, source)
+
+
+__all__ = ["BatchCollate"]

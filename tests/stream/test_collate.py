@@ -1,0 +1,54 @@
+import json
+
+import datasets
+import pytest
+import torch
+
+from bioscan5m_hf import BatchCollate, make_loader
+from bioscan5m_hf.errors import ShardError
+
+COLUMNS = ["processid", "image", "dna_barcode", "species"]
+
+
+def datasets_batches(repo, split: str, collate, num_workers: int):
+    ds = datasets.load_dataset(str(repo), "cropped_256", split=split, streaming=True, columns=COLUMNS)
+    ds = ds.cast_column("image", datasets.Image(decode=False)).batch(16)
+    return list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, collate_fn=collate,
+                                            multiprocessing_context="fork" if num_workers else None))
+
+
+def by_record(batches, keys=("image", "dna", "dna_mask", "species")):
+    return {pid: tuple(b[k][i] for k in keys) for b in batches for i, pid in enumerate(b["processid"])}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_datasets_route_gives_make_loaders_batches(converted_zips, num_workers):
+    """Every record once, with make_loader's pixels, token ids, mask and label index."""
+    repo = converted_zips.repos["parquet"]
+    vocabularies = json.loads((repo / "manifest.json").read_text())["vocabularies"]
+    collate = BatchCollate(image_size=24, vocabularies={"species": vocabularies["species"]})
+    ours = datasets_batches(repo, "train", collate, num_workers)
+    b = ours[0]
+    assert b["image"].dtype == torch.uint8 and b["image"].shape == (16, 3, 24, 24)
+    assert b["dna"].shape == (16, 165) and b["species"].dtype == torch.int64
+    theirs = list(make_loader(repo.parent, "train", batch_size=16, num_workers=0, image_size=24,
+                              target_type="species", shuffle=False))
+    ours, theirs = by_record(ours), by_record(theirs)
+    assert ours.keys() == theirs.keys()
+    for pid, values in theirs.items():
+        assert all(torch.equal(x, y) for x, y in zip(ours[pid], values)), pid
+    assert any(label >= 0 for _, _, _, label in ours.values())
+
+
+def test_columns_without_vocabulary_pass_through_and_unknown_labels_are_minus_one():
+    collate = BatchCollate(vocabularies={"order": ["Diptera", "Hymenoptera"]})
+    out = collate({"processid": ["a", "b"], "dna_barcode": ["ACGT", "NN"], "order": ["Hymenoptera", None],
+                   "family": ["Cecidomyiidae", None]})
+    assert out["order"].tolist() == [1, -1] and out["family"] == ["Cecidomyiidae", None]
+    assert out["dna"].shape == (2, 165) and out["dna_mask"][0, 0] == 1 and "image" not in out
+
+
+def test_an_image_that_does_not_decode_names_its_record():
+    collate = BatchCollate(image_size=8)
+    with pytest.raises(ShardError, match=r"BIOUG001\.jpg: image does not decode"):
+        collate({"processid": ["BIOUG001"], "image": [{"bytes": b"\xff\xd8 not a jpeg", "path": None}]})
