@@ -89,6 +89,13 @@ fast = load_dataset("{repo_id}", "{config}", split="train", streaming=True,
                     columns=["processid", "image", "dna_barcode", "species"])
 fast = fast.cast_column("image", Image(decode=False))  # {{'image': {{'bytes': ..., 'path': ...}}, ...}}
 
+# Training batches: rows a batch at a time, each batch's JPEGs decoded in a DataLoader worker straight
+# into one uint8 tensor, barcodes as 4-mer ids (`pip install bioscan5m-hf`; its `make_loader` is faster
+# still, as it reuses the batches' shared memory):
+from bioscan5m_hf import BatchCollate
+from torch.utils.data import DataLoader
+batches = DataLoader(fast.batch(256), batch_size=None, num_workers=8, collate_fn=BatchCollate(image_size=256))
+
 # DNA and labels only: the `metadata` config has no image column.
 dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True,
                    columns=["processid", "dna_barcode", "species"])
@@ -97,7 +104,6 @@ dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True,
 # uses that many DataLoader workers, and ranks (each rank reads its own shards):
 import os
 from datasets.distributed import split_dataset_by_node
-from torch.utils.data import DataLoader
 part = split_dataset_by_node(ds, rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
 loader = DataLoader(part.with_format("torch"), batch_size=64, num_workers=8)
 ```

@@ -1,6 +1,7 @@
 import re
 
 import datasets
+import torch
 import yaml
 from huggingface_hub import DatasetCard
 
@@ -93,3 +94,9 @@ def test_the_cards_loading_code_runs_on_the_repo(converted_zips):
     assert set(row) == {"processid", "image", "dna_barcode", "species"} and row["image"]["bytes"][:2] == b"\xff\xd8"
     assert set(next(iter(scope["dna"]))) == {"processid", "dna_barcode", "species"}
     assert scope["part"].num_shards >= 1 and len(scope["loader"].dataset.features) > 4
+    batches = scope["batches"]  # the card's dataset and collate, with 2 workers
+    b = next(iter(torch.utils.data.DataLoader(batches.dataset, batch_size=None, num_workers=2,
+                                              collate_fn=batches.collate_fn)))
+    assert b["image"].dtype == torch.uint8 and b["image"].shape[1:] == (3, 256, 256)
+    assert b["dna"].shape == (len(b["processid"]), 165)
+    assert len(b["species"]) == len(b["processid"])  # labels as given: no vocabulary in the card's example
