@@ -185,25 +185,23 @@ def loader_rate(root: Path, split: str, image: bool, batch_size: int, later: boo
 
 
 def datasets_route_rate(repo: Path, config: str, split: str, batch_size: int) -> float:
-    """Samples/s of the plain ``datasets`` route a user would take: ``load_dataset(<the converted
-    Parquet repo>, config, streaming=True, columns=...)`` (the repo card's example) in a 2-worker
-    DataLoader, decoding in its workers with
-    make_loader's decode, tokenizer and collate (:class:`.peers.Collate`)."""
+    """Samples/s of the plain ``datasets`` route the repo card shows: ``load_dataset(<the converted
+    Parquet repo>, config, streaming=True, columns=...)``, its rows a batch at a time
+    (``IterableDataset.batch``) in a 2-worker DataLoader, collated in its workers by
+    :class:`~bioscan5m_hf.stream.collate.BatchCollate` (make_loader's decode, tokenizer and labels)."""
     import datasets
     import torch
 
-    from .peers import Collate
+    from ..stream.collate import BatchCollate
 
     start = time.perf_counter()
     ds = datasets.load_dataset(str(repo), config, split=split, streaming=True,  # as the repo's card shows
                                columns=["processid", "image", "dna_barcode", "species"])
     ds = ds.cast_column("image", datasets.Image(decode=False))
     manifest = json.loads((repo / schema.MANIFEST).read_text())
-    collate = Collate({label: i for i, label in enumerate(manifest["vocabularies"]["species"])})
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=2, multiprocessing_context="fork",
-                                         collate_fn=lambda rows: collate([(r["processid"], r["image"]["bytes"],
-                                                                           r["dna_barcode"], r["species"])
-                                                                          for r in rows]))
+    collate = BatchCollate(256, vocabularies={"species": manifest["vocabularies"]["species"]})
+    loader = torch.utils.data.DataLoader(ds.batch(batch_size), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork", collate_fn=collate)
     n = sum(len(b["processid"]) for b in loader)
     return n / (time.perf_counter() - start)
 

@@ -15,7 +15,8 @@ checks that it delivered every record exactly once, and prints ``{"samples", "se
   in a pool of threads (``decode="threads"``) or in the worker threads themselves;
 - ``dataloader-in-memory``: a plain ``torch`` DataLoader over JPEG bytes already in memory;
 - ``webdataset``: the ``webdataset`` library over the converted tars;
-- ``datasets``: ``datasets`` streaming of the converted Parquet files;
+- ``datasets``: ``datasets`` streaming of the converted Parquet files, a batch of rows at a time
+  (``IterableDataset.batch``) as the repo card shows;
 - ``litdata``: LitData's ``optimize`` output read by its ``StreamingDataLoader`` (made by :func:`prepare`);
 - ``mosaic``: MosaicML Streaming's MDS shards read by its ``StreamingDataset`` (made by :func:`prepare`);
 - the ``-dna`` variants: the same loaders, DNA-only (token ids + species, batch 1024), on a metadata-only
@@ -78,37 +79,32 @@ def dna_records(out: Path):
 
 
 class CollateDNA:
-    """(processid, barcode, species label) samples -> make_loader's DNA-only batch."""
+    """(processid, barcode, species label) samples -> make_loader's DNA-only batch, by
+    :class:`~bioscan5m_hf.stream.collate.BatchCollate`."""
 
     def __init__(self, species: dict[str, int]):
-        from ..transforms import KmerTokenizer
+        from ..stream.collate import BatchCollate
 
-        self.species, self.tokenizer = species, KmerTokenizer(4, 660)
+        self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)})
 
     def __call__(self, samples) -> dict:
-        ids, mask = self.tokenizer([s[1] for s in samples])
-        return {"processid": [s[0] for s in samples], "dna": torch.from_numpy(ids), "dna_mask": torch.from_numpy(mask),
-                "species": torch.tensor([self.species.get(s[2], -1) for s in samples], dtype=torch.int64)}
+        pids, barcodes, species = zip(*samples)
+        return self.collate({"processid": list(pids), "dna_barcode": barcodes, "species": species})
 
 
 class Collate:
     """(processid, JPEG bytes, barcode, species label) samples -> make_loader's batch, decoding here
-    (in the worker that collates), with make_loader's decode, tokenizer and shared-memory stacking."""
+    (in the worker that collates) by :class:`~bioscan5m_hf.stream.collate.BatchCollate`: make_loader's
+    decode (straight into the batch's shared memory), tokenizer and label indices."""
 
     def __init__(self, species: dict[str, int]):
-        from ..transforms import KmerTokenizer
+        from ..stream.collate import BatchCollate
 
-        self.species, self.tokenizer = species, KmerTokenizer(4, 660)
+        self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)})
 
     def __call__(self, samples) -> dict:
-        from ..stream.loader import stack_images
-        from ..transforms import decode_image
-
-        ids, mask = self.tokenizer([s[2] for s in samples])
-        return {"processid": [s[0] for s in samples],
-                "image": stack_images([decode_image(s[1], SIZE, channels_last=True) for s in samples]),
-                "dna": torch.from_numpy(ids), "dna_mask": torch.from_numpy(mask),
-                "species": torch.tensor([self.species.get(s[3], -1) for s in samples], dtype=torch.int64)}
+        pids, images, barcodes, species = zip(*samples)
+        return self.collate({"processid": list(pids), "image": images, "dna_barcode": barcodes, "species": species})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,18 +191,15 @@ def _webdataset(data: dict):
 
 
 def _datasets(data: dict):
+    """As the repo card shows: batches of rows (``IterableDataset.batch``), collated by ``BatchCollate``."""
     import datasets
 
     files = [str(p) for p in parquet_shards(Path(data["out"]))]
     ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True,
                                columns=["processid", "image", "dna_barcode", "species"])
     ds = ds.cast_column("image", datasets.Image(decode=False))
-    collate = Collate(_species(Path(data["out"])))
-
-    def rows(batch):
-        return collate([(r["processid"], r["image"]["bytes"], r["dna_barcode"], r["species"]) for r in batch])
-
-    return torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=WORKERS, collate_fn=rows,
+    return torch.utils.data.DataLoader(ds.batch(BATCH), batch_size=None, num_workers=WORKERS,
+                                       collate_fn=Collate(_species(Path(data["out"]))).collate,
                                        multiprocessing_context="fork")
 
 
@@ -254,10 +247,9 @@ def _datasets_dna(data: dict):
     files = [str(p) for p in parquet_shards(Path(data["dna_out"]), schema.METADATA_CONFIG)]
     ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True,
                                columns=["processid", "dna_barcode", "species"])
-    collate = CollateDNA(_species(Path(data["dna_out"])))
-    return torch.utils.data.DataLoader(ds, batch_size=DNA_BATCH, num_workers=WORKERS, multiprocessing_context="fork",
-                                       collate_fn=lambda b: collate([(r["processid"], r["dna_barcode"], r["species"])
-                                                                     for r in b]))
+    return torch.utils.data.DataLoader(ds.batch(DNA_BATCH), batch_size=None, num_workers=WORKERS,
+                                       multiprocessing_context="fork",
+                                       collate_fn=CollateDNA(_species(Path(data["dna_out"]))).collate)
 
 
 def _stream_dna(data: dict, kind: str):
