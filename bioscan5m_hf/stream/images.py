@@ -23,7 +23,7 @@ import torch
 from ..errors import ShardError
 from ..transforms import crop_params, decode_crop, decode_image, sample_rng
 from .records import IMAGE_ERRORS, image_error
-from .slots import ImageSlots, SlotRef
+from .slots import CollateSlots, ImageSlots, SlotRef
 
 
 def new_batch(count: int, height: int, width: int) -> torch.Tensor:
@@ -86,7 +86,8 @@ class WorkerImages:
     :meth:`decode` decodes a batch's JPEGs straight into that memory (no image is held decoded
     between records); :meth:`stack` copies images decoded one by one."""
 
-    def __init__(self, image_size: int, augment: bool = False, seed: int = 0, slots: ImageSlots | None = None):
+    def __init__(self, image_size: int, augment: bool = False, seed: int = 0,
+                 slots: ImageSlots | CollateSlots | None = None):
         self.image_size, self.augment, self.seed, self.slots = image_size, augment, seed, slots
         self.spare = SpareBuffers()
 

@@ -261,14 +261,10 @@ class Loader:
         self.epoch, self.batches, self.phases = self.epoch + 1, 0, []
 
     def _from_slots(self, batches: Iterator[dict]) -> Iterator[dict]:
-        """Image batches a worker wrote into shared slots, as tensors viewing them (:mod:`.slots`).
-        Before each wait for the next batch, the slots of batches nothing refers to any more are
-        freed, so the workers keep writing into the few slots already in memory."""
-        while True:
-            self.slots.release_unused()
-            batch = next(batches, None)
-            if batch is None:
-                return
+        """Image batches a worker wrote into shared slots, as tensors viewing them (:mod:`.slots`). A
+        slot is free again as soon as nothing refers to its batch, so the workers keep writing into
+        the few slots already in memory."""
+        for batch in batches:
             if isinstance(batch.get("image"), SlotRef):
                 batch["image"] = self.slots.take(batch["image"])
             yield batch

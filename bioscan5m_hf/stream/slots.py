@@ -17,13 +17,21 @@ never delivered (the consumer left that iteration early; the loader runs one ite
 is free again. Persistent workers may still finish batches of the iteration left after the next
 one began: those slots count as that next iteration's until it ends (a few batches may then go
 through fresh memory), and are free again in the one after.
+
+:class:`CollateSlots` does the same for a plain DataLoader whose ``collate_fn`` is
+:class:`~bioscan5m_hf.stream.collate.BatchCollate`, where no loader of ours runs in the main
+process: a worker claims any free slot (under a lock, marking it with its process id) and sends a
+:class:`SlotBatch`, which the main process unpickles as the tensor viewing the slot. A slot claimed
+by a worker process that has ended is free again.
 """
 
 from __future__ import annotations
 
 import mmap
 import multiprocessing
-import sys
+import os
+import uuid
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,36 +48,80 @@ class SlotRef:
     count: int
 
 
-class ImageSlots:
-    """``per_worker`` slots of ``batch_size x size x size x 3`` uint8 for each of ``num_workers``
-    DataLoader worker processes. Made in the main process before the workers start (they must be
-    forked, to inherit the mapping); :meth:`claim` runs in the workers, :meth:`take` and
-    :meth:`new_generation` in the main process."""
+class SlotMemory:
+    """``slot_count`` slots of ``batch_size x size x size x 3`` uint8 in one anonymous shared mapping
+    (reserved now, touched only as used), made by the main process before its workers fork, and a
+    shared array of ``header`` counters and one state per slot (0 free, ``HELD`` handed out by the
+    main process, otherwise a claim; what a claim records is the subclass's). The main process
+    hands out tensors viewing slots (:meth:`_hand_out`); a slot is free again as soon as nothing
+    refers to its tensor."""
 
-    def __init__(self, num_workers: int, per_worker: int, batch_size: int, size: int):
-        self.num_workers, self.per_worker = num_workers, per_worker
+    def __init__(self, slot_count: int, batch_size: int, size: int, header: int):
         self.shape = (batch_size, size, size, 3)
         self.slot_bytes = batch_size * size * size * 3
-        self.slot_count = num_workers * per_worker
-        self.memory = mmap.mmap(-1, self.slot_count * self.slot_bytes)  # anonymous, shared with forked children
-        # [generation, fallbacks of worker 0, ..., of worker n - 1, state of slot 0, of slot 1, ...]
-        self.state = multiprocessing.get_context("fork").Array("q", 1 + num_workers + self.slot_count, lock=False)
-        self.state[0] = 1
-        self._first_slot = 1 + num_workers
-        self._held: dict[int, np.ndarray] = {}  # main process: slots handed out, by slot
+        self.slot_count = slot_count
+        self.memory = mmap.mmap(-1, slot_count * self.slot_bytes)  # anonymous, shared with forked children
+        self.state = multiprocessing.get_context("fork").Array("q", header + slot_count, lock=False)
+        self._first_slot = header
+        self._held: dict[int, weakref.finalize] = {}  # main process: slots handed out, by slot
 
     def __getstate__(self):
-        raise TypeError("ImageSlots are shared with forked DataLoader workers only, not pickled")
+        raise TypeError("image slots are shared with forked DataLoader workers only, not pickled")
 
-    @property
-    def fallbacks(self) -> int:
-        """Batches sent in fresh shared memory because all of their worker's slots were in use."""
-        return sum(self.state[1: 1 + self.num_workers])
+    def _slot_state(self, slot: int) -> int:
+        return self.state[self._first_slot + slot]
+
+    def _set_slot_state(self, slot: int, value: int) -> None:
+        self.state[self._first_slot + slot] = value
 
     def _view(self, slot: int, count: int) -> np.ndarray:
         array = np.frombuffer(self.memory, np.uint8, count * self.slot_bytes // self.shape[0],
                               slot * self.slot_bytes)
         return array.reshape(count, *self.shape[1:])
+
+    def release_claim(self, ref: SlotRef) -> None:
+        """Give a claimed slot back unused (its batch failed in the worker)."""
+        self._set_slot_state(ref.slot, 0)
+
+    def _hand_out(self, slot: int, count: int) -> torch.Tensor:
+        """The batch a worker wrote into ``slot``: ``count x 3 x size x size`` uint8 in
+        channels-last memory format (as :func:`~bioscan5m_hf.stream.images.stack_images` gives),
+        viewing the slot, which stays held until no tensor, view or array made from it is left: then
+        it is free again at once (a finalizer of the array every such tensor refers to)."""
+        self.release_unused()
+        array = self._view(slot, count)
+        self._set_slot_state(slot, HELD)
+        self._held[slot] = weakref.finalize(array, self._set_slot_state, slot, 0)
+        return torch.from_numpy(array).permute(0, 3, 1, 2)
+
+    def release_unused(self) -> None:
+        """Forget the slots already freed (their batches are gone)."""
+        for slot in [s for s, finalizer in self._held.items() if not finalizer.alive]:
+            del self._held[slot]
+
+    @property
+    def held(self) -> int:
+        """Slots handed out and still referred to (main process)."""
+        self.release_unused()
+        return len(self._held)
+
+
+class ImageSlots(SlotMemory):
+    """``per_worker`` slots for each of ``num_workers`` DataLoader worker processes of make_loader.
+    Made in the main process before the workers start (they must be forked, to inherit the
+    mapping); :meth:`claim` runs in the workers, :meth:`take` and :meth:`new_generation` in the
+    main process."""
+
+    def __init__(self, num_workers: int, per_worker: int, batch_size: int, size: int):
+        # header: [generation, fallbacks of worker 0, ..., of worker n - 1]
+        super().__init__(num_workers * per_worker, batch_size, size, header=1 + num_workers)
+        self.num_workers, self.per_worker = num_workers, per_worker
+        self.state[0] = 1
+
+    @property
+    def fallbacks(self) -> int:
+        """Batches sent in fresh shared memory because all of their worker's slots were in use."""
+        return sum(self.state[1: 1 + self.num_workers])
 
     # -- worker processes ---------------------------------------------------------------------------
 
@@ -78,16 +130,12 @@ class ImageSlots:
         None when all its slots are in use (send the batch in fresh memory then)."""
         generation = self.state[0]
         for slot in range(worker * self.per_worker, (worker + 1) * self.per_worker):
-            state = self.state[self._first_slot + slot]
+            state = self._slot_state(slot)
             if state == 0 or 0 < state < generation:
-                self.state[self._first_slot + slot] = generation
+                self._set_slot_state(slot, generation)
                 return SlotRef(slot, count), self._view(slot, count)
         self.state[1 + worker] += 1
         return None
-
-    def release_claim(self, ref: SlotRef) -> None:
-        """Give a claimed slot back unused (its batch failed in the worker)."""
-        self.state[self._first_slot + ref.slot] = 0
 
     # -- the main process ---------------------------------------------------------------------------
 
@@ -97,26 +145,79 @@ class ImageSlots:
         self.state[0] += 1
 
     def take(self, ref: SlotRef) -> torch.Tensor:
-        """The batch a worker wrote into ``ref``'s slot: ``count x 3 x size x size`` uint8 in
-        channels-last memory format (as :func:`~bioscan5m_hf.stream.loader.stack_images` gives),
-        viewing the slot, which stays held until no tensor refers to it."""
-        self.release_unused()
-        array = self._view(ref.slot, ref.count)
-        self._held[ref.slot] = array
-        self.state[self._first_slot + ref.slot] = HELD
-        return torch.from_numpy(array).permute(0, 3, 1, 2)
+        """The batch a worker wrote into ``ref``'s slot (see :meth:`SlotMemory._hand_out`)."""
+        return self._hand_out(ref.slot, ref.count)
 
-    def release_unused(self) -> None:
-        """Free every held slot no tensor (or view, or array made from one) refers to any more."""
-        for slot in [s for s in self._held if sys.getrefcount(self._held[s]) <= 2]:  # the dict, the call
-            del self._held[slot]
-            self.state[self._first_slot + slot] = 0
+
+#: CollateSlots of this process by key, for unpickling a SlotBatch (forked workers inherit a copy).
+_COLLATE_SLOTS: weakref.WeakValueDictionary[str, CollateSlots] = weakref.WeakValueDictionary()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now has that id: not ours to free
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class SlotBatch(SlotRef):
+    """What a :class:`~bioscan5m_hf.stream.collate.BatchCollate` worker sends instead of its image
+    batch. Unpickled in the process that made its :class:`CollateSlots` (the DataLoader's main
+    process), it becomes the tensor viewing the slot."""
+
+    key: str
+
+    def __reduce__(self):
+        return _take_collate_slot, (self.key, self.slot, self.count)
+
+
+def _take_collate_slot(key: str, slot: int, count: int) -> torch.Tensor:
+    slots = _COLLATE_SLOTS.get(key)
+    if slots is None or slots.owner != os.getpid():
+        raise RuntimeError("a BatchCollate image batch in shared slots can be unpickled only by the process that "
+                           "made the BatchCollate (its DataLoader's main process), while it exists")
+    return slots.take(slot, count)
+
+
+class CollateSlots(SlotMemory):
+    """``slot_count`` slots for the forked worker processes of any DataLoader whose ``collate_fn``
+    holds them: a worker claims any free slot, marking it with its process id, under a lock. A slot
+    claimed by a process that has ended (its batch was never delivered: the iterator was left
+    early) is free again. Made in the main process (the :attr:`owner`), before the workers fork."""
+
+    def __init__(self, slot_count: int, batch_size: int, size: int):
+        super().__init__(slot_count, batch_size, size, header=1)  # header: [fallbacks]
+        self.owner = os.getpid()
+        self.key = uuid.uuid4().hex
+        self._lock = multiprocessing.get_context("fork").Lock()
+        _COLLATE_SLOTS[self.key] = self
 
     @property
-    def held(self) -> int:
-        """Slots handed out and still referred to (main process)."""
-        self.release_unused()
-        return len(self._held)
+    def fallbacks(self) -> int:
+        """Batches sent in fresh shared memory because no slot was free (or they were larger)."""
+        return self.state[0]
+
+    def claim(self, worker: int, count: int) -> tuple[SlotBatch, np.ndarray] | None:
+        """A free slot for ``count`` images (any worker's: ``worker`` is not needed) and the array to
+        write them into, or None when none is free or the batch is larger than a slot."""
+        pid = os.getpid()
+        with self._lock:
+            if count <= self.shape[0]:
+                for slot in range(self.slot_count):
+                    state = self._slot_state(slot)
+                    if state == 0 or (state > 0 and state != pid and not _process_alive(state)):
+                        self._set_slot_state(slot, pid)
+                        return SlotBatch(slot, count, self.key), self._view(slot, count)
+            self.state[0] += 1
+        return None
+
+    def take(self, slot: int, count: int) -> torch.Tensor:
+        """Main process: the batch in ``slot`` (see :meth:`SlotMemory._hand_out`)."""
+        return self._hand_out(slot, count)
 
 
-__all__ = ["ImageSlots", "SlotRef"]
+__all__ = ["ImageSlots", "CollateSlots", "SlotRef", "SlotBatch", "SlotMemory"]

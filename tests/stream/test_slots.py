@@ -9,7 +9,7 @@ import torch
 
 from bioscan5m_hf import make_loader
 from bioscan5m_hf.stream.images import WorkerImages
-from bioscan5m_hf.stream.slots import ImageSlots
+from bioscan5m_hf.stream.slots import CollateSlots, ImageSlots
 
 from ..conftest import assert_same_batches
 
@@ -46,13 +46,18 @@ def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
     del view
     assert slots.held == 1
     b = in_worker(slots, 1, 8)
-    assert b.slot != a.slot and (slots.take(b) == 8).all()  # the batch taken here is dropped at once
-    assert in_worker(slots, 1, 9) is None and slots.fallbacks == 1  # a.slot held; b's about to be freed
-    assert (array == 7).all()  # nothing overwrote the held batch
+    assert b.slot != a.slot and (slots.take(b) == 8).all()  # the batch taken here is dropped at once...
+    c = in_worker(slots, 1, 9)
+    assert c.slot == b.slot  # ...and its slot was free again at once
+    kept = slots.take(c)
+    assert in_worker(slots, 1, 10) is None and slots.fallbacks == 1  # a's and c's slots held
+    assert (array == 7).all() and (kept == 9).all()  # nothing overwrote the held batches
     del array
-    assert slots.held == 0  # the main process frees what nothing refers to whenever it takes a batch
-    c = in_worker(slots, 1, 10)
-    assert c is not None and (slots.take(c) == 10).all() and slots.fallbacks == 1
+    assert slots.held == 1
+    d = in_worker(slots, 1, 11)
+    assert d.slot == a.slot and (slots.take(d) == 11).all() and slots.fallbacks == 1
+    del kept
+    assert slots.held == 0
 
 
 def test_slots_claimed_and_never_delivered_are_free_in_the_next_iteration():
@@ -137,3 +142,60 @@ def test_slots_only_where_worker_processes_decode_into_unpinned_memory(converted
         assert make_loader(root, "pretrain", **{**KW, "num_workers": 2, **other}).slots is None, other
     slots = make_loader(root, "pretrain", num_workers=2, **KW).slots
     assert len(slots.memory) == 2 * (4 + 3) * 8 * 16 * 16 * 3  # per worker: prefetch_factor + 3 slots of a batch
+
+
+# -- CollateSlots: BatchCollate's slots in a plain DataLoader --------------------------------------
+
+
+def _claim_and_send(slots: CollateSlots, count: int, value: int, out) -> None:
+    claimed = slots.claim(0, count)
+    if claimed is not None:
+        claimed[1][:] = value
+    out.put(claimed[0] if claimed is not None else None)  # a SlotBatch pickles as a reference
+
+
+def sent_from_worker(slots: CollateSlots, value: int, count: int = 2):
+    """What a forked process sends back: unpickled here, the tensor viewing its slot (or None)."""
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    process = context.Process(target=_claim_and_send, args=(slots, count, value, out))
+    process.start()
+    batch = out.get(timeout=30)
+    process.join()
+    return batch
+
+
+def test_a_collate_slot_arrives_as_its_tensor_and_is_reused_once_dropped():
+    slots = CollateSlots(2, batch_size=4, size=3)
+    a = sent_from_worker(slots, 5)
+    assert isinstance(a, torch.Tensor) and a.shape == (2, 3, 3, 3) and (a == 5).all() and slots.held == 1
+    b = sent_from_worker(slots, 6)
+    assert (b == 6).all() and slots.held == 2
+    assert sent_from_worker(slots, 7) is None and slots.fallbacks == 1  # both held: fresh memory then
+    assert (a == 5).all() and (b == 6).all()  # nothing overwrote them
+    del a  # its slot is free again at once
+    c = sent_from_worker(slots, 8)
+    assert (c == 8).all() and (b == 6).all() and slots.fallbacks == 1
+    assert sent_from_worker(slots, 9, count=5) is None and slots.fallbacks == 2  # larger than a slot
+
+
+def _claim_only(slots: CollateSlots) -> None:
+    slots.claim(0, 1)  # claimed, never sent: the process ends
+
+
+def test_a_slot_claimed_by_a_process_that_ended_is_free_again():
+    slots = CollateSlots(1, batch_size=1, size=1)
+    process = multiprocessing.get_context("fork").Process(target=_claim_only, args=(slots,))
+    process.start(), process.join()
+    assert slots.state[1] == process.pid  # still marked with the process that claimed it
+    assert (sent_from_worker(slots, 3, count=1) == 3).all() and slots.fallbacks == 0
+
+
+def test_a_slot_batch_unpickles_only_where_its_slots_were_made():
+    slots = CollateSlots(1, batch_size=1, size=1)
+    ref, _ = slots.claim(0, 1)
+    data = pickle.dumps(ref)
+    assert (pickle.loads(data) == 0).all()  # here: the owner
+    del slots
+    with pytest.raises(RuntimeError, match="only by the process that made the BatchCollate"):
+        pickle.loads(data)
