@@ -3,8 +3,12 @@
 in the DataLoader worker that collates it.
 
 A batch at a time, not a row at a time: ``datasets`` formats a batch's Arrow table once instead of
-once per row, and the JPEGs are decoded straight into the batch's tensor (shared memory in a worker
-process, as ``default_collate`` makes it) instead of into one array per image stacked afterwards::
+once per row, and the JPEGs are decoded straight into the batch's tensor instead of into one array
+per image stacked afterwards. In a forked worker process that tensor is one of a few batch buffers
+shared with the main process and reused once the main process no longer refers to the batch
+(:class:`~bioscan5m_hf.stream.slots.CollateSlots`), as make_loader's workers do, instead of
+shared memory made fresh for every batch (as ``default_collate`` does), whose page faults cost
+about a third of a worker's time on 2 cores (BENCHMARKS.md)::
 
     ds = load_dataset(repo, "cropped_256", split="train", streaming=True,
                       columns=["processid", "image", "dna_barcode", "species"])
@@ -21,6 +25,7 @@ import torch
 from .. import schema
 from ..transforms import KmerTokenizer
 from .images import WorkerImages
+from .slots import CollateSlots
 
 #: The metadata column of the DNA barcode, tokenised into ``dna`` and ``dna_mask``.
 DNA_COLUMN = "dna_barcode"
@@ -35,14 +40,29 @@ class BatchCollate:
 
     ``image`` values are JPEG bytes or ``{"bytes": ..., "path": ...}`` (``Image(decode=False)``). An
     image that does not decode raises :class:`~bioscan5m_hf.errors.ShardError` naming its record.
+
+    Image batches of up to ``batch_size`` go through ``slots`` buffers shared with forked worker
+    processes (reserved now, ``batch_size x image_size^2 x 3`` bytes each, touched only when used;
+    about prefetch_factor + 1 per worker are in use at a time), so make the collate before the
+    DataLoader starts its workers, and iterate it in the process that made it. When none is free
+    (a consumer keeping batches, more workers), or with ``slots=0``, or in spawned workers, a batch
+    goes through fresh shared memory as with ``default_collate``: nothing waits, nothing is
+    overwritten while referred to.
     """
 
     def __init__(self, image_size: int = 256, tokenizer: KmerTokenizer | None = None,
-                 vocabularies: Mapping[str, Sequence[str]] | None = None):
-        self.images = WorkerImages(image_size)
+                 vocabularies: Mapping[str, Sequence[str]] | None = None, *, batch_size: int = 256,
+                 slots: int = 32):
+        if slots < 0 or batch_size < 1:
+            raise ValueError(f"need slots >= 0 and batch_size >= 1, got slots={slots}, batch_size={batch_size}")
+        self.slots = CollateSlots(slots, batch_size, image_size) if slots else None
+        self.images = WorkerImages(image_size, slots=self.slots)
         self.tokenizer = tokenizer or KmerTokenizer()
         self.labels = {column: {label: i for i, label in enumerate(labels)}
                        for column, labels in (vocabularies or {}).items()}
+
+    def __getstate__(self):  # a copy in a spawned process has no slots to write into: fresh memory there
+        return {**self.__dict__, "slots": None}
 
     def __call__(self, batch: Mapping[str, Sequence]) -> dict:
         out: dict = {}

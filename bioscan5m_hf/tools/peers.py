@@ -16,7 +16,7 @@ checks that it delivered every record exactly once, and prints ``{"samples", "se
 - ``dataloader-in-memory``: a plain ``torch`` DataLoader over JPEG bytes already in memory;
 - ``webdataset``: the ``webdataset`` library over the converted tars;
 - ``datasets``: ``datasets`` streaming of the converted Parquet files, a batch of rows at a time
-  (``IterableDataset.batch``) as the repo card shows;
+  (``IterableDataset.batch``) as the repo card shows, collated as every peer is;
 - ``litdata``: LitData's ``optimize`` output read by its ``StreamingDataLoader`` (made by :func:`prepare`);
 - ``mosaic``: MosaicML Streaming's MDS shards read by its ``StreamingDataset`` (made by :func:`prepare`);
 - the ``-dna`` variants: the same loaders, DNA-only (token ids + species, batch 1024), on a metadata-only
@@ -85,7 +85,7 @@ class CollateDNA:
     def __init__(self, species: dict[str, int]):
         from ..stream.collate import BatchCollate
 
-        self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)})
+        self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)}, slots=0)
 
     def __call__(self, samples) -> dict:
         pids, barcodes, species = zip(*samples)
@@ -95,12 +95,14 @@ class CollateDNA:
 class Collate:
     """(processid, JPEG bytes, barcode, species label) samples -> make_loader's batch, decoding here
     (in the worker that collates) by :class:`~bioscan5m_hf.stream.collate.BatchCollate`: make_loader's
-    decode (straight into the batch's shared memory), tokenizer and label indices."""
+    decode, tokenizer and label indices, each batch decoded straight into shared memory made fresh for
+    it, as ``default_collate`` makes it (``slots=0``: the peers as their users run them; the card's
+    ``datasets`` route with BatchCollate's reused slots is the loader area's ``datasets`` row)."""
 
     def __init__(self, species: dict[str, int]):
         from ..stream.collate import BatchCollate
 
-        self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)})
+        self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)}, slots=0)
 
     def __call__(self, samples) -> dict:
         pids, images, barcodes, species = zip(*samples)
@@ -191,7 +193,7 @@ def _webdataset(data: dict):
 
 
 def _datasets(data: dict):
-    """As the repo card shows: batches of rows (``IterableDataset.batch``), collated by ``BatchCollate``."""
+    """As the repo card shows, batches of rows (``IterableDataset.batch``), collated as every peer is."""
     import datasets
 
     files = [str(p) for p in parquet_shards(Path(data["out"]))]

@@ -8,6 +8,7 @@ from bioscan5m_hf import BatchCollate, make_loader
 from bioscan5m_hf.errors import ShardError
 
 COLUMNS = ["processid", "image", "dna_barcode", "species"]
+KEYS = ("image", "dna", "dna_mask")
 
 
 def datasets_batches(repo, split: str, collate, num_workers: int):
@@ -52,3 +53,23 @@ def test_an_image_that_does_not_decode_names_its_record():
     collate = BatchCollate(image_size=8)
     with pytest.raises(ShardError, match=r"BIOUG001\.jpg: image does not decode"):
         collate({"processid": ["BIOUG001"], "image": [{"bytes": b"\xff\xd8 not a jpeg", "path": None}]})
+
+
+def test_worker_batches_reuse_the_collates_slots_and_kept_batches_are_never_overwritten(converted_zips):
+    repo = converted_zips.repos["parquet"]
+    fresh = datasets_batches(repo, "pretrain", BatchCollate(image_size=24, slots=0), num_workers=2)
+    dropping = BatchCollate(image_size=24, batch_size=16, slots=8)
+    ds = datasets.load_dataset(str(repo), "cropped_256", split="pretrain", streaming=True, columns=COLUMNS)
+    ds = ds.cast_column("image", datasets.Image(decode=False)).batch(16)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, collate_fn=dropping,
+                                         multiprocessing_context="fork")
+    for _ in range(2):  # two epochs, each batch dropped before the next: every one through a slot
+        assert sum(len(b["processid"]) for b in loader) == sum(len(b["processid"]) for b in fresh)
+    assert dropping.slots.fallbacks == 0 and dropping.slots.held == 0
+    keeping = BatchCollate(image_size=24, batch_size=16, slots=2)
+    kept = datasets_batches(repo, "pretrain", keeping, num_workers=2)  # a consumer keeping every batch
+    assert keeping.slots.fallbacks > 0 and keeping.slots.held == 2
+    kept, fresh = by_record(kept, KEYS), by_record(fresh, KEYS)
+    assert kept.keys() == fresh.keys()
+    for pid, values in fresh.items():
+        assert all(torch.equal(x, y) for x, y in zip(kept[pid], values)), pid
