@@ -90,8 +90,8 @@ fast = load_dataset("{repo_id}", "{config}", split="train", streaming=True,
 fast = fast.cast_column("image", Image(decode=False))  # {{'image': {{'bytes': ..., 'path': ...}}, ...}}
 
 # Training batches: rows a batch at a time, each batch's JPEGs decoded in a DataLoader worker straight
-# into one uint8 tensor, barcodes as 4-mer ids (`pip install bioscan5m-hf`; its `make_loader` is faster
-# still, as it reuses the batches' shared memory):
+# into one uint8 tensor in memory shared with this process and reused batch after batch, barcodes as
+# 4-mer ids (`pip install bioscan5m-hf`):
 from bioscan5m_hf import BatchCollate
 from torch.utils.data import DataLoader
 batches = DataLoader(fast.batch(256), batch_size=None, num_workers=8, collate_fn=BatchCollate(image_size=256))

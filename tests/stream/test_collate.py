@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import datasets
 import pytest
@@ -73,3 +74,11 @@ def test_worker_batches_reuse_the_collates_slots_and_kept_batches_are_never_over
     assert kept.keys() == fresh.keys()
     for pid, values in fresh.items():
         assert all(torch.equal(x, y) for x, y in zip(kept[pid], values)), pid
+
+
+def test_a_copy_in_a_spawned_process_collates_into_fresh_memory():
+
+    copy = pickle.loads(pickle.dumps(BatchCollate(image_size=8, slots=2)))
+    assert copy.slots is None and copy.images.slots is None
+    out = copy({"processid": ["a"], "dna_barcode": ["ACGT"]})
+    assert out["dna"].shape == (1, 165)
