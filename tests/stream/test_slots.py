@@ -14,28 +14,28 @@ from bioscan5m_hf.stream.slots import CollateSlots, ImageSlots
 from ..conftest import assert_same_batches
 
 
-def _write(slots: ImageSlots, worker: int, value: int, out) -> None:
-    claimed = slots.claim(worker, 2)
+def _claim_and_send(slots: ImageSlots | CollateSlots, worker: int, count: int, value: int, out) -> None:
+    claimed = slots.claim(worker, count)
     if claimed is not None:
-        ref, array = claimed
-        array[:] = value
+        claimed[1][:] = value
     out.put(claimed[0] if claimed is not None else None)
 
 
-def in_worker(slots: ImageSlots, worker: int, value: int):
-    """What a forked worker process claims and writes (None: all its slots were in use)."""
+def sent_from_worker(slots: ImageSlots | CollateSlots, value: int, worker: int = 0, count: int = 2):
+    """What a forked worker process claims, writes ``value`` into and sends back (None: no slot was
+    free): a SlotRef, or for CollateSlots the tensor its SlotBatch unpickles as here."""
     context = multiprocessing.get_context("fork")
     out = context.Queue()
-    process = context.Process(target=_write, args=(slots, worker, value, out))
+    process = context.Process(target=_claim_and_send, args=(slots, worker, count, value, out))
     process.start()
-    ref = out.get(timeout=30)
+    sent = out.get(timeout=30)
     process.join()
-    return ref
+    return sent
 
 
 def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
     slots = ImageSlots(num_workers=2, per_worker=2, batch_size=4, size=3)
-    a = in_worker(slots, 1, 7)
+    a = sent_from_worker(slots, 7, worker=1)
     assert a.slot in (2, 3) and a.count == 2  # worker 1's own slots
     image = slots.take(a)
     assert image.shape == (2, 3, 3, 3) and image.is_contiguous(memory_format=torch.channels_last)
@@ -45,16 +45,16 @@ def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
     assert slots.held == 1
     del view
     assert slots.held == 1
-    b = in_worker(slots, 1, 8)
+    b = sent_from_worker(slots, 8, worker=1)
     assert b.slot != a.slot and (slots.take(b) == 8).all()  # the batch taken here is dropped at once...
-    c = in_worker(slots, 1, 9)
+    c = sent_from_worker(slots, 9, worker=1)
     assert c.slot == b.slot  # ...and its slot was free again at once
     kept = slots.take(c)
-    assert in_worker(slots, 1, 10) is None and slots.fallbacks == 1  # a's and c's slots held
+    assert sent_from_worker(slots, 10, worker=1) is None and slots.fallbacks == 1  # a's and c's slots held
     assert (array == 7).all() and (kept == 9).all()  # nothing overwrote the held batches
     del array
     assert slots.held == 1
-    d = in_worker(slots, 1, 11)
+    d = sent_from_worker(slots, 11, worker=1)
     assert d.slot == a.slot and (slots.take(d) == 11).all() and slots.fallbacks == 1
     del kept
     assert slots.held == 0
@@ -62,10 +62,10 @@ def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
 
 def test_slots_claimed_and_never_delivered_are_free_in_the_next_iteration():
     slots = ImageSlots(num_workers=1, per_worker=2, batch_size=2, size=2)
-    in_worker(slots, 0, 1), in_worker(slots, 0, 2)  # both on their way when the consumer left
-    assert in_worker(slots, 0, 3) is None
+    sent_from_worker(slots, 1, worker=0), sent_from_worker(slots, 2, worker=0)  # both on their way when the consumer left
+    assert sent_from_worker(slots, 3, worker=0) is None
     slots.new_generation()
-    assert in_worker(slots, 0, 4) is not None
+    assert sent_from_worker(slots, 4, worker=0) is not None
 
 
 def test_slots_stay_with_the_processes_that_share_them():
@@ -145,24 +145,6 @@ def test_slots_only_where_worker_processes_decode_into_unpinned_memory(converted
 
 
 # -- CollateSlots: BatchCollate's slots in a plain DataLoader --------------------------------------
-
-
-def _claim_and_send(slots: CollateSlots, count: int, value: int, out) -> None:
-    claimed = slots.claim(0, count)
-    if claimed is not None:
-        claimed[1][:] = value
-    out.put(claimed[0] if claimed is not None else None)  # a SlotBatch pickles as a reference
-
-
-def sent_from_worker(slots: CollateSlots, value: int, count: int = 2):
-    """What a forked process sends back: unpickled here, the tensor viewing its slot (or None)."""
-    context = multiprocessing.get_context("fork")
-    out = context.Queue()
-    process = context.Process(target=_claim_and_send, args=(slots, count, value, out))
-    process.start()
-    batch = out.get(timeout=30)
-    process.join()
-    return batch
 
 
 def test_a_collate_slot_arrives_as_its_tensor_and_is_reused_once_dropped():
