@@ -62,7 +62,7 @@ def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
 
 def test_slots_claimed_and_never_delivered_are_free_in_the_next_iteration():
     slots = ImageSlots(num_workers=1, per_worker=2, batch_size=2, size=2)
-    sent_from_worker(slots, 1, worker=0), sent_from_worker(slots, 2, worker=0)  # both on their way when the consumer left
+    sent_from_worker(slots, 1), sent_from_worker(slots, 2)  # both on their way when the consumer left
     assert sent_from_worker(slots, 3, worker=0) is None
     slots.new_generation()
     assert sent_from_worker(slots, 4, worker=0) is not None
