@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .. import schema
+from ..errors import ShardError
 from ..transforms import KmerTokenizer
 from .images import WorkerImages
 from .slots import CollateSlots
@@ -87,6 +88,9 @@ class BatchCollate:
             path = values[i].get("path") if isinstance(values[i], Mapping) else None
             return path or "a datasets batch"
 
+        for i, data in enumerate(jpegs):
+            if data is None:
+                raise ShardError(f"{source(i)}: record {names[i]} has no image bytes")
         return self.images.decode(jpegs, names, 0, source)
 
 

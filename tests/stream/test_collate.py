@@ -54,6 +54,9 @@ def test_an_image_that_does_not_decode_names_its_record():
     collate = BatchCollate(image_size=8)
     with pytest.raises(ShardError, match=r"BIOUG001\.jpg: image does not decode"):
         collate({"processid": ["BIOUG001"], "image": [{"bytes": b"\xff\xd8 not a jpeg", "path": None}]})
+    for missing in (None, {"bytes": None, "path": None}):
+        with pytest.raises(ShardError, match="record BIOUG002 has no image bytes"):
+            collate({"processid": ["BIOUG002"], "image": [missing]})
 
 
 def test_worker_batches_reuse_the_collates_slots_and_kept_batches_are_never_overwritten(converted_zips):
