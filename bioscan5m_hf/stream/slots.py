@@ -63,7 +63,7 @@ class SlotMemory:
         self.memory = mmap.mmap(-1, slot_count * self.slot_bytes)  # anonymous, shared with forked children
         self.state = multiprocessing.get_context("fork").Array("q", header + slot_count, lock=False)
         self._first_slot = header
-        self._held: dict[int, weakref.finalize] = {}  # main process: slots handed out, by slot
+        self._held: dict[int, weakref.finalize] = {}  # main process: the last hand-out of each slot
 
     def __getstate__(self):
         raise TypeError("image slots are shared with forked DataLoader workers only, not pickled")
@@ -88,22 +88,15 @@ class SlotMemory:
         channels-last memory format (as :func:`~bioscan5m_hf.stream.images.stack_images` gives),
         viewing the slot, which stays held until no tensor, view or array made from it is left: then
         it is free again at once (a finalizer of the array every such tensor refers to)."""
-        self.release_unused()
         array = self._view(slot, count)
         self._set_slot_state(slot, HELD)
         self._held[slot] = weakref.finalize(array, self._set_slot_state, slot, 0)
         return torch.from_numpy(array).permute(0, 3, 1, 2)
 
-    def release_unused(self) -> None:
-        """Forget the slots already freed (their batches are gone)."""
-        for slot in [s for s, finalizer in self._held.items() if not finalizer.alive]:
-            del self._held[slot]
-
     @property
     def held(self) -> int:
         """Slots handed out and still referred to (main process)."""
-        self.release_unused()
-        return len(self._held)
+        return sum(finalizer.alive for finalizer in self._held.values())
 
 
 class ImageSlots(SlotMemory):
@@ -141,7 +134,6 @@ class ImageSlots(SlotMemory):
 
     def new_generation(self) -> None:
         """A new iteration starts: slots claimed before it and never delivered are free again."""
-        self.release_unused()
         self.state[0] += 1
 
     def take(self, ref: SlotRef) -> torch.Tensor:
