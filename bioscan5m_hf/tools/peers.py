@@ -78,35 +78,25 @@ def dna_records(out: Path):
         yield from zip(*(table.column(c).to_pylist() for c in ("processid", "dna_barcode", "species")))
 
 
-class CollateDNA:
-    """(processid, barcode, species label) samples -> make_loader's DNA-only batch, by
-    :class:`~bioscan5m_hf.stream.collate.BatchCollate`."""
-
-    def __init__(self, species: dict[str, int]):
-        from ..stream.collate import BatchCollate
-
-        self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)}, slots=0)
-
-    def __call__(self, samples) -> dict:
-        pids, barcodes, species = zip(*samples)
-        return self.collate({"processid": list(pids), "dna_barcode": barcodes, "species": species})
-
-
 class Collate:
-    """(processid, JPEG bytes, barcode, species label) samples -> make_loader's batch, decoding here
-    (in the worker that collates) by :class:`~bioscan5m_hf.stream.collate.BatchCollate`: make_loader's
-    decode, tokenizer and label indices, each batch decoded straight into shared memory made fresh for
-    it, as ``default_collate`` makes it (``slots=0``: the peers as their users run them; the card's
-    ``datasets`` route with BatchCollate's reused slots is the loader area's ``datasets`` row)."""
+    """Samples, tuples of ``columns`` ((processid, JPEG bytes, barcode, species label), or without the
+    image for DNA-only) -> make_loader's batch, decoding here (in the worker that collates) by
+    :class:`~bioscan5m_hf.stream.collate.BatchCollate`: make_loader's decode, tokenizer and label
+    indices, each batch decoded straight into shared memory made fresh for it, as ``default_collate``
+    makes it (``slots=0``: the peers as their users run them; the card's ``datasets`` route with
+    BatchCollate's reused slots is the loader area's ``datasets`` row)."""
 
-    def __init__(self, species: dict[str, int]):
+    COLUMNS = ("processid", "image", "dna_barcode", "species")
+    DNA_COLUMNS = ("processid", "dna_barcode", "species")
+
+    def __init__(self, species: dict[str, int], columns: tuple[str, ...] = COLUMNS):
         from ..stream.collate import BatchCollate
 
+        self.columns = columns
         self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)}, slots=0)
 
     def __call__(self, samples) -> dict:
-        pids, images, barcodes, species = zip(*samples)
-        return self.collate({"processid": list(pids), "image": images, "dna_barcode": barcodes, "species": species})
+        return self.collate({column: list(values) for column, values in zip(self.columns, zip(*samples))})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,8 +229,8 @@ def _make_loader_dna(data: dict, worker_method: str):
 
 def _in_memory_dna(data: dict):
     rows = list(dna_records(Path(data["dna_out"])))
-    return torch.utils.data.DataLoader(rows, batch_size=DNA_BATCH, num_workers=WORKERS, collate_fn=CollateDNA(
-        _species(Path(data["dna_out"]))), multiprocessing_context="fork")
+    return torch.utils.data.DataLoader(rows, batch_size=DNA_BATCH, num_workers=WORKERS, collate_fn=Collate(
+        _species(Path(data["dna_out"])), Collate.DNA_COLUMNS), multiprocessing_context="fork")
 
 
 def _datasets_dna(data: dict):
@@ -251,7 +241,7 @@ def _datasets_dna(data: dict):
                                columns=["processid", "dna_barcode", "species"])
     return torch.utils.data.DataLoader(ds.batch(DNA_BATCH), batch_size=None, num_workers=WORKERS,
                                        multiprocessing_context="fork",
-                                       collate_fn=CollateDNA(_species(Path(data["dna_out"]))).collate)
+                                       collate_fn=Collate(_species(Path(data["dna_out"])), Collate.DNA_COLUMNS).collate)
 
 
 def _stream_dna(data: dict, kind: str):
@@ -271,8 +261,8 @@ def _stream_dna(data: dict, kind: str):
 
     ds = Rows(data[f"{kind}-dna"]) if kind == "litdata" else Rows(local=data["mosaic-dna"], batch_size=DNA_BATCH,
                                                                    shuffle=False)
-    return loader(ds, batch_size=DNA_BATCH, num_workers=WORKERS, collate_fn=CollateDNA(_species(
-        Path(data["dna_out"]))))
+    return loader(ds, batch_size=DNA_BATCH, num_workers=WORKERS, collate_fn=Collate(_species(
+        Path(data["dna_out"])), Collate.DNA_COLUMNS))
 
 
 LOADERS = {"make_loader": _make_loader, "make_loader-threads": lambda d: _make_loader(
