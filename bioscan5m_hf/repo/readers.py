@@ -74,9 +74,11 @@ def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
             rows = f"rows {starts[read[0]]}-{starts[read[-1] + 1] - 1}"
             which = f"row group {read[0]}" if len(read) == 1 else f"row groups {read[0]}-{read[-1]}"
             raise ShardError(f"{shard.path}: {which} ({rows}) is damaged ({e})") from None
-        picked = (groups >= read[0]) & (groups <= read[-1]) & np.isin(groups, read)
+        # offsets ascend, so the rows in `read` are one run of them (a group between read[0] and
+        # read[-1] that is not in `read` has no offsets)
+        lo, hi = np.searchsorted(groups, read[0], side="left"), np.searchsorted(groups, read[-1], side="right")
         base = np.cumsum([0, *(starts[read + 1] - starts[read])[:-1]])  # where each group starts in `table`
-        local = offsets[picked] - starts[groups[picked]] + base[np.searchsorted(read, groups[picked])]
+        local = offsets[lo:hi] - starts[groups[lo:hi]] + base[np.searchsorted(read, groups[lo:hi])]
         whole = len(local) == table.num_rows and local[0] == 0 and local[-1] == table.num_rows - 1
         yield table if whole else table.take(arrow_indices(local))  # (offsets ascend: all rows means in order)
 
