@@ -54,12 +54,13 @@ def interrupted(make, stop: int):
 
 
 def assert_same_batches(a_batches, b_batches, at_least: int = 1):
-    """Two loaders' batches: the same count (over ``at_least``), keys, record order, and tensors
-    equal in dtype, shape and value."""
+    """Two loaders' batches: the same count (over ``at_least``), keys, record order, value types, and
+    tensors equal in dtype, shape and value."""
     assert len(a_batches) == len(b_batches) > at_least
     for a, b in zip(a_batches, b_batches):
         assert a.keys() == b.keys() and a["processid"] == b["processid"]
         for k in a:
+            assert type(a[k]) is type(b[k]), (k, type(a[k]), type(b[k]))
             if isinstance(a[k], torch.Tensor):
                 assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
 
