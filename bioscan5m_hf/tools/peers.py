@@ -47,9 +47,10 @@ DNA_PEERS = ("make_loader-dna", "make_loader-processes-dna", "dataloader-in-memo
 OPTIONAL = {"litdata": "litdata", "mosaic": "streaming", "webdataset": "webdataset", "datasets": "datasets"}
 
 
-def _species(out: Path) -> dict[str, int]:
+def _species(out: Path) -> list[str]:
+    """The converted repo's species vocabulary (a label's index is its place in it)."""
     manifest = json.loads((out / schema.PARQUET_REPO / schema.MANIFEST).read_text())
-    return {label: i for i, label in enumerate(manifest["vocabularies"]["species"])}
+    return manifest["vocabularies"]["species"]
 
 
 def parquet_shards(out: Path, config: str = "cropped_256") -> list[Path]:
@@ -89,11 +90,11 @@ class Collate:
     COLUMNS = ("processid", "image", "dna_barcode", "species")
     DNA_COLUMNS = ("processid", "dna_barcode", "species")
 
-    def __init__(self, species: dict[str, int], columns: tuple[str, ...] = COLUMNS):
+    def __init__(self, species: list[str], columns: tuple[str, ...] = COLUMNS):
         from ..stream.collate import BatchCollate
 
         self.columns = columns
-        self.collate = BatchCollate(SIZE, vocabularies={"species": list(species)}, slots=0)
+        self.collate = BatchCollate(SIZE, vocabularies={"species": species}, slots=0)
 
     def __call__(self, samples) -> dict:
         return self.collate({column: list(values) for column, values in zip(self.columns, zip(*samples))})
