@@ -30,7 +30,7 @@ from ..util import check_choice
 from . import device as on_device
 from . import partition
 from .columnar import ColumnarBatches
-from .images import ThreadDecoder, WorkerImages, stack_images
+from .images import ThreadDecoder, WorkerImages
 from .outputs import missing_as_nan
 from .records import RecordStream, SharedPosition, WorkerSamples
 from .slots import ImageSlots, SlotRef
@@ -102,7 +102,8 @@ class DnaMasking:
 
 class Collate:
     """List of dict samples -> dict of tensors (runs in the workers); images decoded one by one go
-    into one batch through ``images`` (into a shared slot where there is one)."""
+    into one batch through ``images`` (into a shared slot where there is one), which an image
+    modality needs."""
 
     def __init__(self, modalities: Sequence[schema.Modality], target_type: Sequence[str],
                  tokenizer: KmerTokenizer | None, dna_masking: DnaMasking | None = None,
@@ -123,8 +124,7 @@ class Collate:
                 if "crop" in samples[0]:
                     batch["crop"] = torch.from_numpy(np.stack([s["crop"] for s in samples]))
             elif m.kind == "image":
-                images = [s["image"] for s in samples]
-                batch["image"] = self.images.stack(images) if self.images is not None else stack_images(images)
+                batch["image"] = self.images.stack([s["image"] for s in samples])
             elif m.kind == "dna":
                 ids, mask = self.tokenizer([s["dna"] for s in samples])
                 batch["dna"] = torch.from_numpy(ids)

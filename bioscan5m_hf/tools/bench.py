@@ -638,7 +638,7 @@ def _map_collate(samples):
     collate's image stacking (straight into shared memory in a worker)."""
     import torch
 
-    from ..stream.loader import stack_images
+    from ..stream.images import stack_images
     from ..transforms import KmerTokenizer
 
     ids, mask = KmerTokenizer(4, 660)([s[1] for s in samples])
