@@ -31,6 +31,7 @@ from ..repo.storage import RetryPolicy, copy_verified, redact
 from ..util import write_atomic
 from .metadata import OFFICIAL_COLUMNS, metadata_frame, metadata_repo, reduced_rows, release_table, split_rows
 from .outputs import Labels, OfficialAPI
+from .records import image_error
 from .streaming import StreamingBIOSCAN5M
 
 #: Keywords of the streaming dataset alone (the map-style one is shuffled and split by samplers).
@@ -129,8 +130,7 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         except (OSError, SyntaxError, ValueError) as e:
             if "image" not in record:
                 raise
-            raise ShardError(f"{self.images.where(int(self.rows[index]))}: member {record['processid']}."
-                             f"{schema.IMAGE_EXTENSION}: image does not decode ({e})") from None
+            raise image_error(self.images.where(int(self.rows[index])), record["processid"], e) from None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "
