@@ -232,7 +232,7 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
                 batch.update(self.dna_masking(ids, mask, batch["processid"], epoch))
         for t in self.indices:
             batch[t] = torch.from_numpy(values[t])
-        return batch
+        return self.images.pack(batch) if self.images is not None else batch
 
     def _images(self, jpegs: list[bytes], processids: list[str], epoch: int, shard_of) -> dict:
         if self.decode == "workers":

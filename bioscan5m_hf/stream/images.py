@@ -80,8 +80,8 @@ class WorkerImages:
     """``decode="workers"``: a worker's image batches, written where the main process reads them
     without another copy. In a worker process with ``slots``, into a free slot of the worker's own,
     sending on only the slot's :class:`~bioscan5m_hf.stream.slots.SlotRef` (when all its slots are
-    in use, into :func:`new_batch` shared memory); in the main process (thread workers, or none)
-    into a :class:`SpareBuffers` buffer.
+    in use, into :func:`new_batch` shared memory), and with :meth:`pack` the batch's other tensors
+    after them; in the main process (thread workers, or none) into a :class:`SpareBuffers` buffer.
 
     :meth:`decode` decodes a batch's JPEGs straight into that memory (no image is held decoded
     between records); :meth:`stack` copies images decoded one by one."""
@@ -111,6 +111,11 @@ class WorkerImages:
             self.slots.release_claim(ref)
             raise
         return ref
+
+    def pack(self, batch: dict) -> dict:
+        """A worker's finished batch: with its images in one of make_loader's slots, its other tensors
+        go into that slot too (:meth:`~bioscan5m_hf.stream.slots.ImageSlots.pack`)."""
+        return self.slots.pack(batch) if isinstance(self.slots, ImageSlots) else batch
 
     def stack(self, images: list[np.ndarray]) -> torch.Tensor | SlotRef:
         """Images already decoded (``S x S x 3`` each) as one batch."""

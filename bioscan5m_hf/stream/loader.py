@@ -136,7 +136,7 @@ class Collate:
                 batch[m.name] = torch.tensor(values) if all(isinstance(v, (int, float)) for v in values) else values
         for t in self.target_type:
             batch[t] = torch.tensor([s[f"{t}_index"] for s in samples], dtype=torch.int64)
-        return batch
+        return self.images.pack(batch) if self.images is not None else batch
 
 
 def _as_is(batch):
@@ -261,12 +261,12 @@ class Loader:
         self.epoch, self.batches, self.phases = self.epoch + 1, 0, []
 
     def _from_slots(self, batches: Iterator[dict]) -> Iterator[dict]:
-        """Image batches a worker wrote into shared slots, as tensors viewing them (:mod:`.slots`). A
-        slot is free again as soon as nothing refers to its batch, so the workers keep writing into
-        the few slots already in memory."""
+        """Batches a worker wrote into shared slots (images, DNA, labels), as tensors viewing them or
+        copied from them (:mod:`.slots`). A slot is free again as soon as nothing refers to its batch,
+        so the workers keep writing into the few slots already in memory."""
         for batch in batches:
             if isinstance(batch.get("image"), SlotRef):
-                batch["image"] = self.slots.take(batch["image"])
+                batch = self.slots.take(batch)
             yield batch
             del batch
 
@@ -338,6 +338,16 @@ class Loader:
             ahead = moved
         if ahead is not None:
             yield ahead
+
+
+def _slot_extra_bytes(batch_size: int, tokenizer: KmerTokenizer | None, masking: DnaMasking | None,
+                      modalities: Sequence[schema.Modality], targets: Sequence[str]) -> int:
+    """Room after a batch's images in its slot for its other tensors (:meth:`ImageSlots.pack`): int64
+    token ids and mask (and masked inputs and their labels), a value of 8 bytes per record for each
+    label, number and target, the padding flags; 64 bytes of alignment each."""
+    tokens = 0 if tokenizer is None else (4 if masking is not None else 2) * tokenizer.num_tokens
+    values = sum(m.kind not in ("image", "dna") and m.name != "processid" for m in modalities) + len(targets) + 1
+    return batch_size * 8 * (tokens + values) + 64 * (values + 4)
 
 
 def make_loader(root, split: str = "train", *, batch_size: int = 256, num_workers: int = 2, image_size: int = 256,
@@ -423,7 +433,8 @@ def make_loader(root, split: str = "train", *, batch_size: int = 256, num_worker
     if "image" in kinds and decode == "workers" and worker_method == "process" and num_workers > 0 and not pin_memory:
         # Per worker: up to prefetch_factor batches on their way (one being written), one just received,
         # one the consumer still holds, one moved ahead to the device: no fallback in a plain training loop.
-        slots = ImageSlots(num_workers, (prefetch_factor or 2) + 3, batch_size, image_size)
+        slots = ImageSlots(num_workers, (prefetch_factor or 2) + 3, batch_size, image_size,
+                           extra_bytes=_slot_extra_bytes(batch_size, tokenizer, masking, modalities, targets))
     images = WorkerImages(image_size, augment, records.seed, slots) if "image" in kinds else None
     if {m.name for m in modalities} <= {"image", "dna", "processid"} and kinds & {"image", "dna"} \
             and records.formats == {"parquet"} and records.on_error == "raise":

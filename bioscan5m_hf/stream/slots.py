@@ -11,6 +11,13 @@ out a tensor viewing that slot and frees the slot once nothing refers to that te
 (or any view of it). Workers whose slots are all in use (a consumer keeping many batches) fall
 back to fresh shared memory, so nothing waits and no batch is overwritten.
 
+The batch's other tensors (DNA token ids and masks, labels) go into the same slot, after the images
+(:meth:`ImageSlots.pack`, sending :class:`InSlot` records instead): torch hands each tensor a worker
+sends over in shared memory of its own, which the main process fetches through a socket
+connection per tensor (with an authentication handshake), as costly on 2 cores as the tensors'
+work itself. The main process hands out large ones as views of the slot and copies small ones
+(labels, which consumers often keep, would otherwise keep a whole slot in use).
+
 Slot states live in a small shared array: 0 free, ``HELD`` handed to the consumer, otherwise the
 iteration (``generation``) in which a worker claimed it. A slot claimed in an earlier iteration and
 never delivered (the consumer left that iteration early; the loader runs one iteration at a time)
@@ -38,6 +45,13 @@ import numpy as np
 import torch
 
 HELD = -1
+#: Bytes from which a tensor sent in a slot is handed out as a view of the slot (smaller: a copy).
+VIEW_FROM = 1 << 16
+_ALIGN = 64
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
 
 
 @dataclass(frozen=True)
@@ -48,17 +62,28 @@ class SlotRef:
     count: int
 
 
-class SlotMemory:
-    """``slot_count`` slots of ``batch_size x size x size x 3`` uint8 in one anonymous shared mapping
-    (reserved now, touched only as used), made by the main process before its workers fork, and a
-    shared array of ``header`` counters and one state per slot (0 free, ``HELD`` handed out by the
-    main process, otherwise a claim; what a claim records is the subclass's). The main process
-    hands out tensors viewing slots (:meth:`_hand_out`); a slot is free again as soon as nothing
-    refers to its tensor."""
+@dataclass(frozen=True)
+class InSlot:
+    """What a worker sends instead of one of a batch's other tensors, written into the batch's slot
+    after the images: where (bytes from the slot's start), its dtype and its shape."""
 
-    def __init__(self, slot_count: int, batch_size: int, size: int, header: int):
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class SlotMemory:
+    """``slot_count`` slots of ``batch_size x size x size x 3`` uint8 (and ``extra_bytes`` after them
+    for the batch's other tensors) in one anonymous shared mapping (reserved now, touched only as
+    used), made by the main process before its workers fork, and a shared array of ``header``
+    counters and one state per slot (0 free, ``HELD`` handed out by the main process, otherwise a
+    claim; what a claim records is the subclass's). The main process hands out tensors viewing slots
+    (:meth:`_hand_out`); a slot is free again as soon as nothing refers to its tensors."""
+
+    def __init__(self, slot_count: int, batch_size: int, size: int, header: int, extra_bytes: int = 0):
         self.shape = (batch_size, size, size, 3)
-        self.slot_bytes = batch_size * size * size * 3
+        self.image_bytes = batch_size * size * size * 3
+        self.slot_bytes = _aligned(self.image_bytes + extra_bytes)
         self.slot_count = slot_count
         self.memory = mmap.mmap(-1, slot_count * self.slot_bytes)  # anonymous, shared with forked children
         self.state = multiprocessing.get_context("fork").Array("q", header + slot_count, lock=False)
@@ -75,7 +100,7 @@ class SlotMemory:
         self.state[self._first_slot + slot] = value
 
     def _view(self, slot: int, count: int) -> np.ndarray:
-        array = np.frombuffer(self.memory, np.uint8, count * self.slot_bytes // self.shape[0],
+        array = np.frombuffer(self.memory, np.uint8, count * self.image_bytes // self.shape[0],
                               slot * self.slot_bytes)
         return array.reshape(count, *self.shape[1:])
 
@@ -83,14 +108,18 @@ class SlotMemory:
         """Give a claimed slot back unused (its batch failed in the worker)."""
         self._set_slot_state(ref.slot, 0)
 
-    def _hand_out(self, slot: int, count: int) -> torch.Tensor:
-        """The batch a worker wrote into ``slot``: ``count x 3 x size x size`` uint8 in
-        channels-last memory format (as :func:`~bioscan5m_hf.stream.images.stack_images` gives),
-        viewing the slot, which stays held until no tensor, view or array made from it is left: then
-        it is free again at once (a finalizer of the array every such tensor refers to)."""
-        array = self._view(slot, count)
+    def _hand_out(self, slot: int) -> np.ndarray:
+        """Main process: the bytes of ``slot``, held until no array or tensor made from them is left:
+        then it is free again at once (a finalizer of this array, which every such view refers to)."""
+        whole = np.frombuffer(self.memory, np.uint8, self.slot_bytes, slot * self.slot_bytes)
         self._set_slot_state(slot, HELD)
-        self._held[slot] = weakref.finalize(array, self._set_slot_state, slot, 0)
+        self._held[slot] = weakref.finalize(whole, self._set_slot_state, slot, 0)
+        return whole
+
+    def _images(self, whole: np.ndarray, count: int) -> torch.Tensor:
+        """The ``count`` images at the start of a slot's bytes: ``count x 3 x size x size`` uint8 in
+        channels-last memory format (as :func:`~bioscan5m_hf.stream.images.stack_images` gives)."""
+        array = whole[: count * self.image_bytes // self.shape[0]].reshape(count, *self.shape[1:])
         return torch.from_numpy(array).permute(0, 3, 1, 2)
 
     @property
@@ -100,14 +129,15 @@ class SlotMemory:
 
 
 class ImageSlots(SlotMemory):
-    """``per_worker`` slots for each of ``num_workers`` DataLoader worker processes of make_loader.
-    Made in the main process before the workers start (they must be forked, to inherit the
-    mapping); :meth:`claim` runs in the workers, :meth:`take` and :meth:`new_generation` in the
-    main process."""
+    """``per_worker`` slots for each of ``num_workers`` DataLoader worker processes of make_loader,
+    each with ``extra_bytes`` after its images for the batch's other tensors. Made in the main
+    process before the workers start (they must be forked, to inherit the mapping); :meth:`claim`
+    and :meth:`pack` run in the workers, :meth:`take` and :meth:`new_generation` in the main
+    process."""
 
-    def __init__(self, num_workers: int, per_worker: int, batch_size: int, size: int):
+    def __init__(self, num_workers: int, per_worker: int, batch_size: int, size: int, extra_bytes: int = 0):
         # header: [generation, fallbacks of worker 0, ..., of worker n - 1]
-        super().__init__(num_workers * per_worker, batch_size, size, header=1 + num_workers)
+        super().__init__(num_workers * per_worker, batch_size, size, header=1 + num_workers, extra_bytes=extra_bytes)
         self.num_workers, self.per_worker = num_workers, per_worker
         self.state[0] = 1
 
@@ -130,15 +160,49 @@ class ImageSlots(SlotMemory):
         self.state[1 + worker] += 1
         return None
 
+    def pack(self, batch: dict) -> dict:
+        """A batch whose ``image`` is a claimed slot's :class:`SlotRef`, its other tensors written into
+        that slot after the images, each replaced by its :class:`InSlot` (in order; one that does
+        not fit stays a tensor). Any other batch as it is."""
+        ref = batch.get("image")
+        if not isinstance(ref, SlotRef):
+            return batch
+        out, end = dict(batch), self.image_bytes
+        for key, value in batch.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            array = np.ascontiguousarray(value.numpy())
+            start = _aligned(end)
+            if start + array.nbytes > self.slot_bytes:
+                continue
+            at = ref.slot * self.slot_bytes + start
+            np.frombuffer(self.memory, np.uint8, array.nbytes, at)[:] = array.reshape(-1).view(np.uint8)
+            out[key], end = InSlot(start, array.dtype.str, array.shape), start + array.nbytes
+        return out
+
     # -- the main process ---------------------------------------------------------------------------
 
     def new_generation(self) -> None:
         """A new iteration starts: slots claimed before it and never delivered are free again."""
         self.state[0] += 1
 
-    def take(self, ref: SlotRef) -> torch.Tensor:
-        """The batch a worker wrote into ``ref``'s slot (see :meth:`SlotMemory._hand_out`)."""
-        return self._hand_out(ref.slot, ref.count)
+    def take(self, batch: dict) -> dict:
+        """The batch a worker sent (:meth:`pack`), its :class:`SlotRef` and :class:`InSlot` values
+        replaced by tensors: the images and tensors of ``VIEW_FROM`` bytes or more view the slot,
+        which stays held while any of them is referred to; smaller ones are copies."""
+        ref = batch["image"]
+        whole = self._hand_out(ref.slot)
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, SlotRef):
+                value = self._images(whole, value.count)
+            elif isinstance(value, InSlot):
+                dtype = np.dtype(value.dtype)
+                nbytes = dtype.itemsize * int(np.prod(value.shape, dtype=np.int64))
+                array = whole[value.offset: value.offset + nbytes].view(dtype).reshape(value.shape)
+                value = torch.from_numpy(array if nbytes >= VIEW_FROM else array.copy())
+            out[key] = value
+        return out
 
 
 #: CollateSlots of this process by key, for unpickling a SlotBatch (forked workers inherit a copy).
@@ -209,7 +273,7 @@ class CollateSlots(SlotMemory):
 
     def take(self, slot: int, count: int) -> torch.Tensor:
         """Main process: the batch in ``slot`` (see :meth:`SlotMemory._hand_out`)."""
-        return self._hand_out(slot, count)
+        return self._images(self._hand_out(slot), count)
 
 
-__all__ = ["ImageSlots", "CollateSlots", "SlotRef", "SlotBatch", "SlotMemory"]
+__all__ = ["ImageSlots", "CollateSlots", "SlotRef", "InSlot", "SlotBatch", "SlotMemory", "VIEW_FROM"]

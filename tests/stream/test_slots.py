@@ -9,7 +9,7 @@ import torch
 
 from bioscan5m_hf import make_loader
 from bioscan5m_hf.stream.images import WorkerImages
-from bioscan5m_hf.stream.slots import CollateSlots, ImageSlots
+from bioscan5m_hf.stream.slots import VIEW_FROM, CollateSlots, ImageSlots, InSlot, SlotRef
 
 from ..conftest import assert_same_batches
 
@@ -33,11 +33,16 @@ def sent_from_worker(slots: ImageSlots | CollateSlots, value: int, worker: int =
     return sent
 
 
+def image_in(slots: ImageSlots, ref: SlotRef) -> torch.Tensor:
+    """Main process: the images of a batch a worker sent as only its SlotRef."""
+    return slots.take({"image": ref})["image"]
+
+
 def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
     slots = ImageSlots(num_workers=2, per_worker=2, batch_size=4, size=3)
     a = sent_from_worker(slots, 7, worker=1)
     assert a.slot in (2, 3) and a.count == 2  # worker 1's own slots
-    image = slots.take(a)
+    image = image_in(slots, a)
     assert image.shape == (2, 3, 3, 3) and image.is_contiguous(memory_format=torch.channels_last)
     assert (image == 7).all() and slots.held == 1
     view, array = image[1, 0], image.numpy()  # views and arrays made from the batch keep it held
@@ -46,18 +51,53 @@ def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
     del view
     assert slots.held == 1
     b = sent_from_worker(slots, 8, worker=1)
-    assert b.slot != a.slot and (slots.take(b) == 8).all()  # the batch taken here is dropped at once...
+    assert b.slot != a.slot and (image_in(slots, b) == 8).all()  # the batch taken here is dropped at once...
     c = sent_from_worker(slots, 9, worker=1)
     assert c.slot == b.slot  # ...and its slot was free again at once
-    kept = slots.take(c)
+    kept = image_in(slots, c)
     assert sent_from_worker(slots, 10, worker=1) is None and slots.fallbacks == 1  # a's and c's slots held
     assert (array == 7).all() and (kept == 9).all()  # nothing overwrote the held batches
     del array
     assert slots.held == 1
     d = sent_from_worker(slots, 11, worker=1)
-    assert d.slot == a.slot and (slots.take(d) == 11).all() and slots.fallbacks == 1
+    assert d.slot == a.slot and (image_in(slots, d) == 11).all() and slots.fallbacks == 1
     del kept
     assert slots.held == 0
+
+
+def _pack_and_send(slots: ImageSlots, batch: dict, out, received) -> None:
+    ref, view = slots.claim(0, 2)
+    view[:] = 7
+    out.put(slots.pack({**batch, "image": ref}))
+    received.wait(30)  # a tensor sent in torch's shared memory is fetched from this process
+
+
+def test_a_batch_s_other_tensors_travel_in_its_slot_large_ones_viewed_small_ones_copied():
+    slots = ImageSlots(num_workers=1, per_worker=2, batch_size=2, size=3, extra_bytes=VIEW_FROM + 1024)
+    batch = {"processid": ["a", "b"], "image": None,
+             "dna": torch.arange(VIEW_FROM // 8).reshape(2, -1),  # VIEW_FROM bytes: a view
+             "species": torch.tensor([3, -1]), "padding": torch.tensor([False, True]),
+             "too_big": torch.zeros(1024, dtype=torch.int64)}  # no room left after the others
+    context = multiprocessing.get_context("fork")
+    out, received = context.Queue(), context.Event()
+    process = context.Process(target=_pack_and_send, args=(slots, batch, out, received))
+    process.start()
+    sent = out.get(timeout=30)
+    received.set()
+    process.join()
+    assert isinstance(sent["image"], SlotRef) and isinstance(sent["dna"], InSlot)
+    assert isinstance(sent["species"], InSlot) and isinstance(sent["padding"], InSlot)
+    assert isinstance(sent["too_big"], torch.Tensor)  # stays a tensor: torch's own shared memory
+    got = slots.take(sent)
+    assert list(got) == list(batch)  # the same keys in the same order
+    for key in ("dna", "species", "padding", "too_big"):
+        assert got[key].dtype == batch[key].dtype and torch.equal(got[key], batch[key]), key
+    assert (got["image"] == 7).all() and got["processid"] == ["a", "b"]
+    labels, dna = got["species"], got["dna"]
+    del got
+    assert slots.held == 1  # the DNA ids view the slot
+    del dna
+    assert slots.held == 0 and torch.equal(labels, batch["species"])  # labels kept are a copy: the slot is free
 
 
 def test_slots_claimed_and_never_delivered_are_free_in_the_next_iteration():
@@ -92,7 +132,7 @@ def copied(loader, epochs: int = 1) -> list[dict]:
     return [b for _ in range(epochs) for b in copied_from(loader, loader)]
 
 
-@pytest.mark.parametrize("how", [dict(num_workers=2), dict(num_workers=3, augment=True, drop_last=True),
+@pytest.mark.parametrize("how", [dict(num_workers=2), dict(num_workers=3, augment=True, drop_last=True, mask_dna=0.2),
                                  dict(num_workers=2, persistent_workers=False, device="cpu"),
                                  dict(num_workers=2, on_error="skip")])  # the per-record path
 def test_worker_processes_send_images_through_slots_with_the_same_batches(converted_zips, how):
@@ -103,6 +143,20 @@ def test_worker_processes_send_images_through_slots_with_the_same_batches(conver
     threads = make_loader(root, "pretrain", worker_method="thread", **KW, **how)
     assert threads.slots is None
     assert_same_batches(through_slots, [b for _ in range(2) for b in threads])
+
+
+def test_labels_kept_from_every_batch_leave_the_slots_free_dna_ids_kept_hold_them(converted_zips):
+    root = converted_zips.repos["parquet"].parent
+    kw = {**KW, "batch_size": 64}  # DNA ids of VIEW_FROM bytes and more (165 int64 per record): views
+    loader = make_loader(root, "pretrain", num_workers=2, prefetch_factor=1, **kw)
+    labels = [batch["species"] for batch in loader]
+    assert loader.slots.held == 0 and loader.slots.fallbacks == 0
+    dna = [batch["dna"] for batch in loader]
+    viewed = sum(ids.numel() * 8 >= VIEW_FROM for ids in dna)  # the last, shorter batches' are copies
+    assert loader.slots.held == viewed >= 2  # each kept view holds its batch's slot
+    threads = make_loader(root, "pretrain", num_workers=2, worker_method="thread", **kw)
+    assert all(torch.equal(a, b["species"]) for a, b in zip(labels, threads, strict=True))  # epoch 0
+    assert all(torch.equal(a, b["dna"]) for a, b in zip(dna, threads, strict=True))  # epoch 1
 
 
 def test_a_consumer_keeping_every_batch_gets_them_all_intact(converted_zips):
@@ -141,7 +195,9 @@ def test_slots_only_where_worker_processes_decode_into_unpinned_memory(converted
                   dict(modality=("dna",))):
         assert make_loader(root, "pretrain", **{**KW, "num_workers": 2, **other}).slots is None, other
     slots = make_loader(root, "pretrain", num_workers=2, **KW).slots
-    assert len(slots.memory) == 2 * (4 + 3) * 8 * 16 * 16 * 3  # per worker: prefetch_factor + 3 slots of a batch
+    assert slots.slot_count == 2 * (4 + 3) and slots.image_bytes == 8 * 16 * 16 * 3  # per worker: prefetch_factor + 3
+    dna = 2 * 8 * 165 * 8  # int64 token ids and mask: 165 4-mers of 660 nucleotides
+    assert slots.image_bytes + dna + 2 * 8 * 8 <= slots.slot_bytes  # and the two targets' labels
 
 
 # -- CollateSlots: BatchCollate's slots in a plain DataLoader --------------------------------------
