@@ -6,9 +6,10 @@ A batch at a time, not a row at a time: ``datasets`` formats a batch's Arrow tab
 once per row, and the JPEGs are decoded straight into the batch's tensor instead of into one array
 per image stacked afterwards. In a forked worker process that tensor is one of a few batch buffers
 shared with the main process and reused once the main process no longer refers to the batch
-(:class:`~bioscan5m_hf.stream.slots.CollateSlots`), as make_loader's workers do, instead of
-shared memory made fresh for every batch (as ``default_collate`` does), whose page faults cost
-about a third of a worker's time on 2 cores (BENCHMARKS.md)::
+(:class:`~bioscan5m_hf.stream.slots.CollateSlots`, which also carry the batch's DNA ids and
+labels), as make_loader's workers do, instead of shared memory made fresh for every batch and
+tensor (as ``default_collate`` does), whose page faults cost about a third of a worker's time on 2
+cores (BENCHMARKS.md)::
 
     ds = load_dataset(repo, "cropped_256", split="train", streaming=True,
                       columns=["processid", "image", "dna_barcode", "species"])
@@ -26,7 +27,7 @@ from .. import schema
 from ..errors import ShardError
 from ..transforms import KmerTokenizer
 from .images import WorkerImages
-from .slots import CollateSlots
+from .slots import CollateSlots, room_for
 
 #: The metadata column of the DNA barcode, tokenised into ``dna`` and ``dna_mask``.
 DNA_COLUMN = "dna_barcode"
@@ -43,7 +44,8 @@ class BatchCollate:
     image that does not decode raises :class:`~bioscan5m_hf.errors.ShardError` naming its record.
 
     Image batches of up to ``batch_size`` go through ``slots`` buffers shared with forked worker
-    processes (reserved now, ``batch_size x image_size^2 x 3`` bytes each, touched only when used;
+    processes, with the batch's DNA ids, mask and label indices after the images (reserved now,
+    ``batch_size x image_size^2 x 3`` bytes each and the room for those, touched only when used;
     about prefetch_factor + 1 per worker are in use at a time), so make the collate before the
     DataLoader starts its workers, and iterate it in the process that made it. When none is free
     (a consumer keeping batches, more workers), or with ``slots=0``, or in spawned workers, a batch
@@ -56,11 +58,13 @@ class BatchCollate:
                  slots: int = 32):
         if slots < 0 or batch_size < 1:
             raise ValueError(f"need slots >= 0 and batch_size >= 1, got slots={slots}, batch_size={batch_size}")
-        self.slots = CollateSlots(slots, batch_size, image_size) if slots else None
-        self.images = WorkerImages(image_size, slots=self.slots)
         self.tokenizer = tokenizer or KmerTokenizer()
         self.labels = {column: {label: i for i, label in enumerate(labels)}
                        for column, labels in (vocabularies or {}).items()}
+        # after the images: DNA token ids and mask, one int64 label per record and column
+        room = room_for(batch_size, 2 * self.tokenizer.num_tokens + len(self.labels), len(self.labels) + 2)
+        self.slots = CollateSlots(slots, batch_size, image_size, extra_bytes=room) if slots else None
+        self.images = WorkerImages(image_size, slots=self.slots)
 
     def __getstate__(self):  # a copy in a spawned process has no slots to write into: fresh memory there
         return {**self.__dict__, "slots": None}
@@ -78,7 +82,7 @@ class BatchCollate:
                 out[column] = torch.tensor([index.get(v, -1) for v in values], dtype=torch.int64)
             else:
                 out[column] = values
-        return out
+        return self.images.pack(out)
 
     def _images(self, values: Sequence, processids: Sequence[str] | None) -> torch.Tensor:
         jpegs = [v["bytes"] if isinstance(v, Mapping) else v for v in values]

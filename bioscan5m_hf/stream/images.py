@@ -113,9 +113,9 @@ class WorkerImages:
         return ref
 
     def pack(self, batch: dict) -> dict:
-        """A worker's finished batch: with its images in one of make_loader's slots, its other tensors
-        go into that slot too (:meth:`~bioscan5m_hf.stream.slots.ImageSlots.pack`)."""
-        return self.slots.pack(batch) if isinstance(self.slots, ImageSlots) else batch
+        """A worker's finished batch: with its images in a slot, its other tensors go into that slot
+        too (:meth:`~bioscan5m_hf.stream.slots.SlotMemory.pack`)."""
+        return self.slots.pack(batch) if self.slots is not None else batch
 
     def stack(self, images: list[np.ndarray]) -> torch.Tensor | SlotRef:
         """Images already decoded (``S x S x 3`` each) as one batch."""

@@ -33,7 +33,7 @@ from .columnar import ColumnarBatches
 from .images import ThreadDecoder, WorkerImages
 from .outputs import missing_as_nan
 from .records import RecordStream, SharedPosition, WorkerSamples
-from .slots import ImageSlots, SlotRef
+from .slots import ImageSlots, SlotRef, room_for
 from .workers import ThreadWorkers
 
 DECODERS = ("workers", "threads", "device")
@@ -343,11 +343,11 @@ class Loader:
 def _slot_extra_bytes(batch_size: int, tokenizer: KmerTokenizer | None, masking: DnaMasking | None,
                       modalities: Sequence[schema.Modality], targets: Sequence[str]) -> int:
     """Room after a batch's images in its slot for its other tensors (:meth:`ImageSlots.pack`): int64
-    token ids and mask (and masked inputs and their labels), a value of 8 bytes per record for each
-    label, number and target, the padding flags; 64 bytes of alignment each."""
+    token ids and mask (and masked inputs and their labels), 8 bytes per record for each label,
+    number and target, and for the padding flags."""
     tokens = 0 if tokenizer is None else (4 if masking is not None else 2) * tokenizer.num_tokens
     values = sum(m.kind not in ("image", "dna") and m.name != "processid" for m in modalities) + len(targets) + 1
-    return batch_size * 8 * (tokens + values) + 64 * (values + 4)
+    return room_for(batch_size, tokens + values, values + 4)
 
 
 def make_loader(root, split: str = "train", *, batch_size: int = 256, num_workers: int = 2, image_size: int = 256,

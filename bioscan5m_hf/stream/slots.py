@@ -28,8 +28,8 @@ through fresh memory), and are free again in the one after.
 :class:`CollateSlots` does the same for a plain DataLoader whose ``collate_fn`` is
 :class:`~bioscan5m_hf.stream.collate.BatchCollate`, where no loader of ours runs in the main
 process: a worker claims any free slot (under a lock, marking it with its process id) and sends a
-:class:`SlotBatch`, which the main process unpickles as the tensor viewing the slot. A slot claimed
-by a worker process that has ended is free again.
+:class:`SlotBatch`, which the main process unpickles as the batch of tensors viewing (or copied
+from) the slot. A slot claimed by a worker process that has ended is free again.
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ _ALIGN = 64
 
 def _aligned(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
+
+
+def room_for(batch_size: int, values_per_record: int, tensors: int) -> int:
+    """``extra_bytes`` for ``tensors`` tensors of 8-byte values after a slot's images,
+    ``values_per_record`` values per record in all (int64 token ids, masks and labels)."""
+    return batch_size * 8 * values_per_record + _ALIGN * tensors
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,44 @@ class SlotMemory:
         """Slots handed out and still referred to (main process)."""
         return sum(finalizer.alive for finalizer in self._held.values())
 
+    def pack(self, batch: dict) -> dict:
+        """Worker process: a batch whose ``image`` is a claimed slot's :class:`SlotRef`, its other
+        tensors written into that slot after the images, each replaced by its :class:`InSlot` (in
+        order; one that does not fit stays a tensor). Any other batch as it is."""
+        ref = batch.get("image")
+        if not isinstance(ref, SlotRef):
+            return batch
+        out, end = dict(batch), self.image_bytes
+        for key, value in batch.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            array = np.ascontiguousarray(value.numpy())
+            start = _aligned(end)
+            if start + array.nbytes > self.slot_bytes:
+                continue
+            at = ref.slot * self.slot_bytes + start
+            np.frombuffer(self.memory, np.uint8, array.nbytes, at)[:] = array.reshape(-1).view(np.uint8)
+            out[key], end = InSlot(start, array.dtype.str, array.shape), start + array.nbytes
+        return out
+
+    def take(self, batch: dict) -> dict:
+        """Main process: the batch a worker sent (:meth:`pack`), its :class:`SlotRef` and :class:`InSlot` values
+        replaced by tensors: the images and tensors of ``VIEW_FROM`` bytes or more view the slot,
+        which stays held while any of them is referred to; smaller ones are copies."""
+        ref = batch["image"]
+        whole = self._hand_out(ref.slot)
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, SlotRef):
+                value = self._images(whole, value.count)
+            elif isinstance(value, InSlot):
+                dtype = np.dtype(value.dtype)
+                nbytes = dtype.itemsize * int(np.prod(value.shape, dtype=np.int64))
+                array = whole[value.offset: value.offset + nbytes].view(dtype).reshape(value.shape)
+                value = torch.from_numpy(array if nbytes >= VIEW_FROM else array.copy())
+            out[key] = value
+        return out
+
 
 class ImageSlots(SlotMemory):
     """``per_worker`` slots for each of ``num_workers`` DataLoader worker processes of make_loader,
@@ -160,49 +204,11 @@ class ImageSlots(SlotMemory):
         self.state[1 + worker] += 1
         return None
 
-    def pack(self, batch: dict) -> dict:
-        """A batch whose ``image`` is a claimed slot's :class:`SlotRef`, its other tensors written into
-        that slot after the images, each replaced by its :class:`InSlot` (in order; one that does
-        not fit stays a tensor). Any other batch as it is."""
-        ref = batch.get("image")
-        if not isinstance(ref, SlotRef):
-            return batch
-        out, end = dict(batch), self.image_bytes
-        for key, value in batch.items():
-            if not isinstance(value, torch.Tensor):
-                continue
-            array = np.ascontiguousarray(value.numpy())
-            start = _aligned(end)
-            if start + array.nbytes > self.slot_bytes:
-                continue
-            at = ref.slot * self.slot_bytes + start
-            np.frombuffer(self.memory, np.uint8, array.nbytes, at)[:] = array.reshape(-1).view(np.uint8)
-            out[key], end = InSlot(start, array.dtype.str, array.shape), start + array.nbytes
-        return out
-
     # -- the main process ---------------------------------------------------------------------------
 
     def new_generation(self) -> None:
         """A new iteration starts: slots claimed before it and never delivered are free again."""
         self.state[0] += 1
-
-    def take(self, batch: dict) -> dict:
-        """The batch a worker sent (:meth:`pack`), its :class:`SlotRef` and :class:`InSlot` values
-        replaced by tensors: the images and tensors of ``VIEW_FROM`` bytes or more view the slot,
-        which stays held while any of them is referred to; smaller ones are copies."""
-        ref = batch["image"]
-        whole = self._hand_out(ref.slot)
-        out = {}
-        for key, value in batch.items():
-            if isinstance(value, SlotRef):
-                value = self._images(whole, value.count)
-            elif isinstance(value, InSlot):
-                dtype = np.dtype(value.dtype)
-                nbytes = dtype.itemsize * int(np.prod(value.shape, dtype=np.int64))
-                array = whole[value.offset: value.offset + nbytes].view(dtype).reshape(value.shape)
-                value = torch.from_numpy(array if nbytes >= VIEW_FROM else array.copy())
-            out[key] = value
-        return out
 
 
 #: CollateSlots of this process by key, for unpickling a SlotBatch (forked workers inherit a copy).
@@ -219,24 +225,26 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class SlotBatch(SlotRef):
-    """What a :class:`~bioscan5m_hf.stream.collate.BatchCollate` worker sends instead of its image
-    batch. Unpickled in the process that made its :class:`CollateSlots` (the DataLoader's main
-    process), it becomes the tensor viewing the slot."""
+class SlotBatch(dict):
+    """What a :class:`~bioscan5m_hf.stream.collate.BatchCollate` worker sends: its batch packed into
+    a slot (:meth:`SlotMemory.pack`). Unpickled in the process that made its :class:`CollateSlots`
+    (the DataLoader's main process), it becomes the plain batch of tensors viewing (or copied
+    from) the slot."""
 
-    key: str
+    def __init__(self, key: str, batch: dict):
+        super().__init__(batch)
+        self.key = key
 
     def __reduce__(self):
-        return _take_collate_slot, (self.key, self.slot, self.count)
+        return _take_collate_batch, (self.key, dict(self))
 
 
-def _take_collate_slot(key: str, slot: int, count: int) -> torch.Tensor:
+def _take_collate_batch(key: str, batch: dict) -> dict:
     slots = _COLLATE_SLOTS.get(key)
     if slots is None or slots.owner != os.getpid():
-        raise RuntimeError("a BatchCollate image batch in shared slots can be unpickled only by the process that "
+        raise RuntimeError("a BatchCollate batch in shared slots can be unpickled only by the process that "
                            "made the BatchCollate (its DataLoader's main process), while it exists")
-    return slots.take(slot, count)
+    return slots.take(batch)
 
 
 class CollateSlots(SlotMemory):
@@ -245,8 +253,8 @@ class CollateSlots(SlotMemory):
     claimed by a process that has ended (its batch was never delivered: the iterator was left
     early) is free again. Made in the main process (the :attr:`owner`), before the workers fork."""
 
-    def __init__(self, slot_count: int, batch_size: int, size: int):
-        super().__init__(slot_count, batch_size, size, header=1)  # header: [fallbacks]
+    def __init__(self, slot_count: int, batch_size: int, size: int, extra_bytes: int = 0):
+        super().__init__(slot_count, batch_size, size, header=1, extra_bytes=extra_bytes)  # header: [fallbacks]
         self.owner = os.getpid()
         self.key = uuid.uuid4().hex
         self._lock = multiprocessing.get_context("fork").Lock()
@@ -257,7 +265,7 @@ class CollateSlots(SlotMemory):
         """Batches sent in fresh shared memory because no slot was free (or they were larger)."""
         return self.state[0]
 
-    def claim(self, worker: int, count: int) -> tuple[SlotBatch, np.ndarray] | None:
+    def claim(self, worker: int, count: int) -> tuple[SlotRef, np.ndarray] | None:
         """A free slot for ``count`` images (any worker's: ``worker`` is not needed) and the array to
         write them into, or None when none is free or the batch is larger than a slot."""
         pid = os.getpid()
@@ -267,13 +275,14 @@ class CollateSlots(SlotMemory):
                     state = self._slot_state(slot)
                     if state == 0 or (state > 0 and state != pid and not _process_alive(state)):
                         self._set_slot_state(slot, pid)
-                        return SlotBatch(slot, count, self.key), self._view(slot, count)
+                        return SlotRef(slot, count), self._view(slot, count)
             self.state[0] += 1
         return None
 
-    def take(self, slot: int, count: int) -> torch.Tensor:
-        """Main process: the batch in ``slot`` (see :meth:`SlotMemory._hand_out`)."""
-        return self._images(self._hand_out(slot), count)
+    def pack(self, batch: dict) -> dict:
+        """Worker process: the batch packed into its slot (:meth:`SlotMemory.pack`), as the
+        :class:`SlotBatch` that unpickles as its tensors in the main process."""
+        packed = super().pack(batch)
+        return SlotBatch(self.key, packed) if isinstance(packed.get("image"), SlotRef) else packed
 
-
-__all__ = ["ImageSlots", "CollateSlots", "SlotRef", "InSlot", "SlotBatch", "SlotMemory", "VIEW_FROM"]
+__all__ = ["ImageSlots", "CollateSlots", "SlotRef", "InSlot", "SlotBatch", "SlotMemory", "VIEW_FROM", "room_for"]

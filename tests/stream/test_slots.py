@@ -18,12 +18,13 @@ def _claim_and_send(slots: ImageSlots | CollateSlots, worker: int, count: int, v
     claimed = slots.claim(worker, count)
     if claimed is not None:
         claimed[1][:] = value
-    out.put(claimed[0] if claimed is not None else None)
+    out.put(slots.pack({"image": claimed[0]}) if claimed is not None else None)
 
 
 def sent_from_worker(slots: ImageSlots | CollateSlots, value: int, worker: int = 0, count: int = 2):
-    """What a forked worker process claims, writes ``value`` into and sends back (None: no slot was
-    free): a SlotRef, or for CollateSlots the tensor its SlotBatch unpickles as here."""
+    """The batch a forked worker process claims a slot for, writes ``value`` into and sends back
+    (None: no slot was free): ``{"image": SlotRef}``, or for CollateSlots the batch of tensors its
+    SlotBatch unpickles as here."""
     context = multiprocessing.get_context("fork")
     out = context.Queue()
     process = context.Process(target=_claim_and_send, args=(slots, worker, count, value, out))
@@ -33,15 +34,15 @@ def sent_from_worker(slots: ImageSlots | CollateSlots, value: int, worker: int =
     return sent
 
 
-def image_in(slots: ImageSlots, ref: SlotRef) -> torch.Tensor:
+def image_in(slots: ImageSlots, sent: dict) -> torch.Tensor:
     """Main process: the images of a batch a worker sent as only its SlotRef."""
-    return slots.take({"image": ref})["image"]
+    return slots.take(sent)["image"]
 
 
 def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
     slots = ImageSlots(num_workers=2, per_worker=2, batch_size=4, size=3)
     a = sent_from_worker(slots, 7, worker=1)
-    assert a.slot in (2, 3) and a.count == 2  # worker 1's own slots
+    assert a["image"].slot in (2, 3) and a["image"].count == 2  # worker 1's own slots
     image = image_in(slots, a)
     assert image.shape == (2, 3, 3, 3) and image.is_contiguous(memory_format=torch.channels_last)
     assert (image == 7).all() and slots.held == 1
@@ -51,16 +52,17 @@ def test_a_slot_is_held_while_anything_refers_to_its_batch_then_reused():
     del view
     assert slots.held == 1
     b = sent_from_worker(slots, 8, worker=1)
-    assert b.slot != a.slot and (image_in(slots, b) == 8).all()  # the batch taken here is dropped at once...
+    assert b["image"].slot != a["image"].slot
+    assert (image_in(slots, b) == 8).all()  # the batch taken here is dropped at once...
     c = sent_from_worker(slots, 9, worker=1)
-    assert c.slot == b.slot  # ...and its slot was free again at once
+    assert c["image"].slot == b["image"].slot  # ...and its slot was free again at once
     kept = image_in(slots, c)
     assert sent_from_worker(slots, 10, worker=1) is None and slots.fallbacks == 1  # a's and c's slots held
     assert (array == 7).all() and (kept == 9).all()  # nothing overwrote the held batches
     del array
     assert slots.held == 1
     d = sent_from_worker(slots, 11, worker=1)
-    assert d.slot == a.slot and (image_in(slots, d) == 11).all() and slots.fallbacks == 1
+    assert d["image"].slot == a["image"].slot and (image_in(slots, d) == 11).all() and slots.fallbacks == 1
     del kept
     assert slots.held == 0
 
@@ -205,14 +207,14 @@ def test_slots_only_where_worker_processes_decode_into_unpinned_memory(converted
 
 def test_a_collate_slot_arrives_as_its_tensor_and_is_reused_once_dropped():
     slots = CollateSlots(2, batch_size=4, size=3)
-    a = sent_from_worker(slots, 5)
+    a = sent_from_worker(slots, 5)["image"]
     assert isinstance(a, torch.Tensor) and a.shape == (2, 3, 3, 3) and (a == 5).all() and slots.held == 1
-    b = sent_from_worker(slots, 6)
+    b = sent_from_worker(slots, 6)["image"]
     assert (b == 6).all() and slots.held == 2
     assert sent_from_worker(slots, 7) is None and slots.fallbacks == 1  # both held: fresh memory then
     assert (a == 5).all() and (b == 6).all()  # nothing overwrote them
     del a  # its slot is free again at once
-    c = sent_from_worker(slots, 8)
+    c = sent_from_worker(slots, 8)["image"]
     assert (c == 8).all() and (b == 6).all() and slots.fallbacks == 1
     assert sent_from_worker(slots, 9, count=5) is None and slots.fallbacks == 2  # larger than a slot
 
@@ -226,14 +228,15 @@ def test_a_slot_claimed_by_a_process_that_ended_is_free_again():
     process = multiprocessing.get_context("fork").Process(target=_claim_only, args=(slots,))
     process.start(), process.join()
     assert slots.state[1] == process.pid  # still marked with the process that claimed it
-    assert (sent_from_worker(slots, 3, count=1) == 3).all() and slots.fallbacks == 0
+    assert (sent_from_worker(slots, 3, count=1)["image"] == 3).all() and slots.fallbacks == 0
 
 
 def test_a_slot_batch_unpickles_only_where_its_slots_were_made():
-    slots = CollateSlots(1, batch_size=1, size=1)
+    slots = CollateSlots(1, batch_size=1, size=1, extra_bytes=64)
     ref, _ = slots.claim(0, 1)
-    data = pickle.dumps(ref)
-    assert (pickle.loads(data) == 0).all()  # here: the owner
-    del slots
+    data = pickle.dumps(slots.pack({"image": ref, "species": torch.tensor([4])}))
+    batch = pickle.loads(data)  # here: the owner
+    assert type(batch) is dict and (batch["image"] == 0).all() and batch["species"].tolist() == [4]
+    del slots, batch
     with pytest.raises(RuntimeError, match="only by the process that made the BatchCollate"):
         pickle.loads(data)
