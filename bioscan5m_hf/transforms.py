@@ -61,6 +61,31 @@ def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = Fal
     return np.ascontiguousarray(hwc) if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
 
+def decode_image_into(data: bytes, size: int, room: np.ndarray) -> None:
+    """:func:`decode_image`'s channels-last pixels written to the first ``size x size x 3`` bytes of
+    ``room``, a flat uint8 array whose later bytes are scratch (in a batch: the images still to come).
+
+    A JPEG that needs no resize (its shorter side already ``size``, as in the ``cropped_256``
+    package) and fits in ``room`` is decoded by simplejpeg straight into it, and its centre crop
+    moved to the front: the crop is then copied within memory the decoder has just written, instead
+    of from the decoder's own buffer into batch memory that is out of the caches (about 4% of the
+    decode's time on this project's machine). Any other image takes :func:`decode_image`'s way.
+    """
+    out = room[: size * size * 3].reshape(size, size, 3)
+    if simplejpeg is not None and isinstance(data, bytes):
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:  # decode_image names the problem
+            h = w = 0
+        if min(h, w) == size and h * w * 3 <= room.nbytes:
+            full = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
+                                          buffer=room[: h * w * 3])
+            top, left = (h - size) // 2, (w - size) // 2
+            np.copyto(out, full[top: top + size, left: left + size])  # overlapping: numpy copies safely
+            return
+    decode_image(data, size, channels_last=True, out=out)
+
+
 def _decode_view(data: bytes | Image.Image, size: int) -> np.ndarray:
     """The ``size x size x 3`` crop, possibly a view into a larger decoded array."""
     if isinstance(data, (bytes, bytearray, memoryview)):

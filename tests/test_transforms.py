@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from bioscan5m_hf import schema
-from bioscan5m_hf.transforms import FIRST_KMER_ID, UNK_ID, KmerTokenizer, decode_image, normalize
+from bioscan5m_hf.transforms import FIRST_KMER_ID, UNK_ID, KmerTokenizer, decode_image, decode_image_into, normalize
 
 
 def test_kmer_ids_follow_the_barcodebert_vocabulary():
@@ -47,6 +47,22 @@ def test_decode_resizes_the_shorter_side_and_centre_crops(w, h):
     assert out.shape == (3, 64, 64) and out.dtype == np.uint8
     # The crop is centred: red on the left, blue on the right, for landscape and portrait alike.
     assert out[0, :, :16].mean() > 200 and out[2, :, -16:].mean() > 200
+
+
+def png(w, h):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data, size", [(jpeg(341, 256), 256), (jpeg(256, 400), 256), (jpeg(256, 256), 256),
+                                        (jpeg(1024, 768), 256), (jpeg(100, 60), 64), (png(80, 64), 64)])
+@pytest.mark.parametrize("spare", [0, 1, 10 ** 6])  # room after the image: none, too little, plenty
+def test_decoding_into_a_batch_gives_decode_images_pixels(data, size, spare):
+    n = size * size * 3
+    room = np.full(n + spare, 77, dtype=np.uint8)
+    decode_image_into(data, size, room)
+    assert (room[:n].reshape(size, size, 3) == decode_image(data, size, channels_last=True)).all()
 
 
 def test_decode_accepts_an_opened_image():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ShardError
-from ..transforms import crop_params, decode_crop, decode_image, sample_rng
+from ..transforms import crop_params, decode_crop, decode_image_into, sample_rng
 from .records import IMAGE_ERRORS, image_error
 from .slots import CollateSlots, ImageSlots, SlotRef
 
@@ -137,14 +137,16 @@ class WorkerImages:
         resized crop drawn from the seed, the epoch and the record. An image that does not decode
         raises :class:`~bioscan5m_hf.errors.ShardError` naming ``shard_of(i)`` and the member."""
         size = self.image_size
+        n = size * size * 3
 
         def fill(out: np.ndarray) -> None:
+            flat = out.reshape(-1)  # the batch's bytes (out is contiguous): an image's room runs to the end
             for i, data in enumerate(jpegs):
                 try:
                     if self.augment:
                         out[i] = decode_crop(data, self.crop_params(data, processids[i], epoch), size)
                     else:
-                        decode_image(data, size, channels_last=True, out=out[i])
+                        decode_image_into(data, size, flat[i * n:])
                 except IMAGE_ERRORS as e:
                     raise image_error(shard_of(i), processids[i], e) from None
 
@@ -186,13 +188,14 @@ class ThreadDecoder:
         params = crop.tolist() if crop is not None else None
         out = self._buffer(len(processids))
         view = out.numpy()
+        flat, image_bytes = view.reshape(-1), size * size * 3  # (view is contiguous)
 
         def part(first: int, stop: int) -> None:  # a slice of the batch per task: little dispatch overhead
             for i in range(first, stop):
                 blob = data[ends[i]: ends[i + 1]].tobytes()
                 try:
                     if params is None:
-                        decode_image(blob, size, channels_last=True, out=view[i])
+                        decode_image_into(blob, size, flat[i * image_bytes: stop * image_bytes])  # this task's room
                     else:
                         view[i] = decode_crop(blob, params[i], size)
                 except IMAGE_ERRORS as e:

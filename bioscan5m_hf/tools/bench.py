@@ -128,15 +128,15 @@ def _decode_worker(args) -> tuple[int, float]:
     import numpy as np
     from PIL import Image
 
-    from ..transforms import decode_image
+    from ..transforms import decode_image, decode_image_into
 
     folder, lo, hi, decoder = args
     images = split_images(folder)[lo:hi]
-    if decoder == "batch":  # every image into its place in a batch of 256, as a loader must deliver them
-        batch = np.zeros((256, 256, 256, 3), dtype=np.uint8)  # touched now: no page faults timed
+    if decoder == "batch":  # every image into its place in a batch of 256, as the loader delivers them
+        batch = np.zeros(256 * 256 * 256 * 3, dtype=np.uint8)  # touched now: no page faults timed
         start = time.perf_counter()
         for i, data in enumerate(images):
-            decode_image(data, 256, channels_last=True, out=batch[i % 256])
+            decode_image_into(data, 256, batch[(i % 256) * 256 * 256 * 3:])
         return len(images), time.perf_counter() - start
     start = time.perf_counter()
     for data in images:  # decode + resize/crop, nothing else

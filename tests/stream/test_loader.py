@@ -202,12 +202,12 @@ def test_thread_decode_resumes_exactly_and_names_a_bad_image(converted_zips, mon
     full = [b["processid"] for b in make_loader(root, "pretrain", **kw)]
     batches, _ = interrupted(lambda: make_loader(root, "pretrain", **kw), 3)
     assert [b["processid"] for b in batches] == full
-    from bioscan5m_hf.stream import images as loader_module
+    from bioscan5m_hf.stream import images
 
-    def broken(data, size, channels_last=False, out=None):
+    def broken(data, size, room):
         raise OSError("broken data stream")
 
-    monkeypatch.setattr(loader_module, "decode_image", broken)
+    monkeypatch.setattr(images, "decode_image_into", broken)
     with pytest.raises(Exception, match=r"record [A-Z]+\d+-\d+: image does not decode"):
         next(iter(make_loader(root, "pretrain", num_workers=0, batch_size=4, image_size=16, decode="threads")))
 

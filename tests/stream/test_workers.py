@@ -101,10 +101,10 @@ def test_thread_workers_resume_exactly_on_either_method_and_topology(converted_z
 def test_a_bad_image_is_named_through_thread_workers(converted_zips, monkeypatch):
     from bioscan5m_hf.stream import images
 
-    def broken(data, size, channels_last=False, out=None):
+    def broken(data, size, room):
         raise OSError("broken data stream")
 
-    monkeypatch.setattr(images, "decode_image", broken)
+    monkeypatch.setattr(images, "decode_image_into", broken)
     root = converted_zips.repos["parquet"].parent
     with pytest.raises(ShardError, match=r"\.parquet: member [A-Z]+\d+-\d+\.jpg: image does not decode"):
         next(iter(make_loader(root, "pretrain", batch_size=4, image_size=16, num_workers=2, worker_method="thread")))
