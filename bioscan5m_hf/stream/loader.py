@@ -342,7 +342,7 @@ class Loader:
 
 def _slot_extra_bytes(batch_size: int, tokenizer: KmerTokenizer | None, masking: DnaMasking | None,
                       modalities: Sequence[schema.Modality], targets: Sequence[str]) -> int:
-    """Room after a batch's images in its slot for its other tensors (:meth:`ImageSlots.pack`): int64
+    """Room after a batch's images in its slot for its other tensors (:meth:`SlotMemory.pack`): int64
     token ids and mask (and masked inputs and their labels), 8 bytes per record for each label,
     number and target, and for the padding flags."""
     tokens = 0 if tokenizer is None else (4 if masking is not None else 2) * tokenizer.num_tokens

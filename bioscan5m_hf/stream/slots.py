@@ -12,7 +12,7 @@ out a tensor viewing that slot and frees the slot once nothing refers to that te
 back to fresh shared memory, so nothing waits and no batch is overwritten.
 
 The batch's other tensors (DNA token ids and masks, labels) go into the same slot, after the images
-(:meth:`ImageSlots.pack`, sending :class:`InSlot` records instead): torch hands each tensor a worker
+(:meth:`SlotMemory.pack`, sending :class:`InSlot` records instead): torch hands each tensor a worker
 sends over in shared memory of its own, which the main process fetches through a socket
 connection per tensor (with an authentication handshake), as costly on 2 cores as the tensors'
 work itself. The main process hands out large ones as views of the slot and copies small ones
