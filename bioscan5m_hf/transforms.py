@@ -61,7 +61,7 @@ def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = Fal
     return np.ascontiguousarray(hwc) if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
 
-def decode_image_into(data: bytes, size: int, room: np.ndarray) -> None:
+def decode_image_into(data: bytes | Image.Image, size: int, room: np.ndarray) -> None:
     """:func:`decode_image`'s channels-last pixels written to the first ``size x size x 3`` bytes of
     ``room``, a flat uint8 array whose later bytes are scratch (in a batch: the images still to come).
 
@@ -72,25 +72,15 @@ def decode_image_into(data: bytes, size: int, room: np.ndarray) -> None:
     decode's time on this project's machine). Any other image takes :func:`decode_image`'s way.
     """
     out = room[: size * size * 3].reshape(size, size, 3)
-    if simplejpeg is not None and isinstance(data, bytes):
-        try:
-            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-        except ValueError:  # decode_image names the problem
-            h = w = 0
-        if min(h, w) == size and h * w * 3 <= room.nbytes:
-            full = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
-                                          buffer=room[: h * w * 3])
-            top, left = (h - size) // 2, (w - size) // 2
-            np.copyto(out, full[top: top + size, left: left + size])  # overlapping: numpy copies safely
-            return
-    decode_image(data, size, channels_last=True, out=out)
+    np.copyto(out, _decode_view(data, size, room))  # where the crop overlaps `out`, numpy copies it safely
 
 
-def _decode_view(data: bytes | Image.Image, size: int) -> np.ndarray:
-    """The ``size x size x 3`` crop, possibly a view into a larger decoded array."""
+def _decode_view(data: bytes | Image.Image, size: int, room: np.ndarray | None = None) -> np.ndarray:
+    """The ``size x size x 3`` crop, possibly a view into a larger decoded array (with ``room``,
+    possibly one decoded into it: see :func:`decode_image_into`)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         if simplejpeg is not None:
-            return _decode_simplejpeg(bytes(data), size)
+            return _decode_simplejpeg(bytes(data), size, room)
         img = Image.open(io.BytesIO(data))
     else:
         img = data
@@ -106,9 +96,10 @@ def _decode_view(data: bytes | Image.Image, size: int) -> np.ndarray:
     return np.asarray(img)
 
 
-def _decode_simplejpeg(data: bytes, size: int) -> np.ndarray:
+def _decode_simplejpeg(data: bytes, size: int, room: np.ndarray | None = None) -> np.ndarray:
     """The same as Pillow's path, with libjpeg-turbo through simplejpeg (optional, about 2x faster):
-    accurate DCT and fancy upsampling as Pillow's defaults, DCT-scaled decoding when downsizing."""
+    accurate DCT and fancy upsampling as Pillow's defaults, DCT-scaled decoding when downsizing.
+    An image that needs no resize is decoded into ``room`` (flat uint8 scratch) when it fits."""
     try:
         h, w, _, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:  # not a JPEG simplejpeg can read: let Pillow try, and name the problem
@@ -119,8 +110,10 @@ def _decode_simplejpeg(data: bytes, size: int) -> np.ndarray:
     # would also use libjpeg's other M/8 factors, which round differently).
     ratio = min(w // size, h // size)
     scale = next(s for s in (8, 4, 2, 1) if ratio >= s or s == 1)
+    in_room = room is not None and min(h, w) == size and h * w * 3 <= room.nbytes
     arr = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
-                                 min_height=-(-h // scale), min_width=-(-w // scale))
+                                 min_height=-(-h // scale), min_width=-(-w // scale),
+                                 buffer=room[: h * w * 3] if in_room else None)
     h, w = arr.shape[:2]
     new = shorter_side_size(w, h, size)[::-1]
     if new != (w, h):

@@ -65,6 +65,14 @@ def test_decoding_into_a_batch_gives_decode_images_pixels(data, size, spare):
     assert (room[:n].reshape(size, size, 3) == decode_image(data, size, channels_last=True)).all()
 
 
+def test_decoding_into_a_batch_keeps_the_pixel_limit(monkeypatch):
+    from bioscan5m_hf import transforms
+
+    monkeypatch.setattr(transforms, "MAX_IMAGE_PIXELS", 341 * 256 - 1)
+    with pytest.raises(ValueError, match="pixel limit"):
+        decode_image_into(jpeg(341, 256), 256, np.zeros(10 ** 6, dtype=np.uint8))  # room enough to decode in place
+
+
 def test_decode_accepts_an_opened_image():
     data = jpeg(300, 200)
     assert (decode_image(Image.open(io.BytesIO(data)), 32) == decode_image(data, 32)).all()

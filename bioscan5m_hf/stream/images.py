@@ -137,7 +137,7 @@ class WorkerImages:
         resized crop drawn from the seed, the epoch and the record. An image that does not decode
         raises :class:`~bioscan5m_hf.errors.ShardError` naming ``shard_of(i)`` and the member."""
         size = self.image_size
-        n = size * size * 3
+        image_bytes = size * size * 3
 
         def fill(out: np.ndarray) -> None:
             flat = out.reshape(-1)  # the batch's bytes (out is contiguous): an image's room runs to the end
@@ -146,7 +146,7 @@ class WorkerImages:
                     if self.augment:
                         out[i] = decode_crop(data, self.crop_params(data, processids[i], epoch), size)
                     else:
-                        decode_image_into(data, size, flat[i * n:])
+                        decode_image_into(data, size, flat[i * image_bytes:])
                 except IMAGE_ERRORS as e:
                     raise image_error(shard_of(i), processids[i], e) from None
 

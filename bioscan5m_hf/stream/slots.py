@@ -105,10 +105,16 @@ class SlotMemory:
     def _set_slot_state(self, slot: int, value: int) -> None:
         self.state[self._first_slot + slot] = value
 
+    def _bytes(self, slot: int) -> np.ndarray:
+        """All of ``slot``'s bytes, as a flat uint8 array viewing them."""
+        return np.frombuffer(self.memory, np.uint8, self.slot_bytes, slot * self.slot_bytes)
+
+    def _first_images(self, whole: np.ndarray, count: int) -> np.ndarray:
+        """The ``count x size x size x 3`` images at the start of a slot's bytes."""
+        return whole[: count * self.image_bytes // self.shape[0]].reshape(count, *self.shape[1:])
+
     def _view(self, slot: int, count: int) -> np.ndarray:
-        array = np.frombuffer(self.memory, np.uint8, count * self.image_bytes // self.shape[0],
-                              slot * self.slot_bytes)
-        return array.reshape(count, *self.shape[1:])
+        return self._first_images(self._bytes(slot), count)
 
     def release_claim(self, ref: SlotRef) -> None:
         """Give a claimed slot back unused (its batch failed in the worker)."""
@@ -117,7 +123,7 @@ class SlotMemory:
     def _hand_out(self, slot: int) -> np.ndarray:
         """Main process: the bytes of ``slot``, held until no array or tensor made from them is left:
         then it is free again at once (a finalizer of this array, which every such view refers to)."""
-        whole = np.frombuffer(self.memory, np.uint8, self.slot_bytes, slot * self.slot_bytes)
+        whole = self._bytes(slot)
         self._set_slot_state(slot, HELD)
         self._held[slot] = weakref.finalize(whole, self._set_slot_state, slot, 0)
         return whole
@@ -125,8 +131,7 @@ class SlotMemory:
     def _images(self, whole: np.ndarray, count: int) -> torch.Tensor:
         """The ``count`` images at the start of a slot's bytes: ``count x 3 x size x size`` uint8 in
         channels-last memory format (as :func:`~bioscan5m_hf.stream.images.stack_images` gives)."""
-        array = whole[: count * self.image_bytes // self.shape[0]].reshape(count, *self.shape[1:])
-        return torch.from_numpy(array).permute(0, 3, 1, 2)
+        return torch.from_numpy(self._first_images(whole, count)).permute(0, 3, 1, 2)
 
     @property
     def held(self) -> int:
@@ -140,7 +145,7 @@ class SlotMemory:
         ref = batch.get("image")
         if not isinstance(ref, SlotRef):
             return batch
-        out, end = dict(batch), self.image_bytes
+        out, end, whole = dict(batch), self.image_bytes, self._bytes(ref.slot)
         for key, value in batch.items():
             if not isinstance(value, torch.Tensor):
                 continue
@@ -148,8 +153,7 @@ class SlotMemory:
             start = _aligned(end)
             if start + array.nbytes > self.slot_bytes:
                 continue
-            at = ref.slot * self.slot_bytes + start
-            np.frombuffer(self.memory, np.uint8, array.nbytes, at)[:] = array.reshape(-1).view(np.uint8)
+            whole[start: start + array.nbytes] = array.reshape(-1).view(np.uint8)
             out[key], end = InSlot(start, array.dtype.str, array.shape), start + array.nbytes
         return out
 

@@ -80,7 +80,6 @@ def test_worker_batches_reuse_the_collates_slots_and_kept_batches_are_never_over
 
 
 def test_a_copy_in_a_spawned_process_collates_into_fresh_memory():
-
     copy = pickle.loads(pickle.dumps(BatchCollate(image_size=8, slots=2)))
     assert copy.slots is None and copy.images.slots is None
     out = copy({"processid": ["a"], "dna_barcode": ["ACGT"]})
