@@ -128,10 +128,18 @@ def _decode_worker(args) -> tuple[int, float]:
     import numpy as np
     from PIL import Image
 
-    from ..transforms import decode_image, decode_image_into
+    from ..transforms import decode_image, decode_image_into, simplejpeg
 
     folder, lo, hi, decoder = args
     images = split_images(folder)[lo:hi]
+    if decoder == "bare":  # simplejpeg's decode alone: each whole image into one reused buffer
+        sizes = [simplejpeg.decode_jpeg_header(data)[:2] for data in images]
+        buffer = np.zeros(max(h * w for h, w in sizes) * 3, dtype=np.uint8)
+        start = time.perf_counter()
+        for data, (h, w) in zip(images, sizes):
+            simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
+                                   buffer=buffer[: h * w * 3])
+        return len(images), time.perf_counter() - start
     if decoder == "batch":  # every image into its place in a batch of 256, as the loader delivers them
         batch = np.zeros(256 * 256 * 256 * 3, dtype=np.uint8)  # touched now: no page faults timed
         start = time.perf_counter()
@@ -148,7 +156,9 @@ def raw_decode_rate(split_dir: Path, total: int, decoder: str = "pillow") -> flo
     """Samples/s of 2 processes decoding JPEG bytes already in memory (their decode time only), with
     Pillow or with the loader's own decoder (simplejpeg when installed); with ``"batch"`` the
     loader's decoder writing each image into its place in a 50 MB batch (memory out of the caches,
-    where the raw limit's throwaway arrays reuse the same cached memory image after image)."""
+    where the raw limit's throwaway arrays reuse the same cached memory image after image); with
+    ``"bare"`` simplejpeg's decode alone, at full size into one reused buffer (no header parse, array
+    or crop): the most any loader with this decoder could reach, for images that need no resize."""
     half = total // 2
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         results = pool.map(_decode_worker, [(str(split_dir), 0, half, decoder), (str(split_dir), half, total, decoder)])
@@ -317,18 +327,22 @@ def _dna_repo(st: Settings) -> tuple[Path, Path, int]:
 def loader_area(st: Settings) -> list[Figure]:
     """Feeding: make_loader (decode in workers, or in threads of the main process) vs the raw decode
     limit and vs the official loader; DNA-only on a split of realistic size (start-up included)."""
+    from ..transforms import simplejpeg
+
     rel, out, total = _loader_repo(st)
     dna_rel, dna_out, dna_total = _dna_repo(st)
     for p in [*out.rglob("*.parquet"), *(rel / "bioscan5m").rglob("*.jpg"), *dna_out.rglob("*.parquet")]:
         p.read_bytes()  # warm the page cache for everyone
     split_dir = out / schema.PARQUET_REPO / "cropped_256" / "pretrain"
-    rows = {k: [] for k in ("raw", "raw_loader_decoder", "into_batch", "decoder_alone", "ours", "ours_threads",
+    rows = {k: [] for k in ("raw", "raw_loader_decoder", "bare", "into_batch", "decoder_alone", "ours", "ours_threads",
                             "ours_threads_processes", "ours_thread_workers", "ours_later",
                             "datasets", "official", "ours_dna", "ours_dna_processes", "official_dna")}
     for _ in range(st.repeats):  # interleaved, so the machine's mood hits every figure alike
         rows["raw"].append(raw_decode_rate(split_dir, total))
         rows["raw_loader_decoder"].append(raw_decode_rate(split_dir, total, "loader"))
         rows["into_batch"].append(raw_decode_rate(split_dir, total, "batch"))
+        if simplejpeg is not None:
+            rows["bare"].append(raw_decode_rate(split_dir, total, "bare"))
         rows["decoder_alone"].append(thread_decoder_rate(split_dir, total))
         rows["ours"].append(loader_rate(out, "pretrain", True, 256))
         rows["ours_later"].append(loader_rate(out, "pretrain", True, 256, later=True))
@@ -357,6 +371,9 @@ def loader_area(st: Settings) -> list[Figure]:
         Figure("same, the defaults, a later epoch (persistent workers: no start-up, batch memory already "
                "touched)", f"{med['ours_later']:,.0f}/s", raw, f"{med['ours_later'] / med[limit]:.2f}", "-",
                None),
+        *([Figure("simplejpeg's decode alone, 2 processes, each whole image into one reused buffer (no header parse, "
+                  "array or crop): the most any loader with this decoder could reach", f"{med['bare']:,.0f}/s", raw,
+                  f"{med['bare'] / med[limit]:.2f}", "-", None)] if "bare" in med else []),
         Figure("2 processes decoding into batch memory, no loader: the same decode, each image written to its place "
                "in a batch (what any loader delivering batches pays over the raw limit)", f"{med['into_batch']:,.0f}/s",
                raw, f"{med['into_batch'] / med[limit]:.2f}", "-", None),
