@@ -58,3 +58,17 @@ def test_gpu_area_measures_every_way_and_tabulates_it(tmp_path, monkeypatch):
     assert figures[0].ratio == "4.00x" and figures[0].met is False  # 4,000 img/s: under the 15,000 target
     assert figures[2].met is True  # original_full: device 4x the workers
     assert "decode=threads with worker_method=thread" in figures[1].name and figures[1].ratio == "0.75x"
+
+
+def test_every_raw_decode_way_decodes_every_image(converted_zips):
+    """The loader area's raw limits (Pillow, the loader's decoder, into a batch, simplejpeg alone when
+    installed) each decode all of a split's images."""
+    from bioscan5m_hf.tools.bench import _decode_worker, split_images
+    from bioscan5m_hf.transforms import simplejpeg
+
+    split = converted_zips.repos["parquet"] / "cropped_256" / "pretrain"
+    total = len(split_images(split))
+    assert total > 0
+    for way in ["pillow", "loader", "batch"] + (["bare"] if simplejpeg is not None else []):
+        count, seconds = _decode_worker((str(split), 0, total, way))
+        assert count == total and seconds > 0, way
