@@ -23,6 +23,8 @@ MASK_ID = 0
 UNK_ID = 1
 FIRST_KMER_ID = 2
 DEFAULT_MAX_NUCLEOTIDES = 660
+#: simplejpeg's decode settings, Pillow's defaults: accurate DCT and fancy upsampling, RGB out.
+SIMPLEJPEG_OPTIONS = dict(colorspace="RGB", fastdct=False, fastupsample=False)
 #: Refuse images larger than this before decoding them (decompression bombs); the largest package,
 #: original_full, is 1024 x 768 = 0.8 Mpx.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -111,8 +113,7 @@ def _decode_simplejpeg(data: bytes, size: int, room: np.ndarray | None = None) -
     ratio = min(w // size, h // size)
     scale = next(s for s in (8, 4, 2, 1) if ratio >= s or s == 1)
     in_room = room is not None and min(h, w) == size and h * w * 3 <= room.nbytes
-    arr = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
-                                 min_height=-(-h // scale), min_width=-(-w // scale),
+    arr = simplejpeg.decode_jpeg(data, **SIMPLEJPEG_OPTIONS, min_height=-(-h // scale), min_width=-(-w // scale),
                                  buffer=room[: h * w * 3] if in_room else None)
     h, w = arr.shape[:2]
     new = shorter_side_size(w, h, size)[::-1]

@@ -128,7 +128,7 @@ def _decode_worker(args) -> tuple[int, float]:
     import numpy as np
     from PIL import Image
 
-    from ..transforms import decode_image, decode_image_into, simplejpeg
+    from ..transforms import SIMPLEJPEG_OPTIONS, decode_image, decode_image_into, simplejpeg
 
     folder, lo, hi, decoder = args
     images = split_images(folder)[lo:hi]
@@ -137,8 +137,7 @@ def _decode_worker(args) -> tuple[int, float]:
         buffer = np.zeros(max(h * w for h, w in sizes) * 3, dtype=np.uint8)
         start = time.perf_counter()
         for data, (h, w) in zip(images, sizes):
-            simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
-                                   buffer=buffer[: h * w * 3])
+            simplejpeg.decode_jpeg(data, **SIMPLEJPEG_OPTIONS, buffer=buffer[: h * w * 3])  # the loader's settings
         return len(images), time.perf_counter() - start
     if decoder == "batch":  # every image into its place in a batch of 256, as the loader delivers them
         batch = np.zeros(256 * 256 * 256 * 3, dtype=np.uint8)  # touched now: no page faults timed
