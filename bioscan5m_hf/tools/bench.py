@@ -186,20 +186,26 @@ def thread_decoder_rate(split_dir: Path, total: int) -> float:
 
 
 def loader_rate(root: Path, split: str, image: bool, batch_size: int, later: bool = False, **how) -> float:
-    """Samples/s of one make_loader epoch (2 workers; ``how``: decode, worker_method): of a fresh
-    loader (construction, worker start and first touch of its batch memory included), or with
-    ``later`` of its second epoch (persistent workers), as most of a training run's epochs are."""
+    """Samples/s of one epoch of a make_loader with its defaults (2 workers; ``how``: decode,
+    worker_method): of a fresh loader (construction, worker start and first touch of its batch
+    memory included), or with ``later`` of its second epoch, as most of a training run's epochs
+    are. Its workers (persistent, as by default) are shut down after the clock stops, as a training
+    run's are after its last epoch."""
+    import gc
+
     from ..stream.loader import make_loader
 
     start = time.perf_counter()
     loader = make_loader(root, split, batch_size=batch_size, num_workers=2, image_size=256,
-                         modality=("image", "dna") if image else ("dna",), target_type="species",
-                         persistent_workers=later, **how)
+                         modality=("image", "dna") if image else ("dna",), target_type="species", **how)
     if later:
         sum(1 for _ in loader)
         start = time.perf_counter()
     n = sum(len(b["processid"]) for b in loader)
-    return n / (time.perf_counter() - start)
+    rate = n / (time.perf_counter() - start)
+    del loader
+    gc.collect()  # its workers end now, not inside the next figure's time
+    return rate
 
 
 def datasets_route_rate(repo: Path, config: str, split: str, batch_size: int) -> float:

@@ -72,3 +72,16 @@ def test_every_raw_decode_way_decodes_every_image(converted_zips):
     for way in ["pillow", "loader", "batch"] + (["bare"] if simplejpeg is not None else []):
         count, seconds = _decode_worker((str(split), 0, total, way))
         assert count == total and seconds > 0, way
+
+
+def test_loader_rate_ends_its_workers(converted_zips):
+    """The loader area's make_loader figures: an epoch of a loader with its defaults (persistent
+    workers), fresh or a later one, whose workers have ended before the next figure's clock starts."""
+    import multiprocessing
+
+    from bioscan5m_hf.tools.bench import loader_rate
+
+    root = converted_zips.repos["parquet"]
+    for later in (False, True):
+        assert loader_rate(root, "pretrain", True, 8, later=later) > 0
+        assert multiprocessing.active_children() == [], later
