@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import zlib
 from collections.abc import Sequence
 from itertools import product
@@ -46,43 +47,52 @@ def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(size, round(height * scale)), max(size, round(width * scale))
 
 
-def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = False,
-                 out: np.ndarray | None = None) -> np.ndarray:
+def decode_image(data: bytes | Image.Image, size: int, channels_last: bool = False) -> np.ndarray:
     """JPEG bytes (or a lazily opened PIL image) -> ``3 x size x size`` uint8 (``size x size x 3``
-    with ``channels_last``): shorter side resized to ``size``, then centre-cropped. With ``out`` (a
-    ``size x size x 3`` array) the channels-last pixels are written there, in one copy.
+    with ``channels_last``): shorter side resized to ``size``, then centre-cropped.
 
     JPEG's DCT scaling (Pillow's ``draft``) decodes large images straight at a reduced size when
     that still leaves both sides at least ``size``, which is exact up to the resize that follows and
     much faster for ``original_full``.
     """
-    if out is not None:
-        np.copyto(out, _decode_view(data, size))
-        return out
     hwc = _decode_view(data, size)
     return np.ascontiguousarray(hwc) if channels_last else np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
 
-def decode_image_into(data: bytes | Image.Image, size: int, room: np.ndarray) -> None:
-    """:func:`decode_image`'s channels-last pixels written to the first ``size x size x 3`` bytes of
-    ``room``, a flat uint8 array whose later bytes are scratch (in a batch: the images still to come).
+def decode_image_into(data: bytes | Image.Image, size: int, out: np.ndarray) -> None:
+    """:func:`decode_image`'s channels-last pixels written into ``out`` (``size x size x 3`` uint8:
+    an image's place in a batch).
 
     A JPEG that needs no resize (its shorter side already ``size``, as in the ``cropped_256``
-    package) and fits in ``room`` is decoded by simplejpeg straight into it, and its centre crop
-    moved to the front: the crop is then copied within memory the decoder has just written, instead
-    of from the decoder's own buffer into batch memory that is out of the caches (about 4% of the
-    decode's time on this project's machine). Any other image takes :func:`decode_image`'s way.
+    package) is decoded into a buffer this thread reuses image after image, which stays in the
+    core's cache, and only its centre crop is copied into ``out``. Decoded in place in the batch, the
+    whole image would be written to memory out of the caches, and with two processes decoding that
+    costs about 3% more (BENCHMARKS.md). Any other image takes :func:`decode_image`'s way.
     """
-    out = room[: size * size * 3].reshape(size, size, 3)
-    np.copyto(out, _decode_view(data, size, room))  # where the crop overlaps `out`, numpy copies it safely
+    np.copyto(out, _decode_view(data, size, reuse=True))
 
 
-def _decode_view(data: bytes | Image.Image, size: int, room: np.ndarray | None = None) -> np.ndarray:
-    """The ``size x size x 3`` crop, possibly a view into a larger decoded array (with ``room``,
-    possibly one decoded into it: see :func:`decode_image_into`)."""
+#: The largest image decoded into a thread's reused buffer (4 MiB: 256 x 5,461 px); larger ones get
+#: a buffer of their own.
+REUSED_BUFFER_BYTES = 1 << 22
+_reused = threading.local()
+
+
+def _reused_buffer(nbytes: int) -> np.ndarray:
+    """``nbytes`` of this thread's reused decode buffer (grown as needed, up to
+    ``REUSED_BUFFER_BYTES``). What is decoded there is overwritten by the thread's next decode."""
+    buffer = getattr(_reused, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _reused.buffer = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
+    return buffer[:nbytes]
+
+
+def _decode_view(data: bytes | Image.Image, size: int, reuse: bool = False) -> np.ndarray:
+    """The ``size x size x 3`` crop, possibly a view into a larger decoded array (with ``reuse``,
+    possibly one in this thread's reused buffer, to be copied before its next decode)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         if simplejpeg is not None:
-            return _decode_simplejpeg(bytes(data), size, room)
+            return _decode_simplejpeg(bytes(data), size, reuse)
         img = Image.open(io.BytesIO(data))
     else:
         img = data
@@ -98,10 +108,10 @@ def _decode_view(data: bytes | Image.Image, size: int, room: np.ndarray | None =
     return np.asarray(img)
 
 
-def _decode_simplejpeg(data: bytes, size: int, room: np.ndarray | None = None) -> np.ndarray:
+def _decode_simplejpeg(data: bytes, size: int, reuse: bool = False) -> np.ndarray:
     """The same as Pillow's path, with libjpeg-turbo through simplejpeg (optional, about 2x faster):
     accurate DCT and fancy upsampling as Pillow's defaults, DCT-scaled decoding when downsizing.
-    An image that needs no resize is decoded into ``room`` (flat uint8 scratch) when it fits."""
+    With ``reuse``, an image that needs no resize is decoded into this thread's reused buffer."""
     try:
         h, w, _, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:  # not a JPEG simplejpeg can read: let Pillow try, and name the problem
@@ -112,9 +122,9 @@ def _decode_simplejpeg(data: bytes, size: int, room: np.ndarray | None = None) -
     # would also use libjpeg's other M/8 factors, which round differently).
     ratio = min(w // size, h // size)
     scale = next(s for s in (8, 4, 2, 1) if ratio >= s or s == 1)
-    in_room = room is not None and min(h, w) == size and h * w * 3 <= room.nbytes
+    reused = reuse and min(h, w) == size and h * w * 3 <= REUSED_BUFFER_BYTES
     arr = simplejpeg.decode_jpeg(data, **SIMPLEJPEG_OPTIONS, min_height=-(-h // scale), min_width=-(-w // scale),
-                                 buffer=room[: h * w * 3] if in_room else None)
+                                 buffer=_reused_buffer(h * w * 3) if reused else None)
     h, w = arr.shape[:2]
     new = shorter_side_size(w, h, size)[::-1]
     if new != (w, h):

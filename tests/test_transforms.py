@@ -55,14 +55,40 @@ def png(w, h):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("data, size", [(jpeg(341, 256), 256), (jpeg(256, 400), 256), (jpeg(256, 256), 256),
-                                        (jpeg(1024, 768), 256), (jpeg(100, 60), 64), (png(80, 64), 64)])
-@pytest.mark.parametrize("spare", [0, 1, 10 ** 6])  # room after the image: none, too little, plenty
-def test_decoding_into_a_batch_gives_decode_images_pixels(data, size, spare):
-    n = size * size * 3
-    room = np.full(n + spare, 77, dtype=np.uint8)
-    decode_image_into(data, size, room)
-    assert (room[:n].reshape(size, size, 3) == decode_image(data, size, channels_last=True)).all()
+CASES = [(jpeg(341, 256), 256), (jpeg(256, 400), 256), (jpeg(256, 256), 256), (jpeg(1024, 768), 256),
+         (jpeg(100, 60), 64), (png(80, 64), 64), (jpeg(256 * 30, 256), 256)]  # the last: too big to reuse a buffer
+
+
+@pytest.mark.parametrize("data, size", CASES)
+def test_decoding_into_a_batch_gives_decode_images_pixels(data, size):
+    batch = np.full((3, size, size, 3), 77, dtype=np.uint8)
+    decode_image_into(data, size, batch[1])
+    assert (batch[1] == decode_image(data, size, channels_last=True)).all()
+    assert (batch[[0, 2]] == 77).all()  # nothing written around the image's place
+
+
+def test_images_decoded_one_after_another_into_the_reused_buffer_keep_their_pixels():
+    """Each image's crop is copied out before the same thread's next decode reuses the buffer, also
+    when sizes change and in threads decoding at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def noise(w: int, h: int, seed: int) -> bytes:  # every image's pixels its own
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+        return buf.getvalue()
+
+    order = [noise(w, h, seed) for seed, (w, h) in enumerate([(341, 256), (256, 400), (600, 256), (256, 256)] * 3)]
+    expected = [decode_image(data, 256, channels_last=True) for data in order]
+
+    def decode_all(_) -> np.ndarray:
+        out = np.zeros((len(order), 256, 256, 3), dtype=np.uint8)
+        for i, data in enumerate(order):
+            decode_image_into(data, 256, out[i])
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        for out in pool.map(decode_all, range(8)):
+            assert all((out[i] == expected[i]).all() for i in range(len(order)))
 
 
 def test_decoding_into_a_batch_keeps_the_pixel_limit(monkeypatch):
@@ -70,7 +96,7 @@ def test_decoding_into_a_batch_keeps_the_pixel_limit(monkeypatch):
 
     monkeypatch.setattr(transforms, "MAX_IMAGE_PIXELS", 341 * 256 - 1)
     with pytest.raises(ValueError, match="pixel limit"):
-        decode_image_into(jpeg(341, 256), 256, np.zeros(10 ** 6, dtype=np.uint8))  # room enough to decode in place
+        decode_image_into(jpeg(341, 256), 256, np.zeros((256, 256, 3), dtype=np.uint8))
 
 
 def test_decode_accepts_an_opened_image():

@@ -83,8 +83,9 @@ class WorkerImages:
     in use, into :func:`new_batch` shared memory), and with :meth:`pack` the batch's other tensors
     after them; in the main process (thread workers, or none) into a :class:`SpareBuffers` buffer.
 
-    :meth:`decode` decodes a batch's JPEGs straight into that memory (no image is held decoded
-    between records); :meth:`stack` copies images decoded one by one."""
+    :meth:`decode` writes each of a batch's images straight into that memory (through the
+    decoding thread's reused buffer: no array per image); :meth:`stack` copies images decoded one
+    by one."""
 
     def __init__(self, image_size: int, augment: bool = False, seed: int = 0,
                  slots: ImageSlots | CollateSlots | None = None):
@@ -137,16 +138,14 @@ class WorkerImages:
         resized crop drawn from the seed, the epoch and the record. An image that does not decode
         raises :class:`~bioscan5m_hf.errors.ShardError` naming ``shard_of(i)`` and the member."""
         size = self.image_size
-        image_bytes = size * size * 3
 
         def fill(out: np.ndarray) -> None:
-            flat = out.reshape(-1)  # the batch's bytes (out is contiguous): an image's room runs to the end
             for i, data in enumerate(jpegs):
                 try:
                     if self.augment:
                         out[i] = decode_crop(data, self.crop_params(data, processids[i], epoch), size)
                     else:
-                        decode_image_into(data, size, flat[i * image_bytes:])
+                        decode_image_into(data, size, out[i])
                 except IMAGE_ERRORS as e:
                     raise image_error(shard_of(i), processids[i], e) from None
 
@@ -188,14 +187,13 @@ class ThreadDecoder:
         params = crop.tolist() if crop is not None else None
         out = self._buffer(len(processids))
         view = out.numpy()
-        flat, image_bytes = view.reshape(-1), size * size * 3  # (view is contiguous)
 
         def part(first: int, stop: int) -> None:  # a slice of the batch per task: little dispatch overhead
             for i in range(first, stop):
                 blob = data[ends[i]: ends[i + 1]].tobytes()
                 try:
                     if params is None:
-                        decode_image_into(blob, size, flat[i * image_bytes: stop * image_bytes])  # this task's room
+                        decode_image_into(blob, size, view[i])
                     else:
                         view[i] = decode_crop(blob, params[i], size)
                 except IMAGE_ERRORS as e:

@@ -204,7 +204,7 @@ def test_thread_decode_resumes_exactly_and_names_a_bad_image(converted_zips, mon
     assert [b["processid"] for b in batches] == full
     from bioscan5m_hf.stream import images
 
-    def broken(data, size, room):
+    def broken(data, size, out):
         raise OSError("broken data stream")
 
     monkeypatch.setattr(images, "decode_image_into", broken)

@@ -101,7 +101,7 @@ def test_thread_workers_resume_exactly_on_either_method_and_topology(converted_z
 def test_a_bad_image_is_named_through_thread_workers(converted_zips, monkeypatch):
     from bioscan5m_hf.stream import images
 
-    def broken(data, size, room):
+    def broken(data, size, out):
         raise OSError("broken data stream")
 
     monkeypatch.setattr(images, "decode_image_into", broken)
