@@ -49,14 +49,16 @@ def test_decode_resizes_the_shorter_side_and_centre_crops(w, h):
     assert out[0, :, :16].mean() > 200 and out[2, :, -16:].mean() > 200
 
 
-def png(w, h):
+def noise(w, h, seed=0, format="JPEG"):
+    """An image of random pixels: every seed's its own."""
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format=format)
     return buf.getvalue()
 
 
 CASES = [(jpeg(341, 256), 256), (jpeg(256, 400), 256), (jpeg(256, 256), 256), (jpeg(1024, 768), 256),
-         (jpeg(100, 60), 64), (png(80, 64), 64), (jpeg(256 * 30, 256), 256)]  # the last: too big to reuse a buffer
+         (jpeg(100, 60), 64), (noise(80, 64, format="PNG"), 64),
+         (jpeg(256 * 30, 256), 256)]  # the last: too big to reuse a buffer
 
 
 @pytest.mark.parametrize("data, size", CASES)
@@ -71,11 +73,6 @@ def test_images_decoded_one_after_another_into_the_reused_buffer_keep_their_pixe
     """Each image's crop is copied out before the same thread's next decode reuses the buffer, also
     when sizes change and in threads decoding at the same time."""
     from concurrent.futures import ThreadPoolExecutor
-
-    def noise(w: int, h: int, seed: int) -> bytes:  # every image's pixels its own
-        buf = io.BytesIO()
-        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
-        return buf.getvalue()
 
     order = [noise(w, h, seed) for seed, (w, h) in enumerate([(341, 256), (256, 400), (600, 256), (256, 256)] * 3)]
     expected = [decode_image(data, 256, channels_last=True) for data in order]

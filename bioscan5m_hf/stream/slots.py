@@ -289,4 +289,5 @@ class CollateSlots(SlotMemory):
         packed = super().pack(batch)
         return SlotBatch(self.key, packed) if isinstance(packed.get("image"), SlotRef) else packed
 
+
 __all__ = ["ImageSlots", "CollateSlots", "SlotRef", "InSlot", "SlotBatch", "SlotMemory", "VIEW_FROM", "room_for"]
