@@ -10,13 +10,20 @@ the train and eval accuracy and the samples/s of all ranks together.
 With ``--checkpoint DIR`` rank 0 saves the loader's state (JSON) and the model and optimizer after
 every ``--checkpoint-every`` steps; ``--resume`` continues from there, mid-epoch, on any number of
 ranks and workers (elastic: the rest of the epoch is every record not yet trained on, once).
+
+Each epoch's line is flushed as it is printed (``python scripts/train.py ... > log`` shows progress).
+A job that seems stuck can be asked where it is: ``kill -USR1 <pid>`` of a rank, or of one of its
+loader workers (they inherit the handler), prints every thread's Python stack to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import functools
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -65,7 +72,8 @@ def _all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def run(args: argparse.Namespace, echo=print) -> list[dict]:
+def run(args: argparse.Namespace, echo=None) -> list[dict]:
+    echo = echo or functools.partial(print, flush=True)
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if distributed:
@@ -205,5 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where a stuck rank or worker is (module doc)
     run(build_parser().parse_args(argv))
     return 0

@@ -1,17 +1,108 @@
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from bioscan5m_hf.tools.train import build_parser, run
 
 ROOT = Path(__file__).resolve().parents[2]
+#: A torchrun job here takes seconds; one that takes this long is stuck.
+TORCHRUN_TIMEOUT = 180
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by ``pid`` and by them, and so on (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def send(sig: int, pids: list[int]) -> None:
+    """``sig`` to each of ``pids`` that is still running."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``scripts/train.py args`` under torchrun with ``nproc`` ranks. A job still running after
+    TORCHRUN_TIMEOUT fails the test with every rank's and loader worker's Python stacks (train.py
+    prints them on SIGUSR1), each under its process id, and all of its processes are ended."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "scripts" / "train.py"), *args]
+    run_id = len(list(cwd.glob("torchrun-*.err")))
+    out_path, err_path = cwd / f"torchrun-{run_id}.out", cwd / f"torchrun-{run_id}.err"
+    with open(out_path, "wb") as out, open(err_path, "ab") as err:  # append: the stacks' headers go between
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd)
+        try:
+            proc.wait(timeout=TORCHRUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            stuck = descendants(proc.pid)  # the ranks (each in a session of its own) and their workers
+            for pid in stuck:
+                try:
+                    err.write(f"\n== process {pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}\n".encode())
+                    err.flush()
+                    os.kill(pid, signal.SIGUSR1)
+                except OSError:  # it ended meanwhile
+                    continue
+                time.sleep(0.5)
+            send(signal.SIGKILL, [proc.pid, *stuck, *descendants(proc.pid)])  # and workers started meanwhile
+            proc.wait()
+            pytest.fail(f"torchrun still running after {TORCHRUN_TIMEOUT} s; stdout:\n{out_path.read_text()[-3000:]}\n"
+                        f"stderr, with the stacks of its processes:\n{err_path.read_text()[-30000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out_path.read_text(), err_path.read_text())
+
+
+def test_a_running_job_prints_its_stacks_on_sigusr1_and_goes_on(tmp_path):
+    """SIGUSR1 makes the main process and its loader workers print where they are, to stderr, without
+    stopping them."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), str(ROOT / "shards"), "--epochs", "1000",
+           "--max-steps", "2", "--batch-size", "16", "--workers", "1", "--device", "cpu"]
+    err_path = tmp_path / "stderr"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=tmp_path)
+        workers = []
+        try:
+            assert proc.stdout.readline().startswith(b"epoch 0:")
+            workers = descendants(proc.pid)
+            assert workers  # the training loader's persistent worker, at least
+            send(signal.SIGUSR1, [proc.pid, *workers])  # (an evaluation worker may have finished)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                text = err_path.read_text()
+                if "tools/train.py" in text and "_worker_loop" in text:
+                    break
+                time.sleep(0.2)
+            assert "tools/train.py" in text, text[-3000:]  # the main process's stack
+            assert "_worker_loop" in text, text[-3000:]  # a loader worker's
+            assert proc.stdout.readline().startswith(b"epoch ")  # still training
+            assert proc.poll() is None
+        finally:
+            send(signal.SIGKILL, [proc.pid, *workers])
+            proc.wait()
 
 
 def test_accuracy_rises_single_process(tmp_path):
@@ -27,11 +118,8 @@ def test_accuracy_rises_single_process(tmp_path):
 def test_torchrun_two_ranks_disjoint_data_no_hang(tmp_path):
     keys = tmp_path / "keys"
     keys.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "scripts" / "train.py"),
-           str(ROOT / "shards"), "--epochs", "2", "--max-steps", "3", "--batch-size", "16", "--workers", "1",
-           "--log-keys", str(keys), "--device", "cpu"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = torchrun(2, str(ROOT / "shards"), "--epochs", "2", "--max-steps", "3", "--batch-size", "16",
+                      "--workers", "1", "--log-keys", str(keys), "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1:" in result.stdout and "(2 ranks)" in result.stdout
     ranks = [[line.split()[2] for line in (keys / f"rank{r}.txt").read_text().splitlines()] for r in range(2)]
@@ -40,12 +128,6 @@ def test_torchrun_two_ranks_disjoint_data_no_hang(tmp_path):
         a = set(ranks[0][epoch * 48:(epoch + 1) * 48])
         b = set(ranks[1][epoch * 48:(epoch + 1) * 48])
         assert not a & b
-
-
-def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "scripts" / "train.py"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def test_a_rank_killed_mid_epoch_and_a_restart_on_three_ranks_trains_on_the_split_once(tmp_path):
