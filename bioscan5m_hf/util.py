@@ -92,3 +92,21 @@ def check_choice(value, arg: str, choices: Sequence) -> object:
     if value not in choices:
         raise ValueError(f"{arg} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and the processes it started, and those they started, and so on (Linux ``/proc``;
+    processes that end meanwhile are left out)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    tree = [pid]
+    for p in tree:  # grows as it goes
+        tree += children.get(p, [])
+    return tree

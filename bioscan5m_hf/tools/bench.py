@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import schema
+from ..util import process_tree
 
 CLI = [sys.executable, "-m", "bioscan5m_hf"]
 #: make_loader's fastest way on a few cores (threads for the workers and for the decoding), and its label.
@@ -66,21 +67,6 @@ print(json.dumps({"samples": n, "seconds": time.perf_counter() - start}))
 # Measuring
 
 
-def _tree(pid: int) -> list[int]:
-    pids, k = [pid], 0
-    while k < len(pids):
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        if int(f.read().rsplit(")", 1)[1].split()[1]) == pids[k]:
-                            pids.append(int(entry))
-                except (OSError, IndexError, ValueError):
-                    pass
-        k += 1
-    return pids
-
-
 def _pss(pid: int) -> tuple[int, int]:
     """(PSS, anonymous PSS) in bytes: shared pages count once across a process tree."""
     pss = anon = 0
@@ -102,7 +88,7 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peak = peak_anon = 0
     while proc.poll() is None:
-        memory = [_pss(p) for p in _tree(proc.pid)]
+        memory = [_pss(p) for p in process_tree(proc.pid)]
         peak = max(peak, sum(m[0] for m in memory))
         peak_anon = max(peak_anon, sum(m[1] for m in memory))
         time.sleep(0.1)

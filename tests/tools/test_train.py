@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bioscan5m_hf.tools.train import build_parser, run
+from bioscan5m_hf.util import process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 #: A torchrun job here takes seconds; one that takes this long is stuck.
@@ -19,23 +20,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes started by ``pid`` and by them, and so on (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
 
 
 def send(sig: int, pids: list[int]) -> None:
@@ -60,7 +44,7 @@ def torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
         try:
             proc.wait(timeout=TORCHRUN_TIMEOUT)
         except subprocess.TimeoutExpired:
-            stuck = descendants(proc.pid)  # the ranks (each in a session of its own) and their workers
+            stuck = process_tree(proc.pid)[1:]  # the ranks (each in a session of its own) and their workers
             for pid in stuck:
                 try:
                     err.write(f"\n== process {pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}\n".encode())
@@ -69,7 +53,7 @@ def torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                 except OSError:  # it ended meanwhile
                     continue
                 time.sleep(0.5)
-            send(signal.SIGKILL, [proc.pid, *stuck, *descendants(proc.pid)])  # and workers started meanwhile
+            send(signal.SIGKILL, [*process_tree(proc.pid), *stuck])  # and workers started meanwhile
             proc.wait()
             pytest.fail(f"torchrun still running after {TORCHRUN_TIMEOUT} s; stdout:\n{out_path.read_text()[-3000:]}\n"
                         f"stderr, with the stacks of its processes:\n{err_path.read_text()[-30000:]}")
@@ -87,7 +71,7 @@ def test_a_running_job_prints_its_stacks_on_sigusr1_and_goes_on(tmp_path):
         workers = []
         try:
             assert proc.stdout.readline().startswith(b"epoch 0:")
-            workers = descendants(proc.pid)
+            workers = process_tree(proc.pid)[1:]
             assert workers  # the training loader's persistent worker, at least
             send(signal.SIGUSR1, [proc.pid, *workers])  # (an evaluation worker may have finished)
             deadline = time.monotonic() + 30
