@@ -2,13 +2,14 @@
 
 Stages, one subpackage each: ``convert`` (official release -> repos), ``repo`` (reading and
 verifying a converted repo, local or remote), ``stream`` (records into PyTorch training), ``hub``
-(publishing), and ``tools`` (sample generator, demo, benchmarks, training example).
+(publishing), and ``tools`` (sample generator, demo, training example). ``options`` holds the
+option objects a dataset takes (:class:`Storage`, :class:`Composition`).
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["BIOSCAN5M", "StreamingBIOSCAN5M", "make_loader", "BatchCollate", "KmerTokenizer", "normalize",
-           "__version__"]
+__all__ = ["BIOSCAN5M", "StreamingBIOSCAN5M", "Storage", "Composition", "make_loader", "BatchCollate",
+           "KmerTokenizer", "normalize", "__version__"]
 
 
 def __getattr__(name):
@@ -21,6 +22,10 @@ def __getattr__(name):
         from .stream.streaming import StreamingBIOSCAN5M
 
         return StreamingBIOSCAN5M
+    if name in ("Storage", "Composition"):
+        from . import options
+
+        return getattr(options, name)
     if name == "make_loader":
         from .stream.loader import make_loader
 

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from .. import schema
 from ..errors import RemoteError, ShardError
+from ..options import Storage
 from .dali import dali_index_path
 from .storage import RetryPolicy, ShardCache, Store, redact
 
@@ -116,13 +117,14 @@ def check_manifest(manifest: dict, where) -> None:
                     raise ShardError(f"{where}: shard path {path[:80]!r} is not a {suffix} shard of {config}/{split}")
 
 
-def open_repos(root, *, storage_options: dict | None = None, cache_dir=None, cache_limit: int | None = None,
-               verify: bool = False, retry: RetryPolicy | None = None) -> dict[str, Repo]:
+def open_repos(root, storage: Storage | None = None) -> dict[str, Repo]:
     """The converted repos at ``root``: the ``OUT`` folder of ``convert`` or one repo folder, local
-    or a URL (``hf://datasets/ORG/NAME[@rev]``, ``https://...``, ``s3://...``)."""
+    or a URL (``hf://datasets/ORG/NAME[@rev]``, ``https://...``, ``s3://...``), read as ``storage``
+    says."""
     check_local_root(root)
-    store = Store(str(root), storage_options or {}, retry or RetryPolicy(),
-                  ShardCache(cache_dir, cache_limit) if cache_dir else None, verify)
+    storage = storage or Storage()
+    store = Store(str(root), storage.storage_options or {}, storage.retry or RetryPolicy(),
+                  ShardCache(storage.cache_dir, storage.cache_limit) if storage.cache_dir else None, storage.verify)
     if store.exists(schema.MANIFEST):
         repo = open_repo(store)
         return {repo.fmt: repo}

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .. import schema
 from ..errors import ShardError
+from ..options import Storage
 from ..transforms import MAX_IMAGE_PIXELS
 from ..util import file_digest
 from . import record_index
@@ -237,7 +238,7 @@ def verify(root: str | os.PathLike, decode: bool = False, retry=None, storage_op
     is the :class:`~bioscan5m_hf.repo.storage.RetryPolicy` and ``storage_options`` the fsspec options,
     e.g. credentials, for a URL)."""
     report = Report()
-    repos = open_repos(root, retry=retry, storage_options=storage_options)
+    repos = open_repos(root, Storage(storage_options=storage_options, retry=retry))
     keys = {fmt: verify_repo(repo, report, decode) for fmt, repo in repos.items()}
     if len(keys) == 2:
         parquet, tars = keys["parquet"], keys["webdataset"]

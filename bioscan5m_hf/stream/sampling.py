@@ -40,6 +40,7 @@ from .. import schema
 from . import partition
 
 if TYPE_CHECKING:
+    from ..options import Composition
     from .records import RecordStream
 
 
@@ -80,8 +81,11 @@ class Sampling:
     source_weights: tuple[float, ...] = ()
 
     @staticmethod
-    def make(balance: str | None, temperature: float, split_weights: dict[str, float] | None,
-             samples_per_epoch: int | None, source_weights: Sequence[float] | None = None) -> Sampling | None:
+    def make(composition: Composition) -> Sampling | None:
+        """The draw a :class:`~bioscan5m_hf.options.Composition` asks for (None: every record once)."""
+        balance, temperature = composition.balance, composition.temperature
+        split_weights, source_weights = composition.split_weights, composition.source_weights
+        samples_per_epoch = composition.samples_per_epoch
         if split_weights and source_weights:
             raise ValueError("split_weights and source_weights do not combine; mix splits or roots, not both")
         if source_weights is not None:
