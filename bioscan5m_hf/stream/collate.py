@@ -8,8 +8,8 @@ per image stacked afterwards. In a forked worker process that tensor is one of a
 shared with the main process and reused once the main process no longer refers to the batch
 (:class:`~bioscan5m_hf.stream.slots.CollateSlots`, which also carry the batch's DNA ids and
 labels), as make_loader's workers do, instead of shared memory made fresh for every batch and
-tensor (as ``default_collate`` does), whose page faults cost about a third of a worker's time on 2
-cores (BENCHMARKS.md)::
+tensor (as ``default_collate`` does), whose page faults cost a large share of a worker's time on
+few cores (BENCHMARKS.md, history)::
 
     ds = load_dataset(repo, "cropped_256", split="train", streaming=True,
                       columns=["processid", "image", "dna_barcode", "species"])
@@ -27,6 +27,7 @@ from .. import schema
 from ..errors import ShardError
 from ..transforms import KmerTokenizer
 from .images import WorkerImages
+from .outputs import Labels
 from .slots import CollateSlots, room_for
 
 #: The metadata column of the DNA barcode, tokenised into ``dna`` and ``dna_mask``.
@@ -59,10 +60,10 @@ class BatchCollate:
         if slots < 0 or batch_size < 1:
             raise ValueError(f"need slots >= 0 and batch_size >= 1, got slots={slots}, batch_size={batch_size}")
         self.tokenizer = tokenizer or KmerTokenizer()
-        self.labels = {column: {label: i for i, label in enumerate(labels)}
-                       for column, labels in (vocabularies or {}).items()}
+        self.labels = Labels({column: list(labels) for column, labels in (vocabularies or {}).items()})
         # after the images: DNA token ids and mask, one int64 label per record and column
-        room = room_for(batch_size, 2 * self.tokenizer.num_tokens + len(self.labels), len(self.labels) + 2)
+        ranks = len(self.labels.vocabularies)
+        room = room_for(batch_size, 2 * self.tokenizer.num_tokens + ranks, ranks + 2)
         self.slots = CollateSlots(slots, batch_size, image_size, extra_bytes=room) if slots else None
         self.images = WorkerImages(image_size, slots=self.slots)
 
@@ -77,9 +78,8 @@ class BatchCollate:
             elif column == DNA_COLUMN:
                 ids, mask = self.tokenizer(list(values))
                 out["dna"], out["dna_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
-            elif column in self.labels:
-                index = self.labels[column]
-                out[column] = torch.tensor([index.get(v, -1) for v in values], dtype=torch.int64)
+            elif column in self.labels.vocabularies:
+                out[column] = torch.tensor([self.labels.index(column, v) for v in values], dtype=torch.int64)
             else:
                 out[column] = values
         return self.images.pack(out)

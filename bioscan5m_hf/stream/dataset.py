@@ -12,9 +12,11 @@ streaming dataset instead (:class:`~bioscan5m_hf.stream.streaming.StreamingBIOSC
 
 from __future__ import annotations
 
+import inspect
 import os
 import tarfile
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +26,15 @@ from torch.utils.data import Dataset
 
 from .. import schema
 from ..errors import ShardError
+from ..options import Composition, Storage, keyword_names, moved_into
 from ..repo.manifest import Repo, ShardInfo, open_repos
 from ..repo.readers import row_group_starts
 from ..repo.record_index import INDEX_DIR, index_relpath, read_record_index
-from ..repo.storage import RetryPolicy, copy_verified, redact
+from ..repo.storage import copy_verified, redact
 from ..util import write_atomic
 from .metadata import OFFICIAL_COLUMNS, metadata_frame, metadata_repo, reduced_rows, release_table, split_rows
 from .outputs import Labels, OfficialAPI
-from .records import image_error
 from .streaming import StreamingBIOSCAN5M
-
-#: Keywords of the streaming dataset alone (the map-style one is shuffled and split by samplers).
-STREAMING_ONLY = ("shuffle", "seed", "buffer_size", "rank", "world_size", "even", "readahead", "on_error", "filter",
-                  "balance", "temperature", "split_weights", "samples_per_epoch", "source_weights")
 
 
 class BIOSCAN5M(OfficialAPI, Dataset):
@@ -48,47 +46,41 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         The ``OUT`` folder of ``bioscan5m-hf convert`` or a repo folder, local or a URL
         (``hf://datasets/ORG/NAME``, ``https://...``, ``s3://...``).
     download : bool, default=False
-        For a remote ``root``: copy into ``cache_dir`` (default ``~/.cache/bioscan5m-hf``) only what
-        this split and these modalities need (the metadata table, the indexes, and the split's image
-        shards only with the ``"image"`` modality), then read the copy. A local root needs nothing.
+        For a remote ``root``: copy into ``storage.cache_dir`` (default ``~/.cache/bioscan5m-hf``) only
+        what this split and these modalities need (the metadata table, the indexes, and the split's
+        image shards only with the ``"image"`` modality), then read the copy. A local root needs nothing.
     streaming : bool, default=False
-        Return the streaming dataset (:class:`StreamingBIOSCAN5M`: shuffling, ranks, exact resume),
-        as ``datasets.load_dataset(..., streaming=True)`` does. Its keywords (``shuffle``, ``seed``,
-        ``buffer_size``, ``rank``, ``world_size``, ``even``, ``readahead``, ``on_error``) need it; a
-        damaged record here raises :class:`~bioscan5m_hf.errors.ShardError` naming shard and record.
-    cache_dir, cache_limit, storage_options, verify, retry
-        As for the streaming dataset (``cache_dir`` is also where ``download=True`` copies to).
+        Return the streaming dataset (:class:`StreamingBIOSCAN5M`: shuffling, ranks, exact resume,
+        compositions), as ``datasets.load_dataset(..., streaming=True)`` does; its keywords apply then.
+    storage : Storage, optional
+        How ``root`` is read (:class:`~bioscan5m_hf.Storage`).
     """
 
-    def __new__(cls, *args, streaming: bool = False, **kwargs):
-        if streaming:
+    def __new__(cls, *args, **kwargs):
+        if kwargs.pop("streaming", False):
             return StreamingBIOSCAN5M(*args, **kwargs)
+        streaming_only = sorted(set(kwargs) & STREAMING_ONLY)
+        if streaming_only:
+            raise ValueError(f"{', '.join(streaming_only)}: only for the streaming dataset; pass streaming=True "
+                             "(a map-style dataset is shuffled and split by its DataLoader's sampler)")
         return super().__new__(cls)
 
+    @moved_into(Storage)
     def __init__(self, root, split: str = "train", modality: str | Iterable[str] = ("image", "dna"),
                  image_package: str = schema.DEFAULT_PACKAGE, reduce_repeated_barcodes: bool = False,
                  max_nucleotides: int | None = 660, target_type: str | Iterable[str] = "species",
                  target_format: str = "index", output_format: str = "tuple", transform: Callable | None = None,
                  dna_transform: Callable | None = None, target_transform: Callable | None = None,
-                 download: bool = False, *, streaming: bool = False, cache_dir: str | None = None,
-                 cache_limit: int | None = None, storage_options: dict | None = None,
-                 verify: bool = False, retry: RetryPolicy | None = None, **streaming_only) -> None:
-        unknown = sorted(set(streaming_only) - set(STREAMING_ONLY))
-        if unknown:
-            raise TypeError(f"BIOSCAN5M() got an unexpected keyword argument {unknown[0]!r}")
-        if streaming_only:
-            raise ValueError(f"{', '.join(sorted(streaming_only))}: only for the streaming dataset; pass "
-                             "streaming=True (a map-style dataset is shuffled and split by its DataLoader's sampler)")
+                 download: bool = False, *, streaming: bool = False, storage: Storage | None = None) -> None:
         super().__init__()
         self.configure(root, split, modality, image_package, reduce_repeated_barcodes, max_nucleotides, target_type,
                        target_format, output_format, transform, dna_transform, target_transform)
         self.splits = schema.explode_split(split)
-        options = dict(storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit, verify=verify,
-                       retry=retry)
-        repos = open_repos(root, **options)
+        storage = storage or Storage()
+        repos = open_repos(root, storage)
         if download and any(r.store.remote for r in repos.values()):
             repos = open_repos(download_needed(repos, self.splits, image_package if self.outputs.image else None,
-                                               cache_dir), retry=retry)
+                                               storage.cache_dir), Storage(retry=storage.retry))
         self.repos = repos
         self.outputs.labels = _labels(repos)
         # One table in CSV order serves the records and the metadata DataFrame (which shares its
@@ -121,20 +113,23 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         record = {name: self.table.column(name)[row].as_py() for name in self.record_columns}
         if self.images is not None:
             record["image"] = self.images.read(row, record["processid"])
+            record["__shard__"] = self.images.where(row)  # named if the image does not decode
         return record
 
     def __getitem__(self, index: int) -> Any:
-        record = self.record(index)
-        try:
-            return self.outputs(record)
-        except (OSError, SyntaxError, ValueError) as e:
-            if "image" not in record:
-                raise
-            raise image_error(self.images.where(int(self.rows[index])), record["processid"], e) from None
+        return self.outputs(self.record(index))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "
                 f"records={len(self)})")
+
+
+#: What ``inspect.signature`` and ``help`` show for the class: its constructor's (``__new__`` only dispatches).
+BIOSCAN5M.__signature__ = inspect.signature(BIOSCAN5M.__init__).replace(
+    parameters=list(inspect.signature(BIOSCAN5M.__init__).parameters.values())[1:])
+#: Keywords of the streaming dataset alone (the map-style one is shuffled and split by samplers).
+STREAMING_ONLY = ((set(keyword_names(StreamingBIOSCAN5M.__init__)) - set(keyword_names(BIOSCAN5M.__init__)))
+                  | {f.name for f in fields(Composition)})
 
 
 def _labels(repos: dict[str, Repo]) -> Labels:

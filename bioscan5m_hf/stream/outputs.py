@@ -10,10 +10,40 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
 
 from .. import schema
+from ..errors import ShardError
 from ..repo.readers import open_image
 from ..transforms import check_image_size
+
+#: Errors of a damaged image (the record's bytes are there but do not decode).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class DamagedImage(ShardError):
+    """An image that does not decode. Raised only where our own code decodes, never around a user's
+    function, so ``on_error="skip"`` skips damaged data and nothing else: a user's transform that
+    raises (even a ``ShardError``) reaches them unchanged."""
+
+
+def image_error(shard: str, processid: str, error: BaseException) -> DamagedImage:
+    """The error of an image that does not decode, naming its shard and member."""
+    return DamagedImage(f"{shard}: member {processid}.{schema.IMAGE_EXTENSION}: image does not decode ({error})")
+
+
+def decoded_image(record: dict) -> Image.Image:
+    """The record's PIL image, decoded now (``record["__shard__"]`` names its shard), so that a
+    damaged image fails here and not inside a user's transform."""
+    try:
+        image = open_image(record["image"])
+        check_image_size(image)
+        image.load()
+    except IMAGE_ERRORS as e:
+        raise image_error(record["__shard__"], record["processid"], e) from None
+    return image
 
 
 def missing_as_nan(value):
@@ -22,19 +52,43 @@ def missing_as_nan(value):
 
 class Labels:
     """Label <-> index over the whole release: an index is the label's position among the sorted
-    distinct labels of its column (the official category code); a missing label is ``-1``."""
+    distinct labels of its column (the official category code). A record's label that is missing,
+    or not in the vocabulary (a vocabulary a user gave that leaves labels out), is ``-1``, the same
+    in every path (:meth:`index` for one record, :meth:`indices` for a column). Only the official
+    look-up :meth:`label2index` refuses an unknown label, as the official loader does.
+
+    >>> labels = Labels({"species": ["a", "b"]})
+    >>> labels.index("species", "b"), labels.index("species", None), labels.index("species", "z")
+    (1, -1, -1)
+    >>> labels.indices("species", pa.chunked_array([["b", None, "a", "z"]])).tolist()
+    [1, -1, 0, -1]
+    """
 
     def __init__(self, vocabularies: dict[str, list[str]]):
         self.vocabularies = vocabularies
         self._index: dict[str, dict[str, int]] = {}
 
-    def index(self, column: str, label: str | None) -> int:
-        if label is None:
-            return -1
+    def lookup(self, column: str) -> dict[str, int]:
+        """``{label: index}`` of a column (plain dicts: building Arrow arrays from Python lists would
+        import pandas, a sixth of a second before a loader's first batch)."""
         table = self._index.get(column)
         if table is None:
             table = self._index[column] = {v: i for i, v in enumerate(self.vocabularies[column])}
-        return table[label]
+        return table
+
+    def index(self, column: str, label: str | None) -> int:
+        return -1 if label is None else self.lookup(column).get(label, -1)
+
+    def indices(self, column: str, values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        """int64 indices of a label column, each distinct label looked up once (the column
+        dictionary-encoded by Arrow)."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        encoded = pc.dictionary_encode(values)
+        index = self.lookup(column)
+        lookup = np.array([index.get(label, -1) for label in encoded.dictionary.to_pylist()] + [-1], dtype=np.int64)
+        codes = encoded.indices.fill_null(len(lookup) - 1)  # a null points at the -1 at the end
+        return lookup[codes.to_numpy(zero_copy_only=False)]
 
     def index2label(self, index, column: str):
         labels = self.vocabularies[column]
@@ -46,10 +100,9 @@ class Labels:
         single = isinstance(label, str)
         out = []
         for lab in [label] if single else label:
-            try:
-                out.append(-1 if lab == "" else self.index(column, lab))
-            except KeyError:
-                raise KeyError(f"Label {lab!r} not found in metadata column {column!r}") from None
+            if lab != "" and lab not in self.lookup(column):
+                raise KeyError(f"Label {lab!r} not found in metadata column {column!r}")
+            out.append(-1 if lab == "" else self.lookup(column)[lab])
         return out[0] if single else np.asarray(out)
 
 
@@ -93,8 +146,7 @@ class OfficialOutputs:
         values = []
         for m in self.modalities:
             if m.kind == "image":
-                x = open_image(record["image"])
-                check_image_size(x)
+                x = decoded_image(record)
                 if self.transform is not None:
                     x = self.transform(x)
             elif m.kind == "dna":

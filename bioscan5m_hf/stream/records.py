@@ -25,29 +25,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
 
 from .. import schema
 from ..errors import ShardError
+from ..options import Composition, Storage
 from ..repo.manifest import Repo, ShardInfo, open_repos
 from ..repo.readers import arrow_indices, parquet_rows, read_column, read_records, read_table
-from ..repo.storage import RetryPolicy
 from ..util import check_choice
 from . import partition, sampling
 from .metadata import reduced_rows, release_table
-from .outputs import Labels
+from .outputs import DamagedImage, Labels
 from .workers import worker_identity
 
 DEFAULT_BUFFER = 1000
 #: What :meth:`RecordStream.samples` yields for a record lost to damage under ``on_error="skip"``.
 SKIPPED = object()
-#: Errors of a damaged image (the record's bytes are there but do not decode).
-IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def image_error(shard: str, processid: str, error: BaseException) -> ShardError:
-    """The error of an image that does not decode, naming its shard and member."""
-    return ShardError(f"{shard}: member {processid}.{schema.IMAGE_EXTENSION}: image does not decode ({error})")
 
 
 def merged_vocabularies(vocabularies: Sequence[dict[str, list[str]]]) -> dict[str, list[str]]:
@@ -80,11 +72,8 @@ class RecordStream:
                  image_package: str = schema.DEFAULT_PACKAGE, reduce_repeated_barcodes: bool = False,
                  max_nucleotides: int | None = 660, shuffle: bool = False, seed: int = 0,
                  buffer_size: int | None = None, rank: int | None = None, world_size: int | None = None,
-                 even: str = "pad", on_error: str = "raise", cache_dir=None, cache_limit: int | None = None,
-                 storage_options: dict | None = None, verify: bool = False, retry: RetryPolicy | None = None,
-                 readahead: int = 1, filter=None, balance: str | None = None, temperature: float = 1.0,
-                 split_weights: dict[str, float] | None = None, samples_per_epoch: int | None = None,
-                 source_weights: Sequence[float] | None = None) -> None:
+                 even: str = "pad", on_error: str = "raise", storage: Storage | None = None,
+                 composition: Composition | None = None) -> None:
         self.root = root
         self.splits = tuple(splits)
         self.image = image
@@ -98,7 +87,8 @@ class RecordStream:
         self.even = even
         partition.rank_block(0, self.rank, self.world_size, even)  # validates rank and policy
         self.on_error = check_choice(on_error, "on_error", ("raise", "skip"))
-        self.readahead = readahead
+        storage, composition = storage or Storage(), composition or Composition()
+        self.readahead = storage.readahead
         self.skipped: dict[str, int] = {}
 
         # One root, or several converted repos read as one stream (a mixture; see source_weights).
@@ -109,8 +99,7 @@ class RecordStream:
         self.shards: list[ShardInfo] = []
         self.shard_source: list[int] = []  # which root each shard comes from
         for k, one in enumerate(roots):
-            repos = open_repos(one, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit,
-                               verify=verify, retry=retry)
+            repos = open_repos(one, storage)
             repo, config = self._choose_source(repos, one, image_package)
             shards = repo.shards(config, self.splits)
             if not shards:
@@ -121,16 +110,15 @@ class RecordStream:
         self.repos, self.repo, self.config = self.sources[0]
         self.labels = Labels(merged_vocabularies([repo.manifest["vocabularies"] for _, repo, _ in self.sources]))
         self.selection: list[np.ndarray] | None = self._reduce() if reduce_repeated_barcodes else None
-        self.filter = filter
-        if filter is not None:
-            self.selection = self._filter(filter)
+        self.filter = composition.filter
+        if self.filter is not None:
+            self.selection = self._filter(self.filter)
         self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
                             else [s.num_records for s in self.shards])
         self.num_records = int(sum(self.shard_sizes))
-        if source_weights is not None and len(source_weights) != len(roots):
-            raise ValueError(f"source_weights has {len(source_weights)} weights for {len(roots)} roots")
-        self.sampling = sampling.Sampling.make(balance, temperature, split_weights, samples_per_epoch,
-                                               source_weights)
+        if composition.source_weights is not None and len(composition.source_weights) != len(roots):
+            raise ValueError(f"source_weights has {len(composition.source_weights)} weights for {len(roots)} roots")
+        self.sampling = sampling.Sampling.make(composition)
         self.weights = self.sampling.weights(self) if self.sampling is not None else None
         self.epoch_size = self.sampling.samples_per_epoch if self.sampling is not None else self.num_records
         self.buffer_size = (buffer_size if buffer_size is not None
@@ -264,23 +252,23 @@ class RecordStream:
         """``fn(record)`` for each record a worker yields in ``epoch`` (in the phase after ``phases``),
         from its ``done``-th on; a record repeated only to even out the ranks has ``__padding__`` set.
 
-        A record lost to damage (an unreadable shard, an image ``fn`` cannot decode) raises
-        :class:`ShardError` naming the shard and member, or under ``on_error="skip"`` comes out as
-        :data:`SKIPPED` (so callers can still count positions) and is counted in :attr:`skipped`."""
+        A record lost to damage (an unreadable shard, an image ``fn``'s decode step refuses with
+        :class:`~.outputs.DamagedImage`) raises :class:`ShardError` naming the shard and member, or
+        under ``on_error="skip"`` comes out as :data:`SKIPPED` (so callers can still count
+        positions) and is counted in :attr:`skipped`. Anything else ``fn`` raises (a user's
+        transform) reaches the caller unchanged."""
         for record in self.records(self.worker_plan(epoch, worker, num_workers, phases), done):
             if record is None:
                 yield SKIPPED
                 continue
             try:
-                yield fn(record)
-            except IMAGE_ERRORS as e:
-                if "image" not in record:  # not damage: a bug or a bad argument
-                    raise
+                out = fn(record)
+            except DamagedImage as e:
                 if self.on_error == "raise":
-                    raise image_error(record["__shard__"], record["processid"], e) from None
-                self.skip(record["__shard__"], 1, f"member {record['processid']}.{schema.IMAGE_EXTENSION} "
-                                                  f"does not decode ({e})")
-                yield SKIPPED
+                    raise
+                self.skip(record["__shard__"], 1, str(e))
+                out = SKIPPED
+            yield out
 
     def records(self, plan: partition.WorkerPlan, done: int) -> Iterator[dict | None]:
         """Raw records of ``plan`` in emission order, from the ``done``-th on, with bounded buffering

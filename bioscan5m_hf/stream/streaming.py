@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from .. import schema
-from ..repo.storage import RetryPolicy
+from ..options import Composition, Storage, moved_into
 from . import partition
 from .outputs import OfficialAPI
 from .records import SKIPPED, RecordStream
@@ -73,40 +73,15 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
         A damaged shard (truncated, corrupted, a sample missing a member or with an unexpected one,
         an image that does not decode) raises :class:`ShardError` naming the shard and the member.
         ``"skip"`` skips the damaged records instead, warns naming the shard, and counts them in
-        :attr:`skipped` (``{shard: count}``); the epoch is then shorter than ``len()``.
-    cache_dir, cache_limit : optional
-        For a remote ``root``: keep verified shards in this folder, at most ``cache_limit`` bytes
-        (least recently used evicted), so later epochs read from disk. Safe to share between
-        workers and jobs.
-    storage_options : dict, optional
-        Passed to fsspec for remote roots (credentials, endpoints).
-    verify : bool, default=False
-        Check streamed (uncached) shards against the manifest's sha256 when read to the end; cached
-        shards are always checked.
-    readahead : int, default=1
-        With a cache: shards fetched ahead in the background per worker (one request at a time
-        each, besides the shard being read).
-    retry : RetryPolicy, optional
-        Retries of transient network faults (tries, backoff, the stall timeout).
-    filter : pyarrow.compute.Expression or callable, optional
-        Keep only the records whose metadata pass it, e.g. ``pc.field("species").is_valid()``
-        (see :mod:`~bioscan5m_hf.stream.sampling`); evaluated on the metadata columns, so no image
-        byte of a record left out is read; ``len()`` counts what passes.
-    balance : str, optional
-        Draw records per epoch class-balanced by this rank (``"species"``, ``"genus"``, ...) with
-        ``temperature`` (1: natural frequencies, 0: uniform over classes); records missing that rank
-        are left out.
-    split_weights : dict, optional
-        With a ``+``-joined split, the share of each split in the epoch's draw, e.g.
-        ``{"pretrain": 0.7, "train": 0.3}``.
-    source_weights : sequence of float, optional
-        With ``root`` a list of converted repos (e.g. BIOSCAN-5M and another release, same config
-        and split names), the share of each in the epoch's draw. Label indices then follow the
-        sorted union of the repos' vocabularies where these differ.
-    samples_per_epoch : int, optional
-        With ``balance``, ``split_weights`` or ``source_weights``: records drawn per epoch (with
-        replacement; default the number of records). The draw is the seed's and the epoch's:
-        resumable, elastic too.
+        :attr:`skipped` (``{shard: count}``); the epoch is then shorter than ``len()``. Only damaged
+        data is skipped: an exception of a transform of yours reaches you unchanged.
+    storage : Storage, optional
+        How ``root`` is read: a remote root's cache, credentials, retries, read-ahead, checksums
+        (:class:`~bioscan5m_hf.Storage`).
+    composition : Composition, optional
+        What an epoch holds besides every record once: a metadata filter, class-balanced or
+        weighted draws, a mixture of roots (:class:`~bioscan5m_hf.Composition`); with a list of
+        roots as ``root``, label indices follow the sorted union of their vocabularies.
     even : {"pad", "drop"}, default="pad"
         When records do not divide evenly among ranks: ``"pad"`` repeats the first few records of
         the epoch so every rank yields ``ceil(N / world_size)``; ``"drop"`` leaves the last few out so
@@ -114,6 +89,7 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
         DDP never waits on a rank with fewer batches.
     """
 
+    @moved_into(Storage, Composition)
     def __init__(self, root, split: str = "train", modality: str | Iterable[str] = ("image", "dna"),
                  image_package: str = schema.DEFAULT_PACKAGE, reduce_repeated_barcodes: bool = False,
                  max_nucleotides: int | None = 660, target_type: str | Iterable[str] = "species",
@@ -121,11 +97,8 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
                  dna_transform: Callable | None = None, target_transform: Callable | None = None,
                  download: bool = False, *, shuffle: bool = False, seed: int = 0, buffer_size: int | None = None,
                  rank: int | None = None, world_size: int | None = None, even: str = "pad",
-                 on_error: str = "raise", cache_dir: str | None = None, cache_limit: int | None = None,
-                 storage_options: dict | None = None, verify: bool = False,
-                 retry: RetryPolicy | None = None, readahead: int = 1, filter=None, balance: str | None = None,
-                 temperature: float = 1.0, split_weights: dict[str, float] | None = None,
-                 samples_per_epoch: int | None = None, source_weights=None) -> None:
+                 on_error: str = "raise", storage: Storage | None = None,
+                 composition: Composition | None = None) -> None:
         super().__init__()
         self.configure(root, split, modality, image_package, reduce_repeated_barcodes, max_nucleotides, target_type,
                        target_format, output_format, transform, dna_transform, target_transform)
@@ -133,10 +106,7 @@ class StreamingBIOSCAN5M(OfficialAPI, IterableDataset):
             root, schema.explode_split(split), columns=self.outputs.columns, image=self.outputs.image,
             image_package=image_package, reduce_repeated_barcodes=reduce_repeated_barcodes,
             max_nucleotides=max_nucleotides, shuffle=shuffle, seed=seed, buffer_size=buffer_size, rank=rank,
-            world_size=world_size, even=even, on_error=on_error, cache_dir=cache_dir, cache_limit=cache_limit,
-            storage_options=storage_options, verify=verify, retry=retry, readahead=readahead, filter=filter,
-            balance=balance, temperature=temperature, split_weights=split_weights,
-            samples_per_epoch=samples_per_epoch, source_weights=source_weights)
+            world_size=world_size, even=even, on_error=on_error, storage=storage, composition=composition)
         self.outputs.labels = self.records.labels
         self.outputs.mark_padding = self.records.world_size > 1
         self.epoch = 0
