@@ -51,8 +51,8 @@ def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
     shards are read: damage raises :class:`ShardError` naming the shard and the row group(s)."""
     try:
         # A local shard is read in this thread: Arrow's pre-buffering hands each read to its I/O
-        # pool and waits (4% of a worker thread's time here). Remote reads keep it: it coalesces
-        # a row group's column chunks into few ranged requests.
+        # pool and waits (a few % of a worker thread's time; BENCHMARKS.md, history). Remote reads
+        # keep it: it coalesces a row group's column chunks into few ranged requests.
         f = (pq.ParquetFile(shard.open(), pre_buffer=True) if shard.store.remote
              else pq.ParquetFile(shard.path, pre_buffer=False))
     except (ValueError, pa.ArrowException) as e:

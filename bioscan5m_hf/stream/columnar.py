@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -13,10 +14,8 @@ import torch
 from .. import schema
 from ..repo.readers import arrow_indices
 from ..transforms import KmerTokenizer
-from . import device as on_device
 from . import partition
-from .images import WorkerImages
-from .records import IMAGE_ERRORS, RecordStream, SharedPosition, image_error
+from .records import RecordStream, SharedPosition
 from .workers import worker_identity
 
 
@@ -152,28 +151,21 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
 
     Yields, per DataLoader worker, exactly the batches the per-record path would (same partition,
     same shuffle-buffer emission order, same resume points: the :class:`RecordStream` decides all of
-    it; the same tokenizer and decoders), but reads pieces of visits as Arrow tables and converts
-    rows a column at a time (barcodes padded with Arrow kernels and tokenised as one matrix, each
-    distinct label looked up once). Metadata alone: whole visits held as tables, a batch gathered
-    and converted at a time (:class:`HeldTables`). With images: a row group per read, converted at
-    once and held until emitted (:class:`HeldRows`), so memory stays a shuffle buffer's worth; the
-    images are decoded here straight into the batch (``decode="workers"``, by ``images``) or shipped
-    as packed JPEG bytes (``"threads"``, ``"device"``) with their crop parameters where the
-    per-record path ships them.
+    it; the same :class:`~.loader.BatchAssembler` makes the batch), but reads pieces of visits as
+    Arrow tables and converts rows a column at a time (barcodes padded with Arrow kernels and
+    tokenised as one matrix, each distinct label looked up once). Metadata alone: whole visits held
+    as tables, a batch gathered and converted at a time (:class:`HeldTables`). With images: a row
+    group per read, converted at once and held until emitted (:class:`HeldRows`), so memory stays a
+    shuffle buffer's worth.
     """
 
-    def __init__(self, records: RecordStream, target_type: Sequence[str], batch_size: int,
-                 tokenizer: KmerTokenizer | None, position: SharedPosition, dna_masking=None, *,
-                 drop_last: bool = False, decode: str | None = None, images: WorkerImages | None = None):
+    def __init__(self, records: RecordStream, assemble, batch_size: int, position: SharedPosition, *,
+                 drop_last: bool = False):
         super().__init__()
-        if decode is not None and images is None:
-            raise ValueError("decode needs images (their size, crops and memory)")
-        self.records, self.batch_size, self.tokenizer, self.position = records, batch_size, tokenizer, position
-        self.dna_masking, self.drop_last = dna_masking, drop_last
-        self.decode, self.images = decode, images
-        # Label -> index per rank, as plain dicts: building Arrow arrays from Python lists here would
-        # import pandas (pyarrow's converters do), a sixth of a second before the first batch.
-        self.indices = {t: {label: i for i, label in enumerate(records.vocabularies[t])} for t in target_type}
+        self.records, self.assemble, self.batch_size, self.position = records, assemble, batch_size, position
+        self.drop_last = drop_last
+        self.image = assemble.images is not None
+        self.tokenizer = assemble.tokenizer
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_identity()
@@ -185,17 +177,17 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
             return
         start, already = partition.resume_point(plan.emission, done)
         runs = partition.visits(plan, start)
-        if self.decode is None and runs:
+        if not self.image and runs:
             # Metadata: the first visit is read in two pieces, so the first batch waits for a few
             # batches' rows, not a whole shard; later visits whole (a read per piece costs more there).
             a, b = runs[0]
             head = min(b, a + 4 * self.batch_size)
             runs = [(a, head), *([(head, b)] if head < b else []), *runs[1:]]
         # Images: a row group per read (at most 100 images), so memory stays a shuffle buffer's worth.
-        pieces = self.records.visit_tables(plan, runs, groups_per_read=None if self.decode is None else 1)
+        pieces = self.records.visit_tables(plan, runs, groups_per_read=1 if self.image else None)
         wanted = np.ones(n, dtype=bool)
         wanted[already] = False  # read again after a resume, but yielded before it
-        held = HeldRows(n, self._values) if self.decode is not None else HeldTables(plan.emission, done, self._values)
+        held = HeldRows(n, self._values) if self.image else HeldTables(plan.emission, done, self._values)
         read_to = start
         for t in range(done, stop, self.batch_size):
             need = plan.emission[t: t + self.batch_size]
@@ -204,65 +196,24 @@ class ColumnarBatches(torch.utils.data.IterableDataset):
                 keep = np.flatnonzero(wanted[a: read_to])
                 if len(keep):
                     held.put(a + keep, table if len(keep) == read_to - a else table.take(arrow_indices(keep)))
-            yield self._batch(held.take(need), need, plan, epoch)
+            columns = held.take(need)
+            if self.records.world_size > 1:
+                columns["padding"] = plan.padding[need]
+            yield self.assemble(columns, epoch, functools.partial(self._shard_of, plan, need))
+
+    def _shard_of(self, plan: partition.WorkerPlan, need: np.ndarray, i: int) -> str:
+        """The shard of the ``i``-th record of a batch (read positions ``need``), for errors."""
+        return self.records.shards[int(plan.shards[need[i]])].path
 
     def _values(self, table: pa.Table) -> dict[str, np.ndarray]:
-        """Rows (a piece's, or a batch's) as one array per column."""
+        """Rows (a piece's, or a batch's) as one array per column, as :class:`~.loader.BatchAssembler`
+        takes them."""
         values = {"processid": objects(table.column("processid").to_pylist())}
         if self.tokenizer is not None:
-            values["dna"], values["dna_length"] = padded_barcodes(table.column("dna_barcode"), self.tokenizer,
-                                                                  self.records.max_nucleotides)
-        for t, index in self.indices.items():
-            values[t] = label_indices(table.column(t), index)
-        if self.decode is not None:
-            values["image"] = objects(pc.struct_field(table.column(schema.IMAGE_COLUMN), "bytes").to_pylist())
+            values["dna_matrix"], values["dna_length"] = padded_barcodes(table.column("dna_barcode"), self.tokenizer,
+                                                                         self.records.max_nucleotides)
+        for t in self.assemble.target_type:
+            values[t] = self.records.labels.indices(t, table.column(t))
+        if self.image:
+            values["jpeg"] = objects(pc.struct_field(table.column(schema.IMAGE_COLUMN), "bytes").to_pylist())
         return values
-
-    def _batch(self, values: dict[str, np.ndarray], need: np.ndarray, plan: partition.WorkerPlan, epoch: int) -> dict:
-        batch: dict = {"processid": values["processid"].tolist()}
-        if self.records.world_size > 1:
-            batch["padding"] = torch.from_numpy(plan.padding[need])
-        if self.decode is not None:
-            batch.update(self._images(values["image"].tolist(), batch["processid"], epoch,
-                                      lambda i: self.records.shards[int(plan.shards[need[i]])].path))
-        if self.tokenizer is not None:
-            ids, mask = self.tokenizer.encode_matrix(values["dna"], values["dna_length"])
-            batch["dna"], batch["dna_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
-            if self.dna_masking is not None:
-                batch.update(self.dna_masking(ids, mask, batch["processid"], epoch))
-        for t in self.indices:
-            batch[t] = torch.from_numpy(values[t])
-        return self.images.pack(batch) if self.images is not None else batch
-
-    def _images(self, jpegs: list[bytes], processids: list[str], epoch: int, shard_of) -> dict:
-        if self.decode == "workers":
-            return {"image": self.images.decode(jpegs, processids, epoch, shard_of)}
-        jpeg, offsets = on_device.pack(jpegs)
-        out = {"jpeg": jpeg, "jpeg_offsets": offsets}
-        if self.images.augment or self.decode == "device":  # as LoaderSample ships them
-            params = []
-            for i, (data, pid) in enumerate(zip(jpegs, processids)):
-                try:
-                    params.append(self.images.crop_params(data, pid, epoch))
-                except IMAGE_ERRORS as e:
-                    raise image_error(shard_of(i), pid, e) from None
-            out["crop"] = torch.from_numpy(np.stack(params))
-        return out
-
-
-def label_indices(column: pa.ChunkedArray, index: dict[str, int]) -> np.ndarray:
-    """int64 vocabulary indices of a label column (-1 for missing or unknown labels), looking up
-    each distinct label once (the column dictionary-encoded by Arrow).
-
-    >>> label_indices(pa.chunked_array([["b", None, "a", "b", "z"]]), {"a": 0, "b": 1}).tolist()
-    [1, -1, 0, 1, -1]
-    """
-    encoded = pc.dictionary_encode(column.combine_chunks())
-    lookup = np.array([index.get(label, -1) for label in encoded.dictionary.to_pylist()] + [-1], dtype=np.int64)
-    codes, n = encoded.indices, len(encoded.indices)
-    values = np.frombuffer(codes.buffers()[1], dtype=np.dtype(codes.type.to_pandas_dtype()))[codes.offset:
-                                                                                              codes.offset + n]
-    if codes.null_count:  # a null's slot holds no code: point it at the -1 at the end of `lookup`
-        bits = np.unpackbits(np.frombuffer(codes.buffers()[0], np.uint8), bitorder="little")
-        values = np.where(bits[codes.offset: codes.offset + n].astype(bool), values, len(lookup) - 1)
-    return lookup[values]

@@ -30,6 +30,15 @@ def require_torchvision():
     return torchvision.io
 
 
+def has_torchvision() -> bool:
+    """Whether :func:`require_torchvision` would succeed (``decode="auto"`` asks before choosing)."""
+    try:
+        require_torchvision()
+    except ImportError:
+        return False
+    return True
+
+
 def pack(blobs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
     """JPEG byte strings -> (one uint8 tensor of all bytes, int64 offsets of length ``len(blobs) + 1``)."""
     offsets = torch.zeros(len(blobs) + 1, dtype=torch.int64)

@@ -1,28 +1,23 @@
-"""Where a batch's images are decoded, and into which memory.
+"""Where a batch's images are decoded on the CPU, and into which memory.
 
-- :class:`WorkerImages` (``decode="workers"``): in the worker that made the batch, straight into
-  the batch's memory: one of that worker process's shared slots (:mod:`.slots`) when one is free,
-  else fresh memory (shared when in a DataLoader worker, as ``default_collate`` makes it).
-- :class:`ThreadDecoder` (``decode="threads"``): in the main process, by a pool of threads, from
-  the JPEG bytes the workers ship.
-
-Either way the pixels are those of :func:`~bioscan5m_hf.transforms.decode_image` (the centre crop)
-or of :func:`~bioscan5m_hf.transforms.decode_crop` (an augmented crop), the same functions.
+:class:`WorkerImages` decodes in the worker that makes the batch, straight into the batch's memory:
+one of that worker process's shared slots (:mod:`.slots`) when one is free, else fresh memory
+(shared when in a DataLoader worker, as ``default_collate`` makes it). Memory is reused only
+through the slots, whose ownership is explicit (a finalizer per batch handed out); a batch made
+in the main process (``num_workers=0``) gets memory of its own. The pixels are those of
+:func:`~bioscan5m_hf.transforms.decode_image` (the centre crop) or of
+:func:`~bioscan5m_hf.transforms.decode_crop` (an augmented crop), the same functions.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ShardError
-from ..transforms import crop_params, decode_crop, decode_image_into, sample_rng
-from .records import IMAGE_ERRORS, image_error
+from ..transforms import crop_params, decode_crop, decode_image, decode_image_into, sample_rng
+from .outputs import IMAGE_ERRORS, image_error
 from .slots import CollateSlots, ImageSlots, SlotRef
 
 
@@ -34,35 +29,6 @@ def new_batch(count: int, height: int, width: int) -> torch.Tensor:
         storage = torch.UntypedStorage._new_shared(count * height * width * 3)
         return torch.empty(0, dtype=torch.uint8).set_(storage).view(count, height, width, 3)
     return torch.empty((count, height, width, 3), dtype=torch.uint8)
-
-
-class SpareBuffers:
-    """uint8 batch buffers of this process, reused once no batch handed out refers to them (their
-    only references are ours): a fresh 50 MB buffer per batch would cost its page faults again, as
-    much as decoding the batch on 2 cores. A consumer keeping batches gets fresh buffers. Safe to
-    share among threads."""
-
-    KEEP = 4
-
-    def __init__(self):
-        self._arrays: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def __getstate__(self):  # a copy elsewhere starts with none
-        return {}
-
-    def __setstate__(self, state):
-        self.__init__()
-
-    def get(self, shape: tuple[int, ...]) -> torch.Tensor:
-        with self._lock:
-            for array in self._arrays:
-                if array.shape == shape and sys.getrefcount(array) <= 3:  # the list, `array`, the call's argument
-                    return torch.from_numpy(array)
-            array = np.empty(shape, dtype=np.uint8)
-            if len(self._arrays) < self.KEEP:
-                self._arrays.append(array)
-            return torch.from_numpy(array)
 
 
 def stack_images(images: list[np.ndarray]) -> torch.Tensor:
@@ -81,7 +47,7 @@ class WorkerImages:
     without another copy. In a worker process with ``slots``, into a free slot of the worker's own,
     sending on only the slot's :class:`~bioscan5m_hf.stream.slots.SlotRef` (when all its slots are
     in use, into :func:`new_batch` shared memory), and with :meth:`pack` the batch's other tensors
-    after them; in the main process (thread workers, or none) into a :class:`SpareBuffers` buffer.
+    after them; in the main process (no workers) into memory of its own.
 
     :meth:`decode` writes each of a batch's images straight into that memory (through the
     decoding thread's reused buffer: no array per image); :meth:`stack` copies images decoded one
@@ -90,7 +56,6 @@ class WorkerImages:
     def __init__(self, image_size: int, augment: bool = False, seed: int = 0,
                  slots: ImageSlots | CollateSlots | None = None):
         self.image_size, self.augment, self.seed, self.slots = image_size, augment, seed, slots
-        self.spare = SpareBuffers()
 
     def __getstate__(self):  # a copy in another process has no slots to write into: fresh memory there
         return {**self.__dict__, "slots": None}
@@ -101,8 +66,7 @@ class WorkerImages:
         info = torch.utils.data.get_worker_info()
         claimed = self.slots.claim(info.id, count) if self.slots is not None and info is not None else None
         if claimed is None:
-            size = self.image_size
-            out = new_batch(count, size, size) if info is not None else self.spare.get((count, size, size, 3))
+            out = new_batch(count, self.image_size, self.image_size)
             fill(out.numpy())
             return out.permute(0, 3, 1, 2)
         ref, view = claimed
@@ -132,6 +96,16 @@ class WorkerImages:
         rng = sample_rng(self.seed, epoch, processid) if self.augment else None
         return crop_params(data, self.image_size, self.augment, rng)
 
+    def decode_one(self, data: bytes, processid: str, epoch: int, shard: str) -> np.ndarray:
+        """One record's image as ``S x S x 3`` uint8 (the centre crop, or the augmented crop); an
+        image that does not decode raises :class:`~.outputs.DamagedImage` naming ``shard``."""
+        try:
+            if self.augment:
+                return decode_crop(data, self.crop_params(data, processid, epoch), self.image_size)
+            return decode_image(data, self.image_size, channels_last=True)
+        except IMAGE_ERRORS as e:
+            raise image_error(shard, processid, e) from None
+
     def decode(self, jpegs: Sequence[bytes], processids: Sequence[str], epoch: int,
                shard_of: Callable[[int], str]) -> torch.Tensor | SlotRef:
         """A batch's JPEGs decoded into one batch: the centre crop, or with ``augment`` the random
@@ -152,67 +126,4 @@ class WorkerImages:
         return self.write(len(jpegs), fill)
 
 
-class ThreadDecoder:
-    """``decode="threads"``: a batch's JPEGs decoded in the main process by a pool of threads, straight
-    into one preallocated batch tensor (pinned for CUDA), so no pixel crosses a process boundary: the
-    workers ship ~8 KB of JPEG per image instead of 196 KB of pixels. libjpeg-turbo and the resize
-    release the GIL, so the threads use every core. Pixels are exactly those of ``decode="workers"``
-    (the same functions decode them)."""
-
-    def __init__(self, image_size: int, threads: int | None = None, pin: bool = False):
-        self.image_size, self.pin = image_size, pin
-        self.threads = threads or os.cpu_count() or 1
-        self._pool = None
-        self.spare = SpareBuffers()
-
-    def __getstate__(self):
-        return {**self.__dict__, "_pool": None}
-
-    def _buffer(self, n: int) -> torch.Tensor:
-        """An ``n x size x size x 3`` uint8 batch: pinned (torch caches those) or a spare buffer."""
-        shape = (n, self.image_size, self.image_size, 3)
-        if self.pin:
-            return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-        return self.spare.get(shape)
-
-    def submit(self, jpeg: torch.Tensor, offsets: torch.Tensor, crop: torch.Tensor | None,
-               processids: Sequence[str]) -> Callable[[], torch.Tensor]:
-        """Start decoding a batch; the returned function waits for it and gives ``B x 3 x S x S``
-        uint8 (channels-last). Batches submitted one after another are decoded in that order."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bioscan5m-decode")
-        data, ends, size = jpeg.numpy(), offsets.tolist(), self.image_size
-        params = crop.tolist() if crop is not None else None
-        out = self._buffer(len(processids))
-        view = out.numpy()
-
-        def part(first: int, stop: int) -> None:  # a slice of the batch per task: little dispatch overhead
-            for i in range(first, stop):
-                blob = data[ends[i]: ends[i + 1]].tobytes()
-                try:
-                    if params is None:
-                        decode_image_into(blob, size, view[i])
-                    else:
-                        view[i] = decode_crop(blob, params[i], size)
-                except IMAGE_ERRORS as e:
-                    raise ShardError(f"record {processids[i]}: image does not decode ({e})") from None
-
-        n = len(processids)
-        step = -(-n // (4 * self.threads))  # four slices per thread: even when images differ in cost
-        futures = [self._pool.submit(part, a, min(n, a + step)) for a in range(0, n, step)]
-
-        def result() -> torch.Tensor:
-            for future in futures:
-                future.result()
-            return out.permute(0, 3, 1, 2)
-
-        return result
-
-    def __call__(self, jpeg: torch.Tensor, offsets: torch.Tensor, crop: torch.Tensor | None,
-                 processids: Sequence[str]) -> torch.Tensor:
-        return self.submit(jpeg, offsets, crop, processids)()
-
-
-__all__ = ["WorkerImages", "ThreadDecoder", "new_batch", "stack_images"]
+__all__ = ["WorkerImages", "new_batch", "stack_images"]

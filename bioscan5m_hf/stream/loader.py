@@ -1,13 +1,17 @@
 """``make_loader``: batches of tensors for GPU training, straight from the shards, checkpointable.
 
+*What* records an epoch holds is the dataset's (:class:`~bioscan5m_hf.StreamingBIOSCAN5M`: split,
+modalities, targets, shuffling, ranks, composition, storage); *how* they are delivered is the
+loader's: DataLoader's own keywords plus image size, device, augmentation and DNA tokenisation.
+How the batches are made is chosen once, for the user (:func:`choose_mode`).
+
 Workers read and shuffle undecoded records, then decode images (resize + centre-crop to uint8) and
-collate: images ``B x 3 x S x S`` uint8 (channels-last memory format), barcodes as k-mer token ids
-with an attention mask, and one int64 label tensor per requested rank. From Parquet (images and/or
-DNA) whole batches come straight from the Arrow columns (:mod:`.columnar`), a batch's JPEGs decoded
-straight into the batch's memory (:mod:`.images`); otherwise record by record (tar shards,
-``on_error="skip"``, other metadata modalities), with the same batches. With ``device="cuda"``
-batches come from pinned memory with non-blocking copies on a side stream, one batch ahead, so the
-copy overlaps the model's compute.
+make batches: images ``B x 3 x S x S`` uint8 (channels-last memory format), barcodes as k-mer token
+ids with an attention mask, and one int64 label tensor per target. One :class:`BatchAssembler`
+makes every batch, fed either from Parquet columns a batch at a time (:mod:`.columnar`: images
+and/or DNA) or record by record (tar shards, ``on_error="skip"``, other metadata modalities), with
+the same batches. With ``device="cuda"`` batches come from pinned memory with non-blocking copies
+on a side stream, one batch ahead, so the copy overlaps the model's compute.
 
 The loader's ``state_dict`` is ``(epoch, batches yielded)``: from it and the pure partition math
 (:func:`partition.loader_progress`) each worker's exact resume point follows, and the
@@ -17,70 +21,102 @@ workers learn it (and the epoch, also with persistent workers) through a small s
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .. import schema
-from ..transforms import KmerTokenizer, decode_crop, decode_image, mask_tokens, normalize
+from ..options import Composition, Storage, keyword_names
+from ..transforms import KmerTokenizer, mask_tokens, normalize
 from ..util import check_choice
 from . import device as on_device
 from . import partition
 from .columnar import ColumnarBatches
-from .images import ThreadDecoder, WorkerImages
-from .outputs import missing_as_nan
+from .images import WorkerImages
+from .outputs import IMAGE_ERRORS, image_error, missing_as_nan
 from .records import RecordStream, SharedPosition, WorkerSamples
 from .slots import ImageSlots, SlotRef, room_for
+from .streaming import StreamingBIOSCAN5M
 from .workers import ThreadWorkers
 
-DECODERS = ("workers", "threads", "device")
-WORKER_METHODS = ("process", "thread")
+DECODE = ("auto", "workers", "device")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How a loader makes its batches: where images are decoded (``"workers"``: on the CPU in the
+    worker processes; ``"device"``: on the loader's device; None: no image) and whether the workers
+    run as threads of this process instead of DataLoader processes (same batches, same order)."""
+
+    decode: str | None
+    thread_workers: bool
+
+
+def choose_mode(image: bool, decode: str, device: torch.device | None, num_workers: int,
+                device_decoder: Callable[[], bool] = lambda: on_device.has_torchvision()) -> Mode:
+    """The mode the benchmarks show fastest for this job (BENCHMARKS.md, ``loader`` and ``gpu``):
+
+    - no image: thread workers (DNA-only batches come 2.5-3x faster from threads than from worker
+      processes: they cross no process boundary, and the work is Arrow and numpy, which release
+      the interpreter lock);
+    - images on the CPU: decoding in worker processes, into shared batch memory reused batch after
+      batch (the fastest CPU way in the ``loader`` area: threads lose there);
+    - images for a CUDA device: the device's decoder (nvJPEG through torchvision; 2-7.6x the CPU
+      workers in the ``gpu`` area), where torchvision is installed, else the CPU workers.
+
+    ``decode`` other than ``"auto"`` forces the decoder. No measurement so far shows a core count at
+    which these choices flip, so the cores do not enter (yet).
+
+    >>> choose_mode(False, "auto", None, 2)
+    Mode(decode=None, thread_workers=True)
+    >>> choose_mode(True, "auto", torch.device("cuda"), 8, device_decoder=lambda: True)
+    Mode(decode='device', thread_workers=False)
+    >>> choose_mode(True, "auto", torch.device("cuda"), 8, device_decoder=lambda: False)
+    Mode(decode='workers', thread_workers=False)
+    """
+    check_choice(decode, "decode", DECODE)
+    if not image:
+        return Mode(None, num_workers > 0)
+    if decode == "auto":
+        decode = "device" if device is not None and device.type == "cuda" and device_decoder() else "workers"
+    return Mode(decode, False)
 
 
 class LoaderSample:
-    """A raw record of ``epoch`` -> what :class:`Collate` reads (runs in the workers): the barcode,
-    metadata values, label indices and the image, either decoded to a ``size x size x 3`` uint8
-    array (``decode="workers"``) or as its JPEG bytes and crop parameters (``decode="device"``).
-    With ``augment`` the crop is a random resized crop with a random flip, drawn from the seed, the
-    epoch and the record (:func:`~bioscan5m_hf.transforms.sample_rng`); otherwise the centre crop."""
+    """A raw record of ``epoch`` -> the values :class:`Collate` gathers (runs in the workers): the
+    barcode, metadata values, label indices and the image, decoded to a ``size x size x 3`` uint8
+    array (``decode="workers"``, so a damaged image is this record's, skipped under
+    ``on_error="skip"``) or as its JPEG bytes (``"device"``)."""
 
     def __init__(self, records: RecordStream, modalities: Sequence[schema.Modality], target_type: Sequence[str],
-                 images: WorkerImages | None, decode: str = "workers"):
+                 images: WorkerImages | None, decode: str | None):
         self.records, self.modalities, self.target_type = records, list(modalities), list(target_type)
-        self.images, self.decode = images, decode  # images: the size and crops (and, collated, the memory)
-
-    def _image(self, data: bytes, processid: str, epoch: int, out: dict) -> None:
-        size, augment = self.images.image_size, self.images.augment
-        if self.decode == "workers" and not augment:  # the exact centre crop of decode_image
-            out["image"] = decode_image(data, size, channels_last=True)
-            return
-        if self.decode == "threads" and not augment:  # decoded in the main process, as above
-            out["jpeg"] = data
-            return
-        params = self.images.crop_params(data, processid, epoch)
-        if self.decode in ("device", "threads"):
-            out["jpeg"], out["crop"] = data, params
-        else:
-            out["image"] = decode_crop(data, params, size)
+        self.images, self.decode = images, decode
 
     def __call__(self, record: dict, epoch: int = 0) -> dict:
         out = {"processid": record["processid"], "epoch": epoch}
         if self.records.world_size > 1:
             out["padding"] = record["__padding__"]
+        labels = self.records.labels
         for m in self.modalities:
-            if m.kind == "image":
-                self._image(record["image"], record["processid"], epoch, out)
+            if m.kind == "image" and self.decode == "workers":
+                out["image"] = self.images.decode_one(record["image"], record["processid"], epoch, record["__shard__"])
+            elif m.kind == "image":
+                out["jpeg"], out["shard"] = record["image"], record["__shard__"]
             elif m.kind == "dna":
                 out["dna"] = self.records.dna(record)
             elif m.kind == "label_index":
-                out[m.name] = self.records.labels.index(m.columns[0], record[m.columns[0]])
+                out[m.name] = labels.index(m.columns[0], record[m.columns[0]])
             elif m.name != "processid":
                 out[m.name] = missing_as_nan(record[m.name])
         for t in self.target_type:
-            out[f"{t}_index"] = self.records.labels.index(t, record[t])
+            out[t] = labels.index(t, record[t])
         return out
 
 
@@ -100,43 +136,70 @@ class DnaMasking:
         return {"dna_masked": torch.from_numpy(inputs), "dna_labels": torch.from_numpy(labels)}
 
 
-class Collate:
-    """List of dict samples -> dict of tensors (runs in the workers); images decoded one by one go
-    into one batch through ``images`` (into a shared slot where there is one), which an image
-    modality needs."""
+class BatchAssembler:
+    """A batch's columns -> the batch of tensors (runs in the workers), whichever source read them:
+    :class:`Collate` (record by record) or :class:`~.columnar.ColumnarBatches` (Arrow columns).
+
+    Columns: ``processid``; ``padding`` (distributed); ``image`` (images decoded one by one) or
+    ``jpeg`` (JPEG bytes: decoded here straight into the batch's memory with ``decode="workers"``,
+    shipped packed with their crop boxes for the device with ``"device"``); ``dna`` (barcodes) or
+    ``dna_matrix`` and ``dna_length`` (barcodes already padded); one int64 index array per target;
+    other metadata values by name. A batch's tensors go into a shared slot with its images where
+    ``images`` has one."""
 
     def __init__(self, modalities: Sequence[schema.Modality], target_type: Sequence[str],
                  tokenizer: KmerTokenizer | None, dna_masking: DnaMasking | None = None,
-                 images: WorkerImages | None = None):
-        self.modalities = list(modalities)
+                 images: WorkerImages | None = None, decode: str | None = None):
         self.target_type = list(target_type)
-        self.tokenizer = tokenizer
-        self.dna_masking = dna_masking
-        self.images = images
+        self.values = [m.name for m in modalities if m.kind not in ("image", "dna") and m.name != "processid"]
+        self.tokenizer, self.dna_masking, self.images, self.decode = tokenizer, dna_masking, images, decode
+
+    def __call__(self, columns: dict, epoch: int, shard_of: Callable[[int], str]) -> dict:
+        batch: dict = {"processid": list(columns["processid"])}
+        if "padding" in columns:  # distributed: which samples only repeat others to even out the ranks
+            batch["padding"] = torch.as_tensor(np.asarray(columns["padding"], dtype=bool))
+        if "image" in columns:
+            batch["image"] = self.images.stack(columns["image"])
+        elif "jpeg" in columns:
+            batch.update(self._jpegs(list(columns["jpeg"]), batch["processid"], epoch, shard_of))
+        if self.tokenizer is not None:
+            if "dna_matrix" in columns:
+                ids, mask = self.tokenizer.encode_matrix(columns["dna_matrix"], columns["dna_length"])
+            else:
+                ids, mask = self.tokenizer(columns["dna"])
+            batch["dna"], batch["dna_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
+            if self.dna_masking is not None:
+                batch.update(self.dna_masking(ids, mask, batch["processid"], epoch))
+        for name in self.values:
+            values = columns[name]
+            batch[name] = torch.tensor(values) if all(isinstance(v, (int, float)) for v in values) else values
+        for t in self.target_type:
+            batch[t] = torch.as_tensor(np.asarray(columns[t], dtype=np.int64))
+        return self.images.pack(batch) if self.images is not None else batch
+
+    def _jpegs(self, jpegs: list[bytes], processids: list[str], epoch: int, shard_of: Callable[[int], str]) -> dict:
+        if self.decode == "workers":
+            return {"image": self.images.decode(jpegs, processids, epoch, shard_of)}
+        jpeg, offsets = on_device.pack(jpegs)
+        params = []
+        for i, (data, pid) in enumerate(zip(jpegs, processids)):
+            try:
+                params.append(self.images.crop_params(data, pid, epoch))
+            except IMAGE_ERRORS as e:
+                raise image_error(shard_of(i), pid, e) from None
+        return {"jpeg": jpeg, "jpeg_offsets": offsets, "crop": torch.from_numpy(np.stack(params))}
+
+
+class Collate:
+    """List of :class:`LoaderSample` values -> their columns -> :class:`BatchAssembler`'s batch."""
+
+    def __init__(self, assemble: BatchAssembler):
+        self.assemble = assemble
 
     def __call__(self, samples: list[dict]) -> dict:
-        batch: dict = {"processid": [s["processid"] for s in samples]}
-        if "padding" in samples[0]:  # distributed: which samples only repeat others to even out the ranks
-            batch["padding"] = torch.tensor([s["padding"] for s in samples], dtype=torch.bool)
-        for m in self.modalities:
-            if m.kind == "image" and "jpeg" in samples[0]:  # decoded in the main process (device or threads)
-                batch["jpeg"], batch["jpeg_offsets"] = on_device.pack([s["jpeg"] for s in samples])
-                if "crop" in samples[0]:
-                    batch["crop"] = torch.from_numpy(np.stack([s["crop"] for s in samples]))
-            elif m.kind == "image":
-                batch["image"] = self.images.stack([s["image"] for s in samples])
-            elif m.kind == "dna":
-                ids, mask = self.tokenizer([s["dna"] for s in samples])
-                batch["dna"] = torch.from_numpy(ids)
-                batch["dna_mask"] = torch.from_numpy(mask)
-                if self.dna_masking is not None:
-                    batch.update(self.dna_masking(ids, mask, batch["processid"], samples[0]["epoch"]))
-            elif m.name != "processid":
-                values = [s[m.name] for s in samples]
-                batch[m.name] = torch.tensor(values) if all(isinstance(v, (int, float)) for v in values) else values
-        for t in self.target_type:
-            batch[t] = torch.tensor([s[f"{t}_index"] for s in samples], dtype=torch.int64)
-        return self.images.pack(batch) if self.images is not None else batch
+        columns = {key: [s[key] for s in samples] for key in samples[0] if key != "epoch"}
+        shards = columns.pop("shard", None)
+        return self.assemble(columns, samples[0]["epoch"], lambda i: shards[i])
 
 
 def _as_is(batch):
@@ -146,39 +209,35 @@ def _as_is(batch):
 class Loader:
     """An iterable of batches over epochs, with ``set_epoch``, ``state_dict`` and ``load_state_dict``.
 
-    ``records`` is the stream the batches come from (its ``vocabularies``, ``skipped``, ``len()``);
-    ``dataset`` what the DataLoader iterates: per-record samples collated by ``collate``, or (with
-    ``collate=None``) a source that yields whole batches."""
+    ``dataset`` is what the batches hold (:attr:`dataset`: its ``skipped``, ``vocabularies``);
+    ``source`` what the DataLoader (or the thread workers) iterates: per-record samples collated by
+    ``collate``, or (with ``collate=None``) a source that yields whole batches."""
 
-    def __init__(self, records: RecordStream, dataset: torch.utils.data.IterableDataset, position: SharedPosition,
-                 *, batch_size: int, num_workers: int, collate: Collate | None, target_type: Sequence[str],
-                 device: str | torch.device | None, normalize_images: bool, drop_last: bool,
-                 prefetch_factor: int | None, persistent_workers: bool, pin_memory: bool,
-                 image_size: int = 256, thread_decoder: ThreadDecoder | None = None, worker_method: str = "process",
-                 slots: ImageSlots | None = None):
-        self.records = records
+    def __init__(self, dataset: StreamingBIOSCAN5M, source: torch.utils.data.IterableDataset,
+                 position: SharedPosition, *, batch_size: int, num_workers: int, collate: Collate | None,
+                 device: torch.device | None, normalize_images: bool, drop_last: bool, prefetch_factor: int | None,
+                 persistent_workers: bool, pin_memory: bool, image_size: int, thread_workers: bool,
+                 slots: ImageSlots | None):
+        self.dataset = dataset
+        self.records = dataset.records
         self.slots = slots
         self.image_size = image_size
-        self.thread_decoder = thread_decoder
-        self.target_type = list(target_type)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.drop_last = drop_last
-        self.device = torch.device(device) if device is not None else None
+        self.device = device
         self.normalize_images = normalize_images
         self.position = position
-        common = dict(num_workers=num_workers, pin_memory=pin_memory,
-                      prefetch_factor=prefetch_factor if num_workers else None,
-                      persistent_workers=persistent_workers and num_workers > 0,
-                      multiprocessing_context="fork" if num_workers else None)
-        if worker_method == "thread":  # the same streams and order, as threads of this process
-            self.loader = ThreadWorkers(dataset, max(1, num_workers), batch_size=batch_size, collate=collate,
+        if thread_workers:  # the same streams and order, as threads of this process
+            self.loader = ThreadWorkers(source, num_workers, batch_size=batch_size, collate=collate,
                                         drop_last=drop_last, prefetch=prefetch_factor or 2, pin_memory=pin_memory)
-        elif collate is None:
-            self.loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, **common)
         else:
-            self.loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=drop_last,
-                                     **common)
+            batching = (dict(batch_size=None, collate_fn=_as_is) if collate is None else
+                        dict(batch_size=batch_size, collate_fn=collate, drop_last=drop_last))
+            self.loader = DataLoader(source, num_workers=num_workers, pin_memory=pin_memory,
+                                     prefetch_factor=prefetch_factor if num_workers else None,
+                                     persistent_workers=persistent_workers and num_workers > 0,
+                                     multiprocessing_context="fork" if num_workers else None, **batching)
         self.epoch = 0
         self.batches = 0
         self.phases: list[partition.Phase] = []  # earlier phases of this epoch (elastic resume)
@@ -270,35 +329,11 @@ class Loader:
             yield batch
             del batch
 
-    def _decoded_ahead(self, batches: Iterator[dict]) -> Iterator[dict]:
-        """``decode="threads"``: each batch's JPEGs go to the decoding threads as soon as the batch
-        arrives, one batch ahead of the consumer, so the threads decode while the training step runs
-        (and while the previous batch's last images finish)."""
-        def submit(batch: dict) -> Callable[[], dict]:
-            batch = dict(batch)
-            jpeg, offsets, crop = batch.pop("jpeg"), batch.pop("jpeg_offsets"), batch.pop("crop", None)
-            image = self.thread_decoder.submit(jpeg, offsets, crop, batch["processid"])
-
-            def done() -> dict:
-                batch["image"] = image()
-                return batch
-
-            return done
-
-        pending = None
-        for batch in batches:
-            ahead = submit(batch) if "jpeg" in batch else (lambda b=batch: b)
-            if pending is not None:
-                yield pending()
-            pending = ahead
-        if pending is not None:
-            yield pending()
-
     def _move(self, batch: dict) -> dict:
         out = {}
         if "jpeg" in batch:  # decode="device": decode, crop and resize here
             batch = dict(batch)
-            jpeg, offsets, crop = batch.pop("jpeg"), batch.pop("jpeg_offsets"), batch.pop("crop", None)
+            jpeg, offsets, crop = batch.pop("jpeg"), batch.pop("jpeg_offsets"), batch.pop("crop")
             image = on_device.decode_batch(jpeg, offsets, crop, self.image_size, self.device or torch.device("cpu"),
                                            batch["processid"])
             batch["image"] = normalize(image) if self.normalize_images else image
@@ -314,8 +349,6 @@ class Loader:
         """Move each batch to the device one batch ahead of the consumer: on CUDA the copy runs on a
         side stream while the model computes on the current one. The same code runs on the CPU,
         where the streams are no-ops (so tests exercise it on machines without a GPU)."""
-        if self.thread_decoder is not None:
-            batches = self._decoded_ahead(batches)
         if self.device is None:
             for batch in batches:
                 yield self._move(batch) if "jpeg" in batch or self.normalize_images else batch
@@ -350,101 +383,164 @@ def _slot_extra_bytes(batch_size: int, tokenizer: KmerTokenizer | None, masking:
     return room_for(batch_size, tokens + values, values + 4)
 
 
-def make_loader(root, split: str = "train", *, batch_size: int = 256, num_workers: int = 2, image_size: int = 256,
-                modality: Sequence[str] = ("image", "dna"), target_type: str | Sequence[str] = "species",
-                k: int = 4, max_nucleotides: int = 660, device: str | torch.device | None = None,
-                normalize: bool = False, shuffle: bool = True, drop_last: bool = False, prefetch_factor: int = 4,
-                persistent_workers: bool = True, pin_memory: bool | None = None, decode: str = "workers",
-                augment: bool = False, mask_dna: float | None = None, decode_threads: int | None = None,
-                worker_method: str = "process", **stream_kwargs) -> Loader:
+def _dataset(data, split: str | None) -> StreamingBIOSCAN5M:
+    """The dataset a loader delivers: ``data`` itself, or the streaming dataset of a root (shuffled)."""
+    if not isinstance(data, StreamingBIOSCAN5M):
+        if isinstance(data, torch.utils.data.Dataset):
+            raise TypeError(f"make_loader takes a StreamingBIOSCAN5M or a root, not a {type(data).__name__} (a "
+                            "map-style BIOSCAN5M goes to a torch DataLoader; BIOSCAN5M(..., streaming=True) "
+                            "gives the streaming one)")
+        return StreamingBIOSCAN5M(data, split or "train", shuffle=True)
+    if split is not None:
+        raise TypeError(f"make_loader: split={split!r} is for a root; the dataset given has its own "
+                        f"({data.split!r})")
+    transforms = ("transform", "dna_transform", "target_transform")
+    unused = [name for name in transforms if getattr(data.outputs, name) is not None]
+    if unused or data.target_format != "index":
+        what = ", ".join(unused) or "target_format='text'"
+        raise ValueError(f"make_loader makes tensors itself (decoded images, token ids, index targets): a dataset "
+                         f"with {what} would have it ignored; build the dataset without")
+    if data.max_nucleotides is None and any(m.kind == "dna" for m in data.outputs.modalities):
+        raise ValueError("make_loader pads barcodes to max_nucleotides; the dataset has max_nucleotides=None")
+    return data
+
+
+def _check_device(device) -> torch.device | None:
+    """``device`` as a torch device, refused now if this torch cannot reach it (not at the first batch)."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"make_loader(device={str(device)!r}): CUDA is not available to this torch "
+                           f"({torch.__version__}, CUDA {torch.version.cuda or 'none'}); install a CUDA build of "
+                           "torch, or leave device out for batches on the CPU")
+    return device
+
+
+def make_loader(data, split: str | None = None, *, batch_size: int = 256, num_workers: int = 2,
+                drop_last: bool = False, prefetch_factor: int = 4, persistent_workers: bool = True,
+                pin_memory: bool | None = None, device: str | torch.device | None = None, image_size: int = 256,
+                normalize: bool = False, augment: bool = False, k: int = 4, mask_dna: float | None = None,
+                decode: str = "auto") -> Loader:
     """A DataLoader of tensor batches over a converted BIOSCAN-5M repo, for training.
 
     Parameters
     ----------
-    root, split
-        As for :class:`~bioscan5m_hf.BIOSCAN5M`; its streaming keywords (``seed``, ``buffer_size``,
-        ``rank``, ``world_size``, ``even``, ``image_package``, ``reduce_repeated_barcodes``,
-        ``on_error``, ``cache_dir``, ``storage_options``, ...) are passed on.
-    batch_size, num_workers
-        Samples per batch; worker processes (each reads its own part of the shards).
-    image_size : int
-        Images come as uint8 ``B x 3 x image_size x image_size`` (shorter side resized, centre crop).
-    modality : sequence of str
-        ``"image"`` and/or ``"dna"``, plus any metadata column. Without ``"image"`` no image bytes are read.
-    target_type : str or sequence of str
-        Ranks (or ``"dna_bin"``) returned as int64 tensors under their own name; ``-1`` is missing.
-    k, max_nucleotides
-        k-mer size and padded length of the DNA token ids (``batch["dna"]``, ``batch["dna_mask"]``).
+    data : StreamingBIOSCAN5M or str
+        What the batches hold: a :class:`~bioscan5m_hf.StreamingBIOSCAN5M` (its split, modalities,
+        targets, shuffling, ranks, composition, storage), or a root, meaning
+        ``StreamingBIOSCAN5M(root, split, shuffle=True)``.
+    split : str, optional
+        With a root: the split (default ``"train"``).
+    batch_size, num_workers, drop_last, prefetch_factor, persistent_workers, pin_memory
+        As for :class:`torch.utils.data.DataLoader` (``pin_memory`` defaults to ``device`` being CUDA).
     device : str or torch.device, optional
         Move batches there (``"cuda"``: pinned memory, non-blocking copies overlapped with compute).
+        A device this torch cannot reach fails here, naming it.
+    image_size : int
+        Images come as uint8 ``B x 3 x image_size x image_size`` (shorter side resized, centre crop).
     normalize : bool
         Return float images normalised with the dataset's RGB mean/std (after the move to ``device``).
-    shuffle, drop_last, prefetch_factor, persistent_workers, pin_memory
-        As for :class:`torch.utils.data.DataLoader` (shuffle: seeded shard order + buffer).
-    worker_method : {"process", "thread"}
-        How the ``num_workers`` workers run: as DataLoader worker processes, or as threads of this
-        process (no process start-up, no batch crossing a process boundary; the streams' Python
-        shares one interpreter lock). Exactly the same batches in the same order, and the same
-        ``state_dict``. On 2 cores ``"thread"`` is 2-2.5x faster DNA-only and level with
-        processes for images (BENCHMARKS.md). With many workers on many cores the streams' Python,
-        serialised by the lock, may become the limit there: keep processes then.
-    decode : {"workers", "threads", "device"}
-        Where images are decoded: in the workers, straight into the batch (pixels cross into the
-        main process through shared-memory slots reused batch after batch with worker processes and
-        no pinning, :mod:`.slots`); in the main process by ``decode_threads`` threads (default: one
-        per core) from the JPEG bytes the workers ship, straight into the batch (same pixels as
-        ``"workers"``; no pixel crosses a process boundary); or on ``device`` (``torchvision.io``;
-        nvJPEG on CUDA; needs the ``gpu`` extra). Same keys, shapes, dtypes and record order.
     augment : bool
         Training crops: a random resized crop (scale 0.08-1, ratio 3/4-4/3) and a random horizontal
-        flip per sample, drawn from ``seed``, the epoch and the record, so a resumed run reproduces
-        them; on the device with ``decode="device"``, in the workers otherwise. Default: centre crop.
+        flip per sample, drawn from the dataset's ``seed``, the epoch and the record, so a resumed
+        run reproduces them. Default: centre crop.
+    k : int
+        k-mer size of the DNA token ids (``batch["dna"]``, ``batch["dna_mask"]``, padded to the
+        dataset's ``max_nucleotides``).
     mask_dna : float, optional
         DNA pretraining batches: this share of each barcode's k-mer tokens is masked BarcodeBERT-style
         (80% ``<MASK>``, 10% a random k-mer, 10% unchanged): ``batch["dna_masked"]`` are the inputs,
         ``batch["dna_labels"]`` the original ids where masked and -100 elsewhere (``batch["dna"]``
         stays unmasked). Seeded per record and epoch: a resumed run masks the same positions.
-    filter, balance, temperature, split_weights, samples_per_epoch
-        What an epoch holds (see :class:`~bioscan5m_hf.StreamingBIOSCAN5M`).
+    decode : {"auto", "workers", "device"}
+        Where images are decoded; ``"auto"`` picks what the benchmarks show fastest for the job
+        (:func:`choose_mode`): on the CPU in the worker processes, or with ``device="cuda"`` on the
+        GPU (nvJPEG through torchvision, the ``gpu`` extra) where torchvision is installed.
+        ``"device"`` forces the device's decoder (an error names the extra without it). The same
+        keys, shapes, dtypes and record order either way.
+
+    Batches are dicts: ``processid`` (list), ``image``, ``dna`` and ``dna_mask``, each target
+    (int64; ``-1`` where missing), other metadata modalities by name, and ``padding`` (bool) with
+    several ranks.
     """
-    check_choice(decode, "decode", DECODERS)
-    check_choice(worker_method, "worker_method", WORKER_METHODS)
-    if decode == "device" and "image" in modality:
-        on_device.require_torchvision()
-    modalities = [schema.resolve_modality(m) for m in dict.fromkeys(["processid", *modality])]
-    targets = schema.resolve_targets(target_type)
+    dataset = _dataset(data, split)
+    device = _check_device(device)
+    records = dataset.records
+    modalities = [schema.resolve_modality("processid"), *(m for m in dataset.outputs.modalities
+                                                           if m.name != "processid")]
+    targets = list(dataset.target_type)
     kinds = {m.kind for m in modalities}
-    records = RecordStream(root, schema.explode_split(split), columns={c for m in modalities for c in m.columns} |
-                           set(targets), image="image" in kinds, max_nucleotides=max_nucleotides, shuffle=shuffle,
-                           **stream_kwargs)
-    tokenizer = KmerTokenizer(k, max_nucleotides) if "dna" in kinds else None
+    mode = choose_mode("image" in kinds, decode, device, num_workers)
+    if mode.decode == "device":
+        on_device.require_torchvision()
+    tokenizer = KmerTokenizer(k, dataset.max_nucleotides) if "dna" in kinds else None
     if mask_dna is not None and tokenizer is None:
         raise ValueError("mask_dna needs the 'dna' modality")
     masking = DnaMasking(mask_dna, records.seed, tokenizer.vocab_size) if mask_dna is not None else None
     position = SharedPosition(num_workers)
-    cuda = device is not None and torch.device(device).type == "cuda"
+    cuda = device is not None and device.type == "cuda"
     pin_memory = cuda if pin_memory is None else pin_memory
-    threads = ThreadDecoder(image_size, decode_threads, pin=cuda) if decode == "threads" else None
-    common = dict(batch_size=batch_size, num_workers=num_workers, target_type=targets, device=device,
-                  normalize_images=normalize, drop_last=drop_last, prefetch_factor=prefetch_factor,
-                  persistent_workers=persistent_workers, pin_memory=pin_memory, image_size=image_size,
-                  thread_decoder=threads, worker_method=worker_method)
     slots = None
-    if "image" in kinds and decode == "workers" and worker_method == "process" and num_workers > 0 and not pin_memory:
+    if mode.decode == "workers" and not mode.thread_workers and num_workers > 0 and not pin_memory:
         # Per worker: up to prefetch_factor batches on their way (one being written), one just received,
         # one the consumer still holds, one moved ahead to the device: no fallback in a plain training loop.
         slots = ImageSlots(num_workers, (prefetch_factor or 2) + 3, batch_size, image_size,
                            extra_bytes=_slot_extra_bytes(batch_size, tokenizer, masking, modalities, targets))
-    images = WorkerImages(image_size, augment, records.seed, slots) if "image" in kinds else None
+    images = WorkerImages(image_size, augment, records.seed, slots) if mode.decode is not None else None
+    assemble = BatchAssembler(modalities, targets, tokenizer, masking, images, mode.decode)
+    common = dict(batch_size=batch_size, num_workers=num_workers, device=device, normalize_images=normalize,
+                  drop_last=drop_last, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+                  pin_memory=pin_memory, image_size=image_size, thread_workers=mode.thread_workers, slots=slots)
     if {m.name for m in modalities} <= {"image", "dna", "processid"} and kinds & {"image", "dna"} \
             and records.formats == {"parquet"} and records.on_error == "raise":
         # Parquet, images and/or DNA: whole batches from Arrow columns, images decoded a batch at a time
-        source = ColumnarBatches(records, targets, batch_size, tokenizer, position, masking, drop_last=drop_last,
-                                 decode=decode if "image" in kinds else None, images=images)
-        return Loader(records, source, position, collate=None, slots=slots, **common)
-    samples = WorkerSamples(records, LoaderSample(records, modalities, targets, images, decode), position)
-    return Loader(records, samples, position, collate=Collate(modalities, targets, tokenizer, masking, images),
-                  slots=slots, **common)
+        source = ColumnarBatches(records, assemble, batch_size, position, drop_last=drop_last)
+        return Loader(dataset, source, position, collate=None, **common)
+    samples = WorkerSamples(records, LoaderSample(records, modalities, targets, images, mode.decode), position)
+    return Loader(dataset, samples, position, collate=Collate(assemble), **common)
 
 
-__all__ = ["make_loader", "Loader"]
+#: Keywords ``make_loader`` took before the dataset carried them (see :func:`_moved_keywords`).
+DATASET_KEYWORDS = frozenset(keyword_names(StreamingBIOSCAN5M.__init__)) - {"root", "split"}
+#: Keywords whose mode ``make_loader`` now chooses itself (:func:`choose_mode`).
+CHOSEN_KEYWORDS = frozenset({"worker_method", "decode_threads"})
+
+
+def _moved_keywords(fn: Callable) -> Callable:
+    """``make_loader``'s keywords of earlier releases keep working with a ``DeprecationWarning``: the
+    dataset's (``modality``, ``seed``, ``cache_dir``, ``filter``, ...) build the dataset of a root,
+    and ``worker_method``, ``decode_threads`` and ``decode="threads"`` are left to :func:`choose_mode`."""
+    option_fields = {f.name: option for option in (Storage, Composition) for f in fields(option)}
+
+    @functools.wraps(fn)
+    def wrapper(data, split=None, **kwargs):
+        chosen = {k: kwargs.pop(k) for k in list(kwargs) if k in CHOSEN_KEYWORDS}
+        if kwargs.get("decode") == "threads":
+            chosen["decode"] = kwargs.pop("decode")
+        if chosen:
+            warnings.warn(f"make_loader({', '.join(f'{k}={v!r}' for k, v in chosen.items())}) is deprecated and has "
+                          "no effect: make_loader chooses how batches are made (decode='auto')",
+                          DeprecationWarning, stacklevel=2)
+        moved = {k: kwargs.pop(k) for k in list(kwargs) if k in DATASET_KEYWORDS or k in option_fields}
+        if moved:
+            if isinstance(data, StreamingBIOSCAN5M):
+                raise TypeError(f"make_loader() got {', '.join(moved)} with a dataset: give them to the dataset")
+            given = ", ".join(f"{k}=..." for k in moved)
+            warnings.warn(f"make_loader(root, split, {given}) is deprecated: pass "
+                          f"make_loader(StreamingBIOSCAN5M(root, split, shuffle=True, {given}), ...)",
+                          DeprecationWarning, stacklevel=2)
+            dataset_kw = {"shuffle": True, **{k: v for k, v in moved.items() if k not in option_fields}}
+            for option in (Storage, Composition):
+                mine = {k: v for k, v in moved.items() if option_fields.get(k) is option}
+                if mine:
+                    dataset_kw[option.keyword] = option(**mine)
+            data, split = StreamingBIOSCAN5M(data, split or "train", **dataset_kw), None
+        return fn(data, split, **kwargs)
+
+    return wrapper
+
+
+make_loader = _moved_keywords(make_loader)
+
+__all__ = ["make_loader", "Loader", "choose_mode"]

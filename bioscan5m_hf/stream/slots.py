@@ -3,7 +3,7 @@
 By default a worker's batch of decoded images (50 MB at batch 256 and 256 px) goes to the main
 process in shared memory made fresh for that batch: the worker faults in every page as it writes,
 the main process maps the memory and faults in every page again as it reads, and both unmap it
-afterwards. On 2 cores that costs as much as decoding the images (BENCHMARKS.md).
+afterwards. On few cores that costs as much as decoding the images (BENCHMARKS.md, history).
 :class:`ImageSlots` is a fixed set of batch-sized slots in one anonymous shared mapping, made by
 the main process before the workers fork, so the workers inherit it: a worker writes a batch into
 one of its own free slots and sends only a :class:`SlotRef` (two integers); the main process hands
@@ -14,7 +14,7 @@ back to fresh shared memory, so nothing waits and no batch is overwritten.
 The batch's other tensors (DNA token ids and masks, labels) go into the same slot, after the images
 (:meth:`SlotMemory.pack`, sending :class:`InSlot` records instead): torch hands each tensor a worker
 sends over in shared memory of its own, which the main process fetches through a socket
-connection per tensor (with an authentication handshake), as costly on 2 cores as the tensors'
+connection per tensor (with an authentication handshake), as costly on few cores as the tensors'
 work itself. The main process hands out large ones as views of the slot and copies small ones
 (labels, which consumers often keep, would otherwise keep a whole slot in use).
 

@@ -1,13 +1,13 @@
 """Who is iterating: a DataLoader worker process, or one of :class:`ThreadWorkers`' threads.
 
-``make_loader(..., worker_method="thread")`` runs its ``num_workers`` streams as threads of the main
-process instead of DataLoader processes. Each thread plays the worker of the same id (its part of
-the epoch comes from the same partition math) and the batches come out in the DataLoader's own
-order (round robin over the workers, an exhausted one dropped from the round), so the batches are
-exactly those of ``worker_method="process"``. What that saves: starting processes each epoch, and
-every batch crossing a process boundary (shared-memory tensors, pickled lists), which on a few
-cores costs as much as the work itself. What it costs: the streams' Python shares one interpreter
-lock, so it pays where the heavy work releases it (Arrow reads, numpy kernels, JPEG decoding).
+``make_loader`` runs its ``num_workers`` streams as threads of the main process instead of
+DataLoader processes where that is faster: batches without images (:func:`~.loader.choose_mode`;
+BENCHMARKS.md, ``loader``). Each thread plays the worker of the same id (its part of the epoch
+comes from the same partition math) and the batches come out in the DataLoader's own order (round
+robin over the workers, an exhausted one dropped from the round), so the batches are exactly those
+of worker processes. What that saves: starting processes each epoch, and every batch crossing a
+process boundary (shared-memory tensors, pickled lists). What it costs: the streams' Python shares
+one interpreter lock, so it pays where the heavy work releases it (Arrow reads, numpy kernels).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class ThreadWorkers:
                  collate: Callable[[list], Any] | None = None, drop_last: bool = False, prefetch: int = 4,
                  pin_memory: bool = False):
         if num_workers < 1:
-            raise ValueError(f"worker_method='thread' needs num_workers >= 1, got {num_workers}")
+            raise ValueError(f"thread workers need num_workers >= 1, got {num_workers}")
         self.dataset, self.num_workers = dataset, num_workers
         self.batch_size, self.collate, self.drop_last = batch_size, collate, drop_last
         self.prefetch, self.pin_memory = max(1, prefetch), pin_memory and torch.cuda.is_available()

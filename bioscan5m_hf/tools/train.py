@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..stream.loader import DECODERS, WORKER_METHODS, make_loader
+from ..stream.loader import DECODE, make_loader
+from ..stream.streaming import StreamingBIOSCAN5M
 from ..transforms import MASK_ID, normalize
 from ..util import atomic_path, write_atomic
 
@@ -85,12 +86,12 @@ def run(args: argparse.Namespace, echo=None) -> list[dict]:
     rank = dist.get_rank() if distributed else 0
     torch.manual_seed(args.seed)
     modality = [m for m in args.modality.split(",") if m]
-    common = dict(batch_size=args.batch_size, num_workers=args.workers, image_size=args.image_size,
-                  modality=modality, target_type=args.target, k=args.k, device=device, seed=args.seed,
-                  decode=args.decode, worker_method=args.worker_method)
-    train = make_loader(args.root, args.split, shuffle=True, **common)
-    evaluate = make_loader(args.root, args.eval_split, shuffle=False, persistent_workers=False, **common)
-    classes = len(train.vocabularies[train.target_type[0]])
+    what = dict(modality=modality, target_type=args.target, seed=args.seed)  # what the batches hold
+    how = dict(batch_size=args.batch_size, num_workers=args.workers, image_size=args.image_size, k=args.k,
+               device=device, decode=args.decode)  # how they are delivered
+    train = make_loader(StreamingBIOSCAN5M(args.root, args.split, shuffle=True, **what), **how)
+    evaluate = make_loader(StreamingBIOSCAN5M(args.root, args.eval_split, **what), persistent_workers=False, **how)
+    classes = len(train.vocabularies[train.dataset.target_type[0]])
     model = TinyNet(classes, 2 + 4 ** args.k, "image" in modality, "dna" in modality).to(device)
     if distributed:
         model = nn.parallel.DistributedDataParallel(model)
@@ -193,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--decode", choices=DECODERS, default="workers", help="where images are decoded (make_loader)")
-    p.add_argument("--worker-method", choices=WORKER_METHODS, default="process",
-                   help="loader workers as processes or as threads of this process (make_loader)")
+    p.add_argument("--decode", choices=DECODE, default="auto", help="where images are decoded (make_loader)")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
