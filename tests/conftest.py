@@ -41,6 +41,24 @@ def small_conversion(root, records: int, seed: int, shard_records: int):
     return root / "out"
 
 
+def stream_loader(root, split, *, mode=None, **kw):
+    """``make_loader`` over ``StreamingBIOSCAN5M(root, split, shuffle=True, ...)``: ``kw`` holds the
+    dataset's keywords (``storage`` and ``composition`` as objects) and the loader's, side by side,
+    as most loader tests vary both. ``mode`` (a ``loader.Mode``) forces how the batches are made,
+    where ``choose_mode`` would pick another, so that the ways can be compared."""
+    from unittest import mock
+
+    from bioscan5m_hf import StreamingBIOSCAN5M, make_loader
+    from bioscan5m_hf.stream import loader as loader_module
+
+    dataset = {"shuffle": True, **{k: kw.pop(k) for k in list(kw) if k in loader_module.DATASET_KEYWORDS}}
+    dataset = StreamingBIOSCAN5M(root, split, **dataset)
+    if mode is None:
+        return make_loader(dataset, **kw)
+    with mock.patch.object(loader_module, "choose_mode", lambda *args, **kwargs: mode):
+        return make_loader(dataset, **kw)
+
+
 def interrupted(make, stop: int):
     """Batches of the loader ``make()`` interrupted after ``stop`` batches and finished by a fresh
     ``make()`` resumed from its ``state_dict``; and that state."""

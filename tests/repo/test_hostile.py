@@ -11,13 +11,15 @@ import zipfile
 import pytest
 from PIL import Image
 
-from bioscan5m_hf import StreamingBIOSCAN5M, make_loader, schema
+from bioscan5m_hf import StreamingBIOSCAN5M, schema
 from bioscan5m_hf.convert import ConvertOptions, convert
 from bioscan5m_hf.convert.release import open_image_source
 from bioscan5m_hf.errors import ReleaseError, ShardError
 from bioscan5m_hf.repo.manifest import open_repos
 from bioscan5m_hf.tools.sample import write_sample
 from bioscan5m_hf.util import file_digest
+
+from ..conftest import stream_loader
 
 MARKER = "bioscan5m-hf-pwned"
 
@@ -162,7 +164,7 @@ def test_decompression_bombs_are_refused_by_converter_and_loader(tmp_path, out):
     key = members[0][0].split(".")[0]
     with pytest.raises(ShardError, match=rf"{rel}: member {key}\.jpg: image does not decode .*over the"):
         list(StreamingBIOSCAN5M(out / schema.WDS_REPO, split="val"))
-    loader = make_loader(out / schema.WDS_REPO, "val", batch_size=4, num_workers=0, on_error="skip")
+    loader = stream_loader(out / schema.WDS_REPO, "val", batch_size=4, num_workers=0, on_error="skip")
     with pytest.warns(RuntimeWarning, match=f"member {key}.jpg does not decode"):
         got = [p for b in loader for p in b["processid"]]
     assert key not in got and len(got) == len(members) // 2 - 1

@@ -5,8 +5,10 @@ import datasets
 import pytest
 import torch
 
-from bioscan5m_hf import BatchCollate, make_loader
+from bioscan5m_hf import BatchCollate
 from bioscan5m_hf.errors import ShardError
+
+from ..conftest import stream_loader
 
 COLUMNS = ["processid", "image", "dna_barcode", "species"]
 KEYS = ("image", "dna", "dna_mask")
@@ -33,7 +35,7 @@ def test_the_datasets_route_gives_make_loaders_batches(converted_zips, num_worke
     b = ours[0]
     assert b["image"].dtype == torch.uint8 and b["image"].shape == (16, 3, 24, 24)
     assert b["dna"].shape == (16, 165) and b["species"].dtype == torch.int64
-    theirs = list(make_loader(repo.parent, "train", batch_size=16, num_workers=0, image_size=24,
+    theirs = list(stream_loader(repo.parent, "train", batch_size=16, num_workers=0, image_size=24,
                               target_type="species", shuffle=False))
     ours, theirs = by_record(ours), by_record(theirs)
     assert ours.keys() == theirs.keys()

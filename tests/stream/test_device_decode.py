@@ -14,10 +14,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bioscan5m_hf import make_loader
 from bioscan5m_hf.transforms import random_resized_crop_box, sample_rng
 
-from ..conftest import interrupted
+from ..conftest import interrupted, stream_loader
 from .device_cases import compare
 from .test_conformance import OFFICIAL, ROOT
 
@@ -60,18 +59,14 @@ def test_device_decode_resumes_exactly(comparison):
     assert comparison["resume_exact"]
 
 
-def test_device_decode_through_thread_workers(comparison):
-    assert comparison["thread_workers_same"]
-
-
 def test_decode_is_checked_and_a_missing_torchvision_names_the_extra(converted_zips):
     root = converted_zips.repos["parquet"].parent
     with pytest.raises(ValueError, match="decode must be one of"):
-        make_loader(root, "train", decode="gpu")
+        stream_loader(root, "train", decode="gpu")
     if not torchvision_loads():
         with pytest.raises(ImportError, match=r"bioscan5m-hf\[gpu\]"):
-            make_loader(root, "train", decode="device")
-    make_loader(root, "train", decode="device", modality=("dna",))  # no images: nothing to decode
+            stream_loader(root, "train", decode="device")
+    stream_loader(root, "train", decode="device", modality=("dna",))  # no images: nothing to decode
 
 
 def images_by_pid(loader) -> dict:
@@ -81,20 +76,20 @@ def images_by_pid(loader) -> dict:
 def test_augmented_crops_depend_on_seed_epoch_and_record_only(converted_zips):
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=8, image_size=32, augment=True, seed=3)
-    one = make_loader(root, "train", num_workers=0, **kw)
+    one = stream_loader(root, "train", num_workers=0, **kw)
     first, second = images_by_pid(one), images_by_pid(one)  # epochs 0 and 1
-    other = images_by_pid(make_loader(root, "train", num_workers=2, buffer_size=5, **kw))
+    other = images_by_pid(stream_loader(root, "train", num_workers=2, buffer_size=5, **kw))
     assert first.keys() == other.keys() and all(torch.equal(first[k], other[k]) for k in first)
     assert sum(not torch.equal(first[k], second[k]) for k in first) > 0.9 * len(first)
-    centre = images_by_pid(make_loader(root, "train", num_workers=0, batch_size=8, image_size=32))
+    centre = images_by_pid(stream_loader(root, "train", num_workers=0, batch_size=8, image_size=32))
     assert sum(not torch.equal(first[k], centre[k]) for k in first) > 0.9 * len(first)
 
 
 def test_augmented_loader_resumes_exactly(converted_zips):
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=8, image_size=32, augment=True, seed=3, num_workers=2)
-    full = [b["image"] for b in make_loader(root, "pretrain", **kw)]
-    batches, _ = interrupted(lambda: make_loader(root, "pretrain", **kw), 2)
+    full = [b["image"] for b in stream_loader(root, "pretrain", **kw)]
+    batches, _ = interrupted(lambda: stream_loader(root, "pretrain", **kw), 2)
     assert len(batches) == len(full) > 4
     assert all(torch.equal(a, b["image"]) for a, b in zip(full, batches))
 

@@ -5,7 +5,9 @@ from collections import Counter
 import pytest
 import torch
 
-from bioscan5m_hf import StreamingBIOSCAN5M, make_loader
+from bioscan5m_hf import StreamingBIOSCAN5M
+
+from ..conftest import stream_loader
 
 torchdata = pytest.importorskip("torchdata.stateful_dataloader")
 
@@ -32,7 +34,7 @@ def test_make_loader_resumes_on_another_topology(converted_zips, before, after, 
     root = converted_zips.repos["parquet"].parent
     (w1, n1, b1), (w2, n2, b2) = before, after
     kw = dict(modality=("dna",), target_type="order", seed=3, buffer_size=16, shuffle=True)
-    first = [make_loader(root, "pretrain", batch_size=b1, num_workers=n1, rank=r, world_size=w1, **kw)
+    first = [stream_loader(root, "pretrain", batch_size=b1, num_workers=n1, rank=r, world_size=w1, **kw)
              for r in range(w1)]
     seen = []
     for loader in first:
@@ -42,7 +44,7 @@ def test_make_loader_resumes_on_another_topology(converted_zips, before, after, 
             seen += [p for p, pad in zip(batch["processid"], batch.get("padding", [False] * b1)) if not pad]
     state = first[0].state_dict()
     for r in range(w2):
-        resumed = make_loader(root, "pretrain", batch_size=b2, num_workers=n2, rank=r, world_size=w2, **kw)
+        resumed = stream_loader(root, "pretrain", batch_size=b2, num_workers=n2, rank=r, world_size=w2, **kw)
         resumed.load_state_dict(state)
         counts = len(resumed)
         got = list(resumed)
@@ -76,7 +78,7 @@ def test_padding_is_flagged_in_dict_outputs_and_batches(converted_zips):
     flagged = sum(s["padding"] for r in range(world) for s in ids(root, rank=r, world_size=world,
                                                                      output_format="dict"))
     assert flagged == -total % world > 0
-    batches = [b for r in range(world) for b in make_loader(root, "pretrain", batch_size=8, num_workers=1,
+    batches = [b for r in range(world) for b in stream_loader(root, "pretrain", batch_size=8, num_workers=1,
                                                             modality=("image",), image_size=16, rank=r,
                                                             world_size=world)]
     assert sum(int(b["padding"].sum()) for b in batches) == -total % world

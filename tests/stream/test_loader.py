@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from bioscan5m_hf import make_loader
 from bioscan5m_hf.stream.columnar import ColumnarBatches
 
-from ..conftest import assert_same_batches, interrupted
+from ..conftest import assert_same_batches, interrupted, stream_loader
 
 
 def pids(batches):
@@ -13,7 +12,7 @@ def pids(batches):
 
 def test_batches_are_tensors(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    loader = make_loader(root, "train", batch_size=8, num_workers=2, image_size=32, target_type=["order", "species"],
+    loader = stream_loader(root, "train", batch_size=8, num_workers=2, image_size=32, target_type=["order", "species"],
                          k=4, device="cpu")
     batches = list(loader)
     b = batches[0]
@@ -28,14 +27,12 @@ def test_batches_are_tensors(converted_zips):
 
 def test_normalized_images_and_dna_only(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    b = next(iter(make_loader(root, "val", batch_size=4, num_workers=0, image_size=16, normalize=True, device="cpu")))
+    b = next(iter(stream_loader(root, "val", batch_size=4, num_workers=0, image_size=16, normalize=True, device="cpu")))
     assert b["image"].dtype == torch.float32 and b["image"].shape == (4, 3, 16, 16)
     assert -10 < b["image"].mean() < 10
-    for decode in ("workers", "threads"):  # also without a device
-        b = next(iter(make_loader(root, "val", batch_size=4, num_workers=0, image_size=16, normalize=True,
-                                  decode=decode)))
-        assert b["image"].dtype == torch.float32 and b["image"].shape == (4, 3, 16, 16)
-    d = next(iter(make_loader(root, "pretrain", batch_size=64, num_workers=1, modality=("dna",), target_type="family",
+    b = next(iter(stream_loader(root, "val", batch_size=4, num_workers=0, image_size=16, normalize=True)))
+    assert b["image"].dtype == torch.float32 and b["image"].shape == (4, 3, 16, 16)  # also without a device
+    d = next(iter(stream_loader(root, "pretrain", batch_size=64, num_workers=1, modality=("dna",), target_type="family",
                               k=6)))
     assert "image" not in d and d["dna"].shape == (64, 110) and (d["family"] >= -1).all()
 
@@ -54,16 +51,16 @@ def test_exact_resume_through_workers(converted_zips, num_workers):
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=7, num_workers=num_workers, modality=("dna",), target_type="order", buffer_size=20,
               seed=4, persistent_workers=True, device="cpu")  # the device path moves one batch ahead
-    straight = make_loader(root, "pretrain", **kw)
+    straight = stream_loader(root, "pretrain", **kw)
     epochs = [collect(straight), collect(straight)]  # two epochs, persistent workers
     assert sorted(pids_flat := [p for b in epochs[0] for p in b]) == sorted(p for b in epochs[1] for p in b)
     assert epochs[0] != epochs[1] and len(set(pids_flat)) == len(pids_flat)
     n = len(epochs[0])
     for stop in (0, 1, 2, n // 2, n - 1, n):
-        first = make_loader(root, "pretrain", **kw)
+        first = stream_loader(root, "pretrain", **kw)
         head = collect(first, stop) if stop else []
         state = first.state_dict()
-        resumed = make_loader(root, "pretrain", **kw)
+        resumed = stream_loader(root, "pretrain", **kw)
         resumed.load_state_dict(state)
         rest = collect(resumed)
         if stop == n:  # taken at the very end of epoch 0: resumes with epoch 1
@@ -76,19 +73,19 @@ def test_exact_resume_through_workers(converted_zips, num_workers):
 def test_set_epoch_and_refused_state(converted_zips):
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=16, num_workers=2, modality=("dna",), target_type="order")
-    a = make_loader(root, "pretrain", **kw)
+    a = stream_loader(root, "pretrain", **kw)
     a.set_epoch(3)
-    b = make_loader(root, "pretrain", **kw)
+    b = stream_loader(root, "pretrain", **kw)
     b.set_epoch(3)
     assert collect(a) == collect(b)
-    other = make_loader(root, "pretrain", **{**kw, "seed": 1})
+    other = stream_loader(root, "pretrain", **{**kw, "seed": 1})
     with pytest.raises(ValueError, match="over other data.*seed"):
         other.load_state_dict(a.state_dict())
 
 
 def test_ranks_get_disjoint_data_and_equal_batches(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    loaders = [make_loader(root, "pretrain", batch_size=10, num_workers=2, modality=("dna",), target_type="order",
+    loaders = [stream_loader(root, "pretrain", batch_size=10, num_workers=2, modality=("dna",), target_type="order",
                            rank=r, world_size=3, even="drop") for r in range(3)]
     per_rank = [pids(list(loader)) for loader in loaders]
     assert len({len(loader) for loader in loaders}) == 1
@@ -101,7 +98,7 @@ def test_cuda_path_runs_where_a_gpu_is(converted_zips):
         pytest.skip("no CUDA device on this machine; the device='cpu' path above runs the same code")
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=8, num_workers=2, image_size=32, seed=4)
-    on_gpu, on_cpu = list(make_loader(root, "train", device="cuda", **kw)), list(make_loader(root, "train", **kw))
+    on_gpu, on_cpu = list(stream_loader(root, "train", device="cuda", **kw)), list(stream_loader(root, "train", **kw))
     assert on_gpu[0]["image"].is_cuda and on_gpu[0]["dna"].is_cuda and len(on_gpu) == len(on_cpu)
     for g, c in zip(on_gpu, on_cpu):  # the same batches, moved
         assert g.keys() == c.keys() and g["processid"] == c["processid"]
@@ -115,7 +112,7 @@ def test_cuda_copy_overlaps_the_model_step(converted_zips):
     from torch.profiler import ProfilerActivity, profile
 
     root = converted_zips.repos["parquet"].parent
-    batches = iter(make_loader(root, "pretrain", batch_size=64, num_workers=2, image_size=224, device="cuda"))
+    batches = iter(stream_loader(root, "pretrain", batch_size=64, num_workers=2, image_size=224, device="cuda"))
     w = torch.randn(2048, 2048, device="cuda")
     next(batches)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -141,9 +138,9 @@ def test_dna_only_columnar_batches_equal_the_per_record_path(converted_zips, num
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=16, num_workers=num_workers, modality=("dna",), target_type=["order", "species"],
               seed=2, buffer_size=24, k=k, max_nucleotides=max_nucleotides, drop_last=drop_last)
-    fast = make_loader(root, "all", **kw)  # Parquet + DNA only: whole batches from Arrow columns
-    slow = make_loader(root, "all", on_error="skip", **kw)  # the per-record path
-    assert fast.loader.batch_size is None and slow.loader.batch_size == 16
+    fast = stream_loader(root, "all", **kw)  # Parquet + DNA only: whole batches from Arrow columns
+    slow = stream_loader(root, "all", on_error="skip", **kw)  # the per-record path
+    assert isinstance(fast.loader.dataset, ColumnarBatches) and not isinstance(slow.loader.dataset, ColumnarBatches)
     for _ in range(2):  # two epochs
         a, b = list(fast), list(slow)
         assert len(a) == len(b) == len(fast)
@@ -151,19 +148,18 @@ def test_dna_only_columnar_batches_equal_the_per_record_path(converted_zips, num
             assert x["processid"] == y["processid"]
             for key in ("dna", "dna_mask", "order", "species"):
                 assert torch.equal(x[key], y[key]), key
-    resumed = make_loader(root, "all", **kw)
+    resumed = stream_loader(root, "all", **kw)
     head = collect(resumed, 3)
     state = resumed.state_dict()
-    again = make_loader(root, "all", **kw)
+    again = stream_loader(root, "all", **kw)
     again.load_state_dict(state)
-    assert head + collect(again) == [b["processid"] for b in make_loader(root, "all", **kw)]
+    assert head + collect(again) == [b["processid"] for b in stream_loader(root, "all", **kw)]
 
 
 @pytest.mark.parametrize("how", [
     dict(num_workers=0),
     dict(num_workers=2, augment=True, persistent_workers=False),
-    dict(num_workers=3, drop_last=True, decode="threads", batch_size=7),  # 80 records a worker: 3 left
-    dict(num_workers=2, augment=True, decode="threads", worker_method="thread"),
+    dict(num_workers=3, drop_last=True, batch_size=7),  # 80 records a worker: 3 left
     dict(num_workers=1, rank=1, world_size=2, modality=("image",)),
     dict(num_workers=2, reduce_repeated_barcodes=True, mask_dna=0.2, buffer_size=1),
 ])
@@ -174,42 +170,13 @@ def test_image_batches_from_columns_equal_the_per_record_path(converted_zips, ho
     root = converted_zips.repos["parquet"].parent
     kw = dict(batch_size=8, image_size=16, seed=5, buffer_size=30, target_type=["order", "species"],
               modality=("image", "dna")) | how
-    fast = make_loader(root, "all", **kw)
-    slow = make_loader(root, "all", on_error="skip", **kw)  # the per-record path
+    fast = stream_loader(root, "all", **kw)
+    slow = stream_loader(root, "all", on_error="skip", **kw)  # the per-record path
     assert isinstance(fast.loader.dataset, ColumnarBatches) and not isinstance(slow.loader.dataset, ColumnarBatches)
     for _ in range(2):  # two epochs
         assert_same_batches(list(fast), list(slow), at_least=3)
-    resumed, _ = interrupted(lambda: make_loader(root, "all", **kw), 3)
-    assert_same_batches(resumed, list(make_loader(root, "all", on_error="skip", **kw)), at_least=3)
-
-
-@pytest.mark.parametrize("augment", [False, True])
-def test_thread_decode_gives_the_worker_batches(converted_zips, augment):
-    """decode="threads" (JPEG bytes from the workers, decoded by threads in the main process, straight
-    into the batch): the same keys, shapes, dtypes, memory format, record order and pixels."""
-    root = converted_zips.repos["parquet"].parent
-    kw = dict(batch_size=16, num_workers=2, image_size=32, augment=augment, seed=2, modality=("image", "dna"),
-              target_type=["order", "species"])
-    workers = list(make_loader(root, "pretrain", **kw))
-    threads = list(make_loader(root, "pretrain", decode="threads", decode_threads=3, **kw))
-    assert_same_batches(workers, threads, at_least=3)
-    assert all(b["image"].is_contiguous(memory_format=torch.channels_last) for b in threads)
-
-
-def test_thread_decode_resumes_exactly_and_names_a_bad_image(converted_zips, monkeypatch):
-    root = converted_zips.repos["parquet"].parent
-    kw = dict(batch_size=8, num_workers=2, image_size=16, decode="threads")
-    full = [b["processid"] for b in make_loader(root, "pretrain", **kw)]
-    batches, _ = interrupted(lambda: make_loader(root, "pretrain", **kw), 3)
-    assert [b["processid"] for b in batches] == full
-    from bioscan5m_hf.stream import images
-
-    def broken(data, size, out):
-        raise OSError("broken data stream")
-
-    monkeypatch.setattr(images, "decode_image_into", broken)
-    with pytest.raises(Exception, match=r"record [A-Z]+\d+-\d+: image does not decode"):
-        next(iter(make_loader(root, "pretrain", num_workers=0, batch_size=4, image_size=16, decode="threads")))
+    resumed, _ = interrupted(lambda: stream_loader(root, "all", **kw), 3)
+    assert_same_batches(resumed, list(stream_loader(root, "all", on_error="skip", **kw)), at_least=3)
 
 
 def test_columnar_image_rows_held_stay_a_shuffle_buffers_worth(converted_zips, monkeypatch):
@@ -226,7 +193,7 @@ def test_columnar_image_rows_held_stay_a_shuffle_buffers_worth(converted_zips, m
 
     monkeypatch.setattr(columnar, "HeldRows", Counting)
     root = converted_zips.repos["parquet"].parent
-    loader = make_loader(root, "all", batch_size=8, num_workers=0, image_size=16, buffer_size=30, seed=1)
+    loader = stream_loader(root, "all", batch_size=8, num_workers=0, image_size=16, buffer_size=30, seed=1)
     assert sum(len(b["processid"]) for b in loader) == loader.records.num_records > 200
     rows_per_read = max(s.num_records for s in loader.records.shards)  # a shard's one row group, here
     assert 30 <= max(most) <= 30 + 8 + rows_per_read

@@ -8,10 +8,11 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from bioscan5m_hf import BIOSCAN5M, StreamingBIOSCAN5M, make_loader, schema
+from bioscan5m_hf import BIOSCAN5M, StreamingBIOSCAN5M, schema
+from bioscan5m_hf.options import Composition
 from bioscan5m_hf.repo import readers
 
-from ..conftest import interrupted, small_conversion
+from ..conftest import interrupted, small_conversion, stream_loader
 
 
 def pids(root, split="pretrain", **kw):
@@ -31,10 +32,11 @@ def test_filter_matches_a_pandas_filter_of_the_csv(release, converted_zips):
     want = pretrain[pretrain["order"].isin(orders) & pretrain["family"].notna()]
     expression = pc.field("order").isin(orders) & pc.field("family").is_valid()
     for repo in (schema.PARQUET_REPO, schema.WDS_REPO):
-        got, ds = pids(converted_zips.repos["parquet"].parent / repo, filter=expression, shuffle=True)
+        got, ds = pids(converted_zips.repos["parquet"].parent / repo, shuffle=True,
+                       composition=Composition(filter=expression))
         assert sorted(got) == sorted(want["processid"]) and len(ds) == len(want) > 0
     lat = pretrain[pd.to_numeric(pretrain["coord-lat"]) > 40]
-    got, _ = pids(root, filter=lambda t: pc.greater(t.column("coord-lat"), 40))
+    got, _ = pids(root, composition=Composition(filter=lambda t: pc.greater(t.column("coord-lat"), 40)))
     assert sorted(got) == sorted(lat["processid"])
 
 
@@ -51,7 +53,7 @@ def test_image_bytes_of_records_left_out_are_never_read(converted_zips, monkeypa
     first, _ = pids(root)
     keep = first[:3]  # three records, at most three shards
     ds = StreamingBIOSCAN5M(root, "pretrain", modality=("image",), target_type=[], output_format="dict",
-                            filter=pc.field("processid").isin(keep))
+                            composition=Composition(filter=pc.field("processid").isin(keep)))
     calls.clear()
     assert len(ds) == 3 and len(list(ds)) == 3
     image_reads = [c for c in calls if c[2]]
@@ -61,9 +63,9 @@ def test_image_bytes_of_records_left_out_are_never_read(converted_zips, monkeypa
 def test_a_filter_that_cannot_apply_names_itself(converted_zips):
     root = converted_zips.repos["parquet"].parent
     with pytest.raises(ValueError, match="cannot be evaluated"):
-        pids(root, filter=pc.field("no_such_column") == 1)
+        pids(root, composition=Composition(filter=pc.field("no_such_column") == 1))
     with pytest.raises(TypeError, match="filter must be"):
-        pids(root, filter="order == 'Diptera'")
+        pids(root, composition=Composition(filter="order == 'Diptera'"))
     with pytest.raises(ValueError, match="only for the streaming dataset"):
         BIOSCAN5M(root, filter=pc.field("species").is_valid())
 
@@ -82,8 +84,8 @@ def test_class_balanced_sampling_matches_its_proportions(converted_zips, tempera
         output_format="dict")) if isinstance(o, str))
     n = 6000
     ds = StreamingBIOSCAN5M(root, "pretrain", modality=("processid",), target_type="order", target_format="text",
-                            output_format="dict", balance="order", temperature=temperature, samples_per_epoch=n,
-                            shuffle=True)
+                            output_format="dict", shuffle=True,
+                            composition=Composition(balance="order", temperature=temperature, samples_per_epoch=n))
     got, total = proportions(s["order"] for s in ds)
     assert total == n == len(ds)
     mass = {c: k ** temperature for c, k in natural.items()}
@@ -94,7 +96,8 @@ def test_class_balanced_sampling_matches_its_proportions(converted_zips, tempera
 
 def test_split_mixture_matches_its_weights_and_is_deterministic(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    kw = dict(split_weights={"pretrain": 0.3, "train": 0.7}, samples_per_epoch=4000, shuffle=True, seed=2)
+    kw = dict(shuffle=True, seed=2, composition=Composition(split_weights={"pretrain": 0.3, "train": 0.7},
+                                                            samples_per_epoch=4000))
     ds = StreamingBIOSCAN5M(root, "pretrain+train", modality=("processid",), target_type=[], output_format="dict",
                             **kw)
     train = set(pids(root, "train")[0])
@@ -106,21 +109,21 @@ def test_split_mixture_matches_its_weights_and_is_deterministic(converted_zips):
                                output_format="dict", **kw)
     assert [s["processid"] for s in again] == epoch0 and epoch1 != epoch0  # per seed and epoch
     with pytest.raises(ValueError, match="split_weights names"):
-        StreamingBIOSCAN5M(root, "pretrain", split_weights={"train": 1.0})
+        StreamingBIOSCAN5M(root, "pretrain", composition=Composition(split_weights={"train": 1.0}))
 
 
 def test_sampled_epochs_resume_exactly_and_elastically(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    kw = dict(modality=("dna",), target_type="order", balance="order", temperature=0.3, samples_per_epoch=500,
-              seed=4, buffer_size=16)
-    full = [p for b in make_loader(root, "pretrain", batch_size=10, num_workers=2, **kw) for p in b["processid"]]
+    kw = dict(modality=("dna",), target_type="order", seed=4, buffer_size=16,
+              composition=Composition(balance="order", temperature=0.3, samples_per_epoch=500))
+    full = [p for b in stream_loader(root, "pretrain", batch_size=10, num_workers=2, **kw) for p in b["processid"]]
     assert len(full) == 500
-    batches, state = interrupted(lambda: make_loader(root, "pretrain", batch_size=10, num_workers=2, **kw), 7)
+    batches, state = interrupted(lambda: stream_loader(root, "pretrain", batch_size=10, num_workers=2, **kw), 7)
     assert [p for b in batches for p in b["processid"]] == full
     head = [p for b in batches[:7] for p in b["processid"]]
     elastic = []
     for r in range(3):  # the same draw, finished on three ranks
-        other = make_loader(root, "pretrain", batch_size=6, num_workers=1, rank=r, world_size=3, **kw)
+        other = stream_loader(root, "pretrain", batch_size=6, num_workers=1, rank=r, world_size=3, **kw)
         other.load_state_dict(state)
         elastic += [p for b in other for p, pad in zip(b["processid"], b["padding"].tolist()) if not pad]
     assert Counter(head + elastic) == Counter(full)
@@ -133,7 +136,7 @@ def test_dna_masking_is_seeded_resumable_and_bert_like(converted_zips, modality)
     root = converted_zips.repos["parquet"].parent
     kw = dict(modality=modality, target_type="order", mask_dna=0.15, seed=1, image_size=16, batch_size=16,
               num_workers=2)
-    batches = list(make_loader(root, "pretrain", **kw))
+    batches = list(stream_loader(root, "pretrain", **kw))
     chosen = masked = real = 0
     for b in batches:
         picked = b["dna_labels"] != IGNORE_INDEX
@@ -144,10 +147,10 @@ def test_dna_masking_is_seeded_resumable_and_bert_like(converted_zips, modality)
         masked += int((b["dna_masked"][picked] == MASK_ID).sum())
         real += int(b["dna_mask"].sum())
     assert abs(chosen / real - 0.15) < 0.02 and abs(masked / chosen - 0.8) < 0.05
-    resumed, _ = interrupted(lambda: make_loader(root, "pretrain", **kw), 3)
+    resumed, _ = interrupted(lambda: stream_loader(root, "pretrain", **kw), 3)
     for a, b in zip(resumed, batches, strict=True):
         assert torch.equal(a["dna_masked"], b["dna_masked"]) and torch.equal(a["dna_labels"], b["dna_labels"])
-    other = next(iter(make_loader(root, "pretrain", **{**kw, "seed": 2})))
+    other = next(iter(stream_loader(root, "pretrain", **{**kw, "seed": 2})))
     assert not torch.equal(other["dna_labels"], batches[0]["dna_labels"])
 
 
@@ -159,8 +162,8 @@ def other_release(tmp_path_factory):
 
 def test_a_mixture_of_converted_repos_matches_its_weights(converted_zips, other_release):
     root = converted_zips.repos["parquet"].parent
-    kw = dict(modality=("processid",), target_type="order", target_format="text", output_format="dict",
-              source_weights=[0.25, 0.75], samples_per_epoch=4000, shuffle=True, seed=5)
+    kw = dict(modality=("processid",), target_type="order", target_format="text", output_format="dict", shuffle=True,
+              seed=5, composition=Composition(source_weights=[0.25, 0.75], samples_per_epoch=4000))
     ds = StreamingBIOSCAN5M([root, other_release], "pretrain", **kw)
     theirs = set(pids(other_release)[0])
     got = list(ds)
@@ -171,23 +174,24 @@ def test_a_mixture_of_converted_repos_matches_its_weights(converted_zips, other_
     vocab = indexed.records.vocabularies["order"]
     for text, index in zip(got[:200], indexed):
         assert text["order"] == (vocab[index["order_index"]] if index["order_index"] >= 0 else text["order"])
-    loader = make_loader([root, other_release], "pretrain", batch_size=50, num_workers=2, modality=("dna",),
-                         target_type="order", source_weights=[0.5, 0.5], samples_per_epoch=1000)
+    loader = stream_loader([root, other_release], "pretrain", batch_size=50, num_workers=2, modality=("dna",),
+                           target_type="order", composition=Composition(source_weights=[0.5, 0.5],
+                                                                        samples_per_epoch=1000))
     assert sum(len(b["processid"]) for b in loader) == 1000
     with pytest.raises(ValueError, match="source_weights has 1 weights for 2 roots"):
-        StreamingBIOSCAN5M([root, other_release], "pretrain", source_weights=[1.0])
+        StreamingBIOSCAN5M([root, other_release], "pretrain", composition=Composition(source_weights=[1.0]))
 
 
 def test_a_filter_over_http_fetches_only_the_records_kept(converted_zips):
-    from bioscan5m_hf.tools.fileserver import RepoServer
+    from ..servers.fileserver import RepoServer
 
     out = converted_zips.repos["parquet"].parent
     first, _ = pids(out / schema.WDS_REPO)
     keep = pc.field("processid").isin(first[::25])  # 4% of pretrain
-    local, _ = pids(out / schema.WDS_REPO, filter=keep)
+    local, _ = pids(out / schema.WDS_REPO, composition=Composition(filter=keep))
     with RepoServer(out) as server:
         ds = StreamingBIOSCAN5M(f"{server.url}/{schema.WDS_REPO}", "pretrain", modality=("image", "processid"),
-                                target_type=[], output_format="dict", filter=keep)
+                                target_type=[], output_format="dict", composition=Composition(filter=keep))
         server.reset_counts()
         got = [s["processid"] for s in ds]
         served = server.shard_bytes()

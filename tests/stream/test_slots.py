@@ -7,11 +7,11 @@ import pickle
 import pytest
 import torch
 
-from bioscan5m_hf import make_loader
 from bioscan5m_hf.stream.images import WorkerImages
+from bioscan5m_hf.stream.loader import Mode
 from bioscan5m_hf.stream.slots import VIEW_FROM, CollateSlots, ImageSlots, InSlot, SlotRef
 
-from ..conftest import assert_same_batches
+from ..conftest import assert_same_batches, stream_loader
 
 
 def _claim_and_send(slots: ImageSlots | CollateSlots, worker: int, count: int, value: int, out) -> None:
@@ -118,6 +118,8 @@ def test_slots_stay_with_the_processes_that_share_them():
     assert pickle.loads(pickle.dumps(images)).slots is None  # a copy elsewhere sends fresh memory
 
 
+#: The same batches made without slots (thread workers decoding in this process): the reference.
+THREADS = Mode("workers", True)
 KW = dict(batch_size=8, image_size=16, seed=3, target_type=["order", "species"], modality=("image", "dna"))
 
 
@@ -139,10 +141,10 @@ def copied(loader, epochs: int = 1) -> list[dict]:
                                  dict(num_workers=2, on_error="skip")])  # the per-record path
 def test_worker_processes_send_images_through_slots_with_the_same_batches(converted_zips, how):
     root = converted_zips.repos["parquet"].parent
-    loader = make_loader(root, "pretrain", **KW, **how)
+    loader = stream_loader(root, "pretrain", **KW, **how)
     through_slots = copied(loader, epochs=2)
     assert loader.slots.fallbacks == 0  # every batch went through a slot
-    threads = make_loader(root, "pretrain", worker_method="thread", **KW, **how)
+    threads = stream_loader(root, "pretrain", mode=THREADS, **KW, **how)
     assert threads.slots is None
     assert_same_batches(through_slots, [b for _ in range(2) for b in threads])
 
@@ -150,23 +152,23 @@ def test_worker_processes_send_images_through_slots_with_the_same_batches(conver
 def test_labels_kept_from_every_batch_leave_the_slots_free_dna_ids_kept_hold_them(converted_zips):
     root = converted_zips.repos["parquet"].parent
     kw = {**KW, "batch_size": 64}  # DNA ids of VIEW_FROM bytes and more (165 int64 per record): views
-    loader = make_loader(root, "pretrain", num_workers=2, prefetch_factor=1, **kw)
+    loader = stream_loader(root, "pretrain", num_workers=2, prefetch_factor=1, **kw)
     labels = [batch["species"] for batch in loader]
     assert loader.slots.held == 0 and loader.slots.fallbacks == 0
     dna = [batch["dna"] for batch in loader]
     viewed = sum(ids.numel() * 8 >= VIEW_FROM for ids in dna)  # the last, shorter batches' are copies
     assert loader.slots.held == viewed >= 2  # each kept view holds its batch's slot
-    threads = make_loader(root, "pretrain", num_workers=2, worker_method="thread", **kw)
+    threads = stream_loader(root, "pretrain", num_workers=2, mode=THREADS, **kw)
     assert all(torch.equal(a, b["species"]) for a, b in zip(labels, threads, strict=True))  # epoch 0
     assert all(torch.equal(a, b["dna"]) for a, b in zip(dna, threads, strict=True))  # epoch 1
 
 
 def test_a_consumer_keeping_every_batch_gets_them_all_intact(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    loader = make_loader(root, "pretrain", num_workers=2, prefetch_factor=1, **KW)
+    loader = stream_loader(root, "pretrain", num_workers=2, prefetch_factor=1, **KW)
     kept = list(loader)
     assert loader.slots.fallbacks > 0 and loader.slots.held == loader.slots.slot_count
-    assert_same_batches(kept, list(make_loader(root, "pretrain", num_workers=2, worker_method="thread", **KW)))
+    assert_same_batches(kept, list(stream_loader(root, "pretrain", num_workers=2, mode=THREADS, **KW)))
 
 
 def test_leaving_an_epoch_early_then_training_on(converted_zips):
@@ -174,7 +176,7 @@ def test_leaving_an_epoch_early_then_training_on(converted_zips):
     began (their workers were persistent): that iteration may fall back to fresh memory for a few
     batches, never with wrong images, and the one after it has every slot again."""
     root = converted_zips.repos["parquet"].parent
-    loader = make_loader(root, "pretrain", num_workers=2, **KW)
+    loader = stream_loader(root, "pretrain", num_workers=2, **KW)
     left = iter(loader)
     next(left), next(left)
     loader.set_epoch(1)
@@ -185,18 +187,18 @@ def test_leaving_an_epoch_early_then_training_on(converted_zips):
     before = loader.slots.fallbacks
     then = copied(loader)
     assert loader.slots.fallbacks == before
-    threads = make_loader(root, "pretrain", num_workers=2, worker_method="thread", **KW)
+    threads = stream_loader(root, "pretrain", num_workers=2, mode=THREADS, **KW)
     threads.set_epoch(1)
     assert_same_batches(rest + then, [b for _ in range(2) for b in threads])
 
 
 def test_slots_only_where_worker_processes_decode_into_unpinned_memory(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    assert make_loader(root, "pretrain", num_workers=2, **KW).slots is not None
-    for other in (dict(num_workers=0), dict(decode="threads"), dict(pin_memory=True), dict(worker_method="thread"),
+    assert stream_loader(root, "pretrain", num_workers=2, **KW).slots is not None
+    for other in (dict(num_workers=0), dict(pin_memory=True), dict(mode=THREADS),
                   dict(modality=("dna",))):
-        assert make_loader(root, "pretrain", **{**KW, "num_workers": 2, **other}).slots is None, other
-    slots = make_loader(root, "pretrain", num_workers=2, **KW).slots
+        assert stream_loader(root, "pretrain", **{**KW, "num_workers": 2, **other}).slots is None, other
+    slots = stream_loader(root, "pretrain", num_workers=2, **KW).slots
     assert slots.slot_count == 2 * (4 + 3) and slots.image_bytes == 8 * 16 * 16 * 3  # per worker: prefetch_factor + 3
     dna = 2 * 8 * 165 * 8  # int64 token ids and mask: 165 4-mers of 660 nucleotides
     assert slots.image_bytes + dna + 2 * 8 * 8 <= slots.slot_bytes  # and the two targets' labels

@@ -1,15 +1,16 @@
-"""worker_method="thread": the workers' streams as threads of the main process, the same batches."""
+"""Thread workers (what make_loader chooses without images): the workers' streams as threads of the
+main process, the same batches as worker processes."""
 
 import threading
 
 import pytest
 import torch
 
-from bioscan5m_hf import make_loader
 from bioscan5m_hf.errors import ShardError
+from bioscan5m_hf.stream.loader import Mode
 from bioscan5m_hf.stream.workers import ThreadWorkers, worker_identity
 
-from ..conftest import assert_same_batches, interrupted
+from ..conftest import assert_same_batches, interrupted, stream_loader
 
 
 class Uneven(torch.utils.data.IterableDataset):
@@ -56,15 +57,18 @@ def test_thread_workers_stop_when_left_and_raise_what_a_worker_raised():
 
 
 CASES = {
-    "image, decoded in the workers": dict(modality=("image", "dna"), num_workers=2),
-    "image, decoded in threads, drop_last": dict(modality=("image", "dna"), decode="threads", num_workers=3,
-                                                 drop_last=True),
+    "image, decoded in the workers, drop_last": dict(modality=("image", "dna"), num_workers=3, drop_last=True),
     "augmented crops": dict(modality=("image",), augment=True, num_workers=2),
     "DNA-only, columnar": dict(modality=("dna",), num_workers=2, batch_size=32),
     "DNA-only from tars": dict(modality=("dna",), num_workers=2, tars=True),
     "rank 1 of 3, padded": dict(modality=("dna",), num_workers=2, rank=1, world_size=3),
-    "no workers: one thread": dict(modality=("image", "dna"), decode="threads", num_workers=0),
 }
+
+
+def ways(kw: dict) -> tuple[Mode, Mode]:
+    """(worker processes, thread workers) for a loader of these keywords."""
+    decode = "workers" if "image" in kw.get("modality", ("image",)) else None
+    return Mode(decode, False), Mode(decode, True)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -73,23 +77,31 @@ def test_thread_workers_give_the_process_batches(converted_zips, case):
     kw.update(CASES[case])
     tars = kw.pop("tars", False)
     root = converted_zips.repos["webdataset"] if tars else converted_zips.repos["parquet"].parent
-    processes = list(make_loader(root, "pretrain", **kw))
-    threads = list(make_loader(root, "pretrain", worker_method="thread", **kw))
-    assert_same_batches(processes, threads)
+    processes, threads = ways(kw)
+    assert_same_batches(list(stream_loader(root, "pretrain", mode=processes, **kw)),
+                        list(stream_loader(root, "pretrain", mode=threads, **kw)))
 
 
-def test_thread_workers_resume_exactly_on_either_method_and_topology(converted_zips):
+def test_make_loader_chooses_thread_workers_without_images(converted_zips):
     root = converted_zips.repos["parquet"].parent
-    kw = dict(batch_size=8, image_size=16, decode="threads", seed=5)
-    full = [b["processid"] for b in make_loader(root, "pretrain", num_workers=2, **kw)]
+    assert isinstance(stream_loader(root, "pretrain", modality=("dna",)).loader, ThreadWorkers)
+    assert isinstance(stream_loader(root, "pretrain", modality=("dna",), num_workers=0).loader,
+                      torch.utils.data.DataLoader)
+    assert isinstance(stream_loader(root, "pretrain").loader, torch.utils.data.DataLoader)
+
+
+def test_thread_workers_resume_exactly_on_either_way_and_topology(converted_zips):
+    root = converted_zips.repos["parquet"].parent
+    kw = dict(batch_size=8, seed=5, modality=("dna",))
+    processes, threads = ways(kw)
+    full = [b["processid"] for b in stream_loader(root, "pretrain", num_workers=2, mode=processes, **kw)]
     # interrupted on threads, resumed on threads
-    batches, state = interrupted(lambda: make_loader(root, "pretrain", num_workers=2, worker_method="thread", **kw),
-                                 3)
+    batches, state = interrupted(lambda: stream_loader(root, "pretrain", num_workers=2, mode=threads, **kw), 3)
     assert [b["processid"] for b in batches] == full
     # a thread loader's state resumes a process loader exactly, and an elastic one with other workers
     done = [p for b in full[:3] for p in b]
-    for other in (dict(num_workers=2), dict(num_workers=3, worker_method="thread")):
-        resumed = make_loader(root, "pretrain", **kw, **other)
+    for other in (dict(num_workers=2, mode=processes), dict(num_workers=3, mode=threads)):
+        resumed = stream_loader(root, "pretrain", **kw, **other)
         resumed.load_state_dict(state)
         rest = [b["processid"] for b in resumed]
         if other["num_workers"] == 2:
@@ -107,22 +119,6 @@ def test_a_bad_image_is_named_through_thread_workers(converted_zips, monkeypatch
     monkeypatch.setattr(images, "decode_image_into", broken)
     root = converted_zips.repos["parquet"].parent
     with pytest.raises(ShardError, match=r"\.parquet: member [A-Z]+\d+-\d+\.jpg: image does not decode"):
-        next(iter(make_loader(root, "pretrain", batch_size=4, image_size=16, num_workers=2, worker_method="thread")))
+        next(iter(stream_loader(root, "pretrain", batch_size=4, image_size=16, num_workers=2,
+                                mode=Mode("workers", True))))
     assert not [t for t in threading.enumerate() if t.name.startswith("bioscan5m-worker")]
-
-
-@pytest.mark.parametrize("how", [dict(num_workers=2, worker_method="thread"), dict(num_workers=0),
-                                 dict(num_workers=2, worker_method="thread", on_error="skip")])
-def test_batches_decoded_in_this_process_reuse_buffers_only_once_dropped(converted_zips, how):
-    """Image batches decoded in the main process (thread workers, or none) go into buffers reused
-    once nothing refers to them: a loop that drops each batch sees the same pixels as one keeping
-    every batch (which gets fresh buffers)."""
-    root = converted_zips.repos["parquet"].parent
-    kw = dict(batch_size=8, image_size=16, seed=3, target_type="species", modality=("image", "dna"), **how)
-    kept = list(make_loader(root, "pretrain", **kw))
-    dropped = []
-    for batch in make_loader(root, "pretrain", **kw):
-        dropped.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-        del batch
-    assert_same_batches(kept, dropped, at_least=3)
-    assert len({b["image"].untyped_storage().data_ptr() for b in kept}) == len(kept)

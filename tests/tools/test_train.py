@@ -148,12 +148,3 @@ def test_a_rank_killed_mid_epoch_and_a_restart_on_three_ranks_trains_on_the_spli
     real = [pid for pid, pad in trained if pad == "0"]
     assert sorted(real) == sorted(split)  # every record once
     assert len(trained) - len(real) < 3  # padding: fewer than one per rank
-
-
-def test_thread_workers_and_thread_decode_train_the_same_model(tmp_path):
-    """The same batches, so the same losses and accuracies, step for step."""
-    base = [str(ROOT / "shards"), "--epochs", "2", "--workers", "2", "--max-steps", "6"]
-    histories = [run(build_parser().parse_args(base + extra), echo=lambda *_: None)
-                 for extra in ([], ["--decode", "threads", "--worker-method", "thread"])]
-    keys = ("loss", "eval_accuracy")
-    assert [[h[k] for k in keys] for h in histories[0]] == [[h[k] for k in keys] for h in histories[1]]
