@@ -6,7 +6,7 @@ OFFICIAL_VENV ?= .venv-official
 STAMP := $(VENV)/.installed
 OFFICIAL_STAMP := $(OFFICIAL_VENV)/.installed
 
-.PHONY: demo test lint install official shards
+.PHONY: demo test lint install official shards bench
 demo: $(STAMP)
 	$(VENV)/bin/bioscan5m-hf demo $(WORKDIR)
 
@@ -29,3 +29,9 @@ official:
 
 shards: $(STAMP)
 	$(VENV)/bin/python scripts/make_shards.py
+
+# The benchmark suite (benchmarks/, beside the package): `make bench BENCH_ARGS="--only loader,peers"`.
+# The peers area needs scripts/install_peers.sh first; the official loader's figures, .venv-official.
+bench: $(STAMP) official
+	$(VENV)/bin/python -m benchmarks $(or $(BENCH_DIR),/tmp/bioscan5m-bench) \
+		--official-python $(OFFICIAL_VENV)/bin/python --peers-python $(OFFICIAL_VENV)/bin/python $(BENCH_ARGS)

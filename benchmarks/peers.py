@@ -1,18 +1,16 @@
 """The loaders a user could pick instead of ``make_loader``, fed the same records the same way, for
-``bioscan5m-hf bench --only peers``.
+``python -m benchmarks --only peers``.
 
 Every loader reads the ``pretrain`` split of one converted sample, decodes each image with the same
 function (:func:`~bioscan5m_hf.transforms.decode_image`: simplejpeg when installed, shorter side to
 256, centre crop), tokenises the barcode with the same tokenizer and collates the same batch
 (channels-last uint8 images written into shared memory, k-mer ids, species indices), with batch
-size 256 and 2 workers. Each runs in its own process (``python -m bioscan5m_hf.tools.peers NAME
+size 256 and 2 workers. Each runs in its own process (``python -m benchmarks.peers NAME
 DATA``, in the environment ``scripts/install_peers.sh`` prepares, where every one of them imports),
 checks that it delivered every record exactly once, and prints ``{"samples", "seconds",
 "first_batch"}`` as JSON.
 
-- ``make_loader``: this project as it comes (decoding in worker processes); ``make_loader-threads``
-  and ``make_loader-thread-workers``: its workers as threads (``worker_method="thread"``), decoding
-  in a pool of threads (``decode="threads"``) or in the worker threads themselves;
+- ``make_loader``: this project as it comes, its defaults (``decode="auto"``);
 - ``dataloader-in-memory``: a plain ``torch`` DataLoader over JPEG bytes already in memory;
 - ``webdataset``: the ``webdataset`` library over the converted tars;
 - ``datasets``: ``datasets`` streaming of the converted Parquet files, a batch of rows at a time
@@ -35,15 +33,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from .. import schema
+from bioscan5m_hf import schema
 
 BATCH, WORKERS, SIZE = 256, 2, 256
 DNA_BATCH = 1024
-PEERS = ("make_loader", "make_loader-threads", "make_loader-thread-workers", "dataloader-in-memory", "webdataset",
-         "datasets", "litdata", "mosaic")
+PEERS = ("make_loader", "dataloader-in-memory", "webdataset", "datasets", "litdata", "mosaic")
 #: DNA-only (token ids + species, no image): the same loaders on a metadata-only conversion.
-DNA_PEERS = ("make_loader-dna", "make_loader-processes-dna", "dataloader-in-memory-dna",
-             "datasets-dna", "litdata-dna", "mosaic-dna")
+DNA_PEERS = ("make_loader-dna", "dataloader-in-memory-dna", "datasets-dna", "litdata-dna", "mosaic-dna")
 OPTIONAL = {"litdata": "litdata", "mosaic": "streaming", "webdataset": "webdataset", "datasets": "datasets"}
 
 
@@ -91,7 +87,7 @@ class Collate:
     DNA_COLUMNS = ("processid", "dna_barcode", "species")
 
     def __init__(self, species: list[str], columns: tuple[str, ...] = COLUMNS):
-        from ..stream.collate import BatchCollate
+        from bioscan5m_hf.stream.collate import BatchCollate
 
         self.columns = columns
         self.collate = BatchCollate(SIZE, vocabularies={"species": species}, slots=0)
@@ -155,12 +151,11 @@ def _write_mds(rows, target: Path) -> None:
 # The loaders (each in its own process)
 
 
-def _make_loader(data: dict, **how):
-    from ..stream.loader import make_loader
+def _make_loader(data: dict):
+    from bioscan5m_hf import StreamingBIOSCAN5M, make_loader
 
-    return make_loader(data["out"], "pretrain", batch_size=BATCH, num_workers=WORKERS, image_size=SIZE,
-                       modality=("image", "dna"), target_type="species", shuffle=False, persistent_workers=False,
-                       **how)
+    return make_loader(StreamingBIOSCAN5M(data["out"], "pretrain"), batch_size=BATCH, num_workers=WORKERS,
+                       image_size=SIZE, persistent_workers=False)
 
 
 def _in_memory(data: dict):
@@ -221,11 +216,11 @@ def _mosaic(data: dict):
         _species(Path(data["out"]))), multiprocessing_context="fork")
 
 
-def _make_loader_dna(data: dict, worker_method: str):
-    from ..stream.loader import make_loader
+def _make_loader_dna(data: dict):
+    from bioscan5m_hf import StreamingBIOSCAN5M, make_loader
 
-    return make_loader(data["dna_out"], "pretrain", batch_size=DNA_BATCH, num_workers=WORKERS, modality=("dna",),
-                       target_type="species", shuffle=False, persistent_workers=False, worker_method=worker_method)
+    return make_loader(StreamingBIOSCAN5M(data["dna_out"], "pretrain", modality=("dna",)), batch_size=DNA_BATCH,
+                       num_workers=WORKERS, persistent_workers=False)
 
 
 def _in_memory_dna(data: dict):
@@ -266,13 +261,8 @@ def _stream_dna(data: dict, kind: str):
         Path(data["dna_out"])), Collate.DNA_COLUMNS))
 
 
-LOADERS = {"make_loader": _make_loader, "make_loader-threads": lambda d: _make_loader(
-    d, decode="threads", worker_method="thread"),
-    "make_loader-thread-workers": lambda d: _make_loader(d, worker_method="thread"),
-    "dataloader-in-memory": _in_memory, "webdataset": _webdataset,
-    "datasets": _datasets, "litdata": _litdata, "mosaic": _mosaic,
-    "make_loader-dna": lambda d: _make_loader_dna(d, "thread"),
-    "make_loader-processes-dna": lambda d: _make_loader_dna(d, "process"),
+LOADERS = {"make_loader": _make_loader, "dataloader-in-memory": _in_memory, "webdataset": _webdataset,
+           "datasets": _datasets, "litdata": _litdata, "mosaic": _mosaic, "make_loader-dna": _make_loader_dna,
     "dataloader-in-memory-dna": _in_memory_dna, "datasets-dna": _datasets_dna,
     "litdata-dna": lambda d: _stream_dna(d, "litdata"), "mosaic-dna": lambda d: _stream_dna(d, "mosaic")}
 

@@ -114,8 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo", help="the OUT folder of convert, one repo folder, or a URL")
     p.add_argument("--charts", default=None, metavar="DIR", help="also draw the charts (PNG) into DIR/assets")
 
-    sub.add_parser("bench", help="run the benchmark suite and write BENCHMARKS.md (bench --help)")
-
     p = sub.add_parser("demo", help="sample -> convert -> load every config -> train, and print a summary")
     p.add_argument("workdir", nargs="?", default="bioscan5m-demo", help="folder for the demo's files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -150,10 +148,6 @@ def format_plan(rows: list[dict], options) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own options, its own --help
-        from .tools.bench import main as bench_main
-
-        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "sample":

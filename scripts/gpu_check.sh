@@ -9,7 +9,7 @@
 # 2. runs the CUDA tests: device="cuda" batches equal to CPU ones, the side-stream copy overlapping a
 #    dummy model step, decode="device" against decode="workers" within the
 #    tested bound, exact resume on the GPU; prints the pixel differences on the embedded sample;
-# 3. runs `bioscan5m-hf bench --only gpu` and writes its table, with the GPU's name, into BENCHMARKS.md.
+# 3. runs `python -m benchmarks --only gpu` and writes its table, with the GPU's name, into BENCHMARKS.md.
 # About 4-6 minutes on one H100/H200 with 16 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +28,5 @@ print('GPU', torch.cuda.get_device_name(), '| torch', torch.__version__, '| torc
 echo "decode=device on cuda vs decode=workers, embedded sample (shards/), pixel differences:"
 "$PYTHON" tests/stream/device_cases.py shards --device cuda
 [[ -n "${SKIP_BENCH:-}" ]] && exit 0
-"$PYTHON" -m bioscan5m_hf bench "${BENCH_DIR:-/tmp/bioscan5m-gpu-bench}" --only gpu --output BENCHMARKS.md \
+"$PYTHON" -m benchmarks "${BENCH_DIR:-/tmp/bioscan5m-gpu-bench}" --only gpu --output BENCHMARKS.md \
   ${BENCH_ARGS:-}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The loaders `bioscan5m-hf bench --only peers` compares make_loader with. LitData and MosaicML
+# The loaders `python -m benchmarks --only peers` (make bench) compares make_loader with. LitData and MosaicML
 # Streaming import torchvision, which does not load with .venv's CPU torch, so they go into the
 # official loader's environment (.venv-official: torch + torchvision from the index, see
 # install_official.sh), with this project's runtime dependencies; the bench runs every loader there,

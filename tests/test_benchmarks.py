@@ -1,6 +1,8 @@
+"""The benchmark suite beside the package (``benchmarks/``): its bookkeeping and the ways it measures."""
+
 import sys
 
-from bioscan5m_hf.tools.bench import Figure, run_measured, table, write_benchmarks
+from benchmarks.suite import Figure, run_measured, table, write_benchmarks
 
 
 def test_run_measured_reports_time_and_memory():
@@ -28,7 +30,7 @@ def test_benchmarks_section_is_replaced_in_place(tmp_path):
 def test_only_names_known_areas(capsys):
     import pytest
 
-    from bioscan5m_hf.tools.bench import main
+    from benchmarks.suite import main
 
     with pytest.raises(SystemExit):
         main(["/tmp/never-made", "--only", "loader,warp-speed"])
@@ -37,33 +39,31 @@ def test_only_names_known_areas(capsys):
 
 def test_gpu_area_measures_every_way_and_tabulates_it(tmp_path, monkeypatch):
     """The gpu area's data, calls and table, with a stand-in for the CUDA epochs (run on a GPU by
-    scripts/gpu_check.sh): decode in workers, on the device, and by CPU threads, per worker count."""
+    scripts/gpu_check.sh): decode in workers and on the device, per worker count."""
     import torch
 
-    from bioscan5m_hf.tools import bench
+    from benchmarks import suite as bench
 
     calls = []
 
-    def epoch(root, package, workers, **how):
-        calls.append((package, workers, how))
-        rate = {"workers": 1000.0, "device": 4000.0, "threads": 3000.0}[how["decode"]]
+    def epoch(root, package, workers, decode):
+        calls.append((package, workers, decode))
+        rate = {"workers": 1000.0, "device": 4000.0}[decode]
         return {"rate": rate, "p50": 10.0, "p99": 20.0, "first": 0.5, "torch_peak": 2**20, "device_used": 2**21}
 
     monkeypatch.setattr(bench, "_gpu_epoch", epoch)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stand-in GPU")
     figures = bench.gpu_area(bench.Settings(tmp_path, gpu_records=200, gpu_workers=(2,)))
-    assert [(p, w, h.get("worker_method")) for p, w, h in calls] == [
-        (p, 2, m) for p in ("cropped_256", "original_full") for m in (None, None, "thread")]
-    assert len(figures) == 4 and all(f.name.startswith("Stand-in GPU: ") for f in figures)
+    assert calls == [(p, 2, d) for p in ("cropped_256", "original_full") for d in ("workers", "device")]
+    assert len(figures) == 2 and all(f.name.startswith("Stand-in GPU: ") for f in figures)
     assert figures[0].ratio == "4.00x" and figures[0].met is False  # 4,000 img/s: under the 15,000 target
-    assert figures[2].met is True  # original_full: device 4x the workers
-    assert "decode=threads with worker_method=thread" in figures[1].name and figures[1].ratio == "0.75x"
+    assert figures[1].met is True  # original_full: device 4x the workers
 
 
 def test_every_raw_decode_way_decodes_every_image(converted_zips):
     """The loader area's raw limits (Pillow, the loader's decoder, into a batch, simplejpeg alone when
     installed) each decode all of a split's images."""
-    from bioscan5m_hf.tools.bench import _decode_worker, split_images
+    from benchmarks.suite import _decode_worker, split_images
     from bioscan5m_hf.transforms import simplejpeg
 
     split = converted_zips.repos["parquet"] / "cropped_256" / "pretrain"
@@ -79,9 +79,10 @@ def test_loader_rate_ends_its_workers(converted_zips):
     workers), fresh or a later one, whose workers have ended before the next figure's clock starts."""
     import multiprocessing
 
-    from bioscan5m_hf.tools.bench import loader_rate
+    from benchmarks.suite import loader_rate
+    from bioscan5m_hf.stream.loader import Mode
 
     root = converted_zips.repos["parquet"]
-    for later in (False, True):
-        assert loader_rate(root, "pretrain", True, 8, later=later) > 0
+    for later, mode in ((False, None), (True, None), (False, Mode("workers", True))):
+        assert loader_rate(root, "pretrain", True, 8, later=later, mode=mode) > 0
         assert multiprocessing.active_children() == [], later

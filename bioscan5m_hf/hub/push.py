@@ -7,7 +7,7 @@ the card last, so a repo never lists a shard it lacks); each commit uploads its 
 (``huggingface_hub``). A local record of what reached the Hub (``OUT/.bioscan5m-push/``, updated
 after each commit) plans ``--dry-run`` without a connection. A repo that fails ``verify`` or
 ``verify --hub`` is never pushed. The token comes from the usual ``huggingface_hub`` places and is
-never printed. Tested end to end against :mod:`bioscan5m_hf.tools.hubserver`.
+never printed. Tested end to end against the loopback Hub API of ``tests/servers/hubserver.py``.
 """
 
 from __future__ import annotations

@@ -1,2 +1,1 @@
-"""Around the pipeline: the sample release generator, the demo, the benchmark suite and the
-example training script."""
+"""Around the pipeline: the sample release generator, the demo and the example training script."""

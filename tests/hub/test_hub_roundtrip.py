@@ -4,7 +4,6 @@ injected, and a push killed half way then rerun. The Hub is :class:`HubServer` o
 clients run in their own processes with ``HF_ENDPOINT`` pointing at it (:mod:`hub_client`)."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,25 +14,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bioscan5m_hf import BIOSCAN5M, make_loader, schema
-from bioscan5m_hf.tools.hubserver import HubServer
+from bioscan5m_hf import BIOSCAN5M, schema
+
+from ..conftest import stream_loader
+from ..servers.hubserver import HubServer
+from .hub_client import client_env, run
 
 CLIENT = Path(__file__).with_name("hub_client.py")
-
-
-def client_env(hub: HubServer, home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HUB_DISABLE_XET="1", HF_HOME=str(home / "hf"),
-               HF_DATASETS_CACHE=str(home / "datasets"), HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
-    return env
-
-
-def run(hub: HubServer, home: Path, step: str, **args) -> dict:
-    result = subprocess.run([sys.executable, str(CLIENT), step, json.dumps(args)], env=client_env(hub, home),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +87,7 @@ def test_make_loader_over_hf_gives_the_local_batches_through_faults(hub, out, ho
     for shard in manifest["configs"]["cropped_256"]["train"]["shards"][:3]:
         hub.traffic.faults[f"my-org/BIOSCAN-5M-wds/{shard['path']}"] += [("drop", 2000), "503"]
     got = run(hub, home, "loader", root="hf://datasets/my-org/BIOSCAN-5M-wds", split="train")["processids"]
-    here = make_loader(out / schema.WDS_REPO, "train", batch_size=4, num_workers=2, image_size=32, shuffle=True,
+    here = stream_loader(out / schema.WDS_REPO, "train", batch_size=4, num_workers=2, image_size=32, shuffle=True,
                        seed=1)
     assert got == [p for b in here for p in b["processid"]]
     assert not any(hub.traffic.faults.values())

@@ -1,5 +1,5 @@
 """Pushing to the Hub: the real ``huggingface_hub`` client against the loopback Hub API
-(:mod:`bioscan5m_hf.tools.hubserver`), which stores what it is sent as the Hub does."""
+(:mod:`tests.servers.hubserver`), which stores what it is sent as the Hub does."""
 
 import hashlib
 import json
@@ -12,7 +12,8 @@ from bioscan5m_hf.cli import main
 from bioscan5m_hf.errors import UnreachableError
 from bioscan5m_hf.hub import push as publish
 from bioscan5m_hf.hub.push import plan_push, push
-from bioscan5m_hf.tools.hubserver import HubServer
+
+from ..servers.hubserver import HubServer
 
 
 @pytest.fixture

@@ -6,12 +6,14 @@ from collections import Counter
 
 import pytest
 
-from bioscan5m_hf import StreamingBIOSCAN5M, make_loader, schema
+from bioscan5m_hf import StreamingBIOSCAN5M, schema
 from bioscan5m_hf.errors import ShardError
+from bioscan5m_hf.options import Storage
 from bioscan5m_hf.repo.storage import RetryPolicy, ShardCache, redact
-from bioscan5m_hf.tools.fileserver import RepoServer
+from bioscan5m_hf.stream.loader import Mode
 
-from ..conftest import small_conversion
+from ..conftest import small_conversion, stream_loader
+from ..servers.fileserver import RepoServer
 
 FAST = RetryPolicy(tries=6, base=0.01, cap=0.05, timeout=1.0)
 
@@ -42,8 +44,8 @@ def local_pids(out, split, repo=schema.WDS_REPO):
 
 @pytest.mark.parametrize("repo", [schema.WDS_REPO, schema.PARQUET_REPO])
 def test_first_batch_reads_at_most_one_shard_per_worker(out, server, repo):
-    loader = make_loader(f"{server.url}/{repo}", "pretrain", batch_size=3, num_workers=2, image_size=32,
-                         retry=FAST, shuffle=True, prefetch_factor=1)
+    loader = stream_loader(f"{server.url}/{repo}", "pretrain", batch_size=3, num_workers=2, image_size=32, shuffle=True,
+                           prefetch_factor=1, storage=Storage(retry=FAST))
     next(iter(loader))
     arrived = time.perf_counter()
     before = {p for t, p in server.log if t < arrived}
@@ -54,7 +56,7 @@ def test_first_batch_reads_at_most_one_shard_per_worker(out, server, repo):
 
 def test_streaming_5_percent_reads_at_most_10_percent(out, server):
     repo = schema.WDS_REPO
-    ds = StreamingBIOSCAN5M(f"{server.url}/{repo}", "pretrain", modality=("image", "dna"), retry=FAST)
+    ds = StreamingBIOSCAN5M(f"{server.url}/{repo}", "pretrain", modality=("image", "dna"), storage=Storage(retry=FAST))
     want = len(ds) // 20
     it = iter(ds)
     for _ in range(want):
@@ -63,8 +65,8 @@ def test_streaming_5_percent_reads_at_most_10_percent(out, server):
     assert server.shard_bytes() <= 0.10 * total, (server.shard_bytes(), total)
 
 
-@pytest.mark.parametrize("num_workers, worker_method", [(0, "process"), (2, "process"), (2, "thread")])
-def test_every_transient_fault_still_gives_every_record_once(out, server, num_workers, worker_method):
+@pytest.mark.parametrize("num_workers, thread_workers", [(0, False), (2, False), (2, True)])
+def test_every_transient_fault_still_gives_every_record_once(out, server, num_workers, thread_workers):
     repo = schema.WDS_REPO
     shards = [s["path"] for s in manifest(out, repo)["configs"]["cropped_256"]["train"]["shards"]]
     shards += [s["path"] for s in manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"]]
@@ -72,8 +74,8 @@ def test_every_transient_fault_still_gives_every_record_once(out, server, num_wo
     for path, actions in zip(shards, faults * 3):
         server.faults[f"{repo}/{path}"] = list(actions)
     server.faults[f"{repo}/{schema.MANIFEST}"] = ["503"]
-    loader = make_loader(f"{server.url}/{repo}", "train+val", batch_size=5, num_workers=num_workers, image_size=32,
-                         retry=FAST, verify=True, worker_method=worker_method)
+    loader = stream_loader(f"{server.url}/{repo}", "train+val", batch_size=5, num_workers=num_workers, image_size=32,
+                           mode=Mode("workers", thread_workers), storage=Storage(retry=FAST, verify=True))
     got = [p for b in loader for p in b["processid"]]
     assert Counter(got) == Counter(local_pids(out, "train+val"))
     assert not any(server.faults.values())  # every fault was served
@@ -84,9 +86,10 @@ def test_corrupted_shard_is_detected_and_named(out, server, tmp_path):
     rel = manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"][0]["path"]
     server.corrupt[f"{repo}/{rel}"] = 600  # inside the first image: the tar still parses
     with pytest.raises(ShardError, match=rf"{server.url}/{repo}/{rel}: sha256 .* does not match"):
-        list(StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, verify=True))
+        list(StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", storage=Storage(retry=FAST, verify=True)))
     with pytest.raises(ShardError, match=rf"{rel}: sha256"):
-        list(StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", retry=FAST, cache_dir=tmp_path / "cache"))
+        list(StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", storage=Storage(retry=FAST,
+                                                                               cache_dir=tmp_path / "cache")))
     assert not list((tmp_path / "cache").glob("*.shard"))  # nothing unverified kept
 
 
@@ -96,7 +99,7 @@ def test_missing_shard_fails_fast_naming_the_url(out, server):
     server.folder = out.parent / "nowhere"  # every file is 404 from now on ...
     ds = None
     server.folder = out
-    ds = StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", retry=RetryPolicy(tries=6, base=0.5))
+    ds = StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", storage=Storage(retry=RetryPolicy(tries=6, base=0.5)))
     server.folder = out.parent / "nowhere"
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError, match=rf"{server.url}/{repo}/{rel}: not found \(404\)"):
@@ -108,7 +111,7 @@ def test_missing_shard_fails_fast_naming_the_url(out, server):
 def test_cache_serves_the_second_epoch_and_keeps_its_limit(out, server, tmp_path):
     repo = schema.PARQUET_REPO
     url = f"{server.url}/{repo}"
-    ds = StreamingBIOSCAN5M(url, "train", modality="dna", retry=FAST, cache_dir=tmp_path / "c1")
+    ds = StreamingBIOSCAN5M(url, "train", modality="dna", storage=Storage(retry=FAST, cache_dir=tmp_path / "c1"))
     first = pids(ds)
     assert server.shard_requests() > 0
     server.reset_counts()
@@ -116,8 +119,8 @@ def test_cache_serves_the_second_epoch_and_keeps_its_limit(out, server, tmp_path
     assert server.shard_requests() == 0
     shards = manifest(out, repo)["configs"]["metadata"]["pretrain"]["shards"]
     limit = 3 * max(s["num_bytes"] for s in shards)
-    small = StreamingBIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c2",
-                               cache_limit=limit)
+    small = StreamingBIOSCAN5M(url, "pretrain", modality="dna", storage=Storage(retry=FAST, cache_dir=tmp_path / "c2",
+                                                                                cache_limit=limit))
     cache = ShardCache(tmp_path / "c2", limit)
     for k, _ in enumerate(small):
         if k % 5 == 0:
@@ -127,10 +130,10 @@ def test_cache_serves_the_second_epoch_and_keeps_its_limit(out, server, tmp_path
 
 def test_cache_is_shared_by_workers_and_jobs(out, server, tmp_path):
     url = f"{server.url}/{schema.WDS_REPO}"
-    kw = dict(batch_size=4, num_workers=2, image_size=32, retry=FAST, cache_dir=str(tmp_path / "c"))
-    a = [p for b in make_loader(url, "train", **kw) for p in b["processid"]]
+    kw = dict(batch_size=4, num_workers=2, image_size=32, storage=Storage(retry=FAST, cache_dir=str(tmp_path / "c")))
+    a = [p for b in stream_loader(url, "train", **kw) for p in b["processid"]]
     requests = server.shard_requests()
-    b = [p for b in make_loader(url, "train", **kw) for p in b["processid"]]  # another job, same folder
+    b = [p for b in stream_loader(url, "train", **kw) for p in b["processid"]]  # another job, same folder
     assert sorted(a) == sorted(b) == local_pids(out, "train")
     assert server.shard_requests() == requests
     assert not list((tmp_path / "c").glob(".*tmp*"))
@@ -166,7 +169,8 @@ def test_datasets_load_dataset_streams_the_same_records(out, server):
 
 def test_readahead_fetches_the_next_shard_in_the_background(out, server, tmp_path):
     url = f"{server.url}/{schema.WDS_REPO}"
-    ds = StreamingBIOSCAN5M(url, "pretrain", modality="dna", retry=FAST, cache_dir=tmp_path / "c", readahead=1)
+    ds = StreamingBIOSCAN5M(url, "pretrain", modality="dna", storage=Storage(retry=FAST, cache_dir=tmp_path / "c",
+                                                                             readahead=1))
     it = iter(ds)
     for _ in range(6):  # past half of the first 8-record shard
         next(it)
@@ -181,7 +185,8 @@ def test_an_unreachable_root_says_so_naming_the_url(tmp_path):
     from bioscan5m_hf.repo.verify import verify
 
     url = "http://user:secret@127.0.0.1:9/nope"  # port 9 (discard): connection refused
-    for attempt in (lambda: StreamingBIOSCAN5M(url, "val", retry=FAST), lambda: verify(url, retry=FAST)):
+    for attempt in (lambda: StreamingBIOSCAN5M(url, "val", storage=Storage(retry=FAST)),
+                    lambda: verify(url, retry=FAST)):
         with pytest.raises(UnreachableError, match=r"http://127\.0\.0\.1:9/nope/manifest\.json: unreachable") as e:
             attempt()
         assert "no converted repo" not in str(e.value) and "secret" not in str(e.value)

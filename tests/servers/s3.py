@@ -1,7 +1,7 @@
 """A real S3 implementation on 127.0.0.1 for the tests: moto's server (``moto[server]``), run in its
 own process with request signing enforced, behind a switch that injects S3's transient faults.
 
-Run as ``python s3_server.py``: prints ``<port>`` once listening. Signing is enforced from the first
+Run as ``python s3.py``: prints ``<port>`` once listening. Signing is enforced from the first
 request on (``INITIAL_NO_AUTH_ACTION_COUNT`` set by :class:`S3Server`), except for the few IAM calls
 that create the test user and its access key.
 
