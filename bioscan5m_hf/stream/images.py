@@ -2,15 +2,17 @@
 
 :class:`WorkerImages` decodes in the worker that makes the batch, straight into the batch's memory:
 one of that worker process's shared slots (:mod:`.slots`) when one is free, else fresh memory
-(shared when in a DataLoader worker, as ``default_collate`` makes it). Memory is reused only
-through the slots, whose ownership is explicit (a finalizer per batch handed out); a batch made
-in the main process (``num_workers=0``) gets memory of its own. The pixels are those of
+(shared when in a DataLoader worker, as ``default_collate`` makes it); in the main process, a
+:class:`BatchBuffers` buffer. Memory is reused only under explicit ownership: a finalizer per batch
+handed out, which runs once no tensor or view of the batch is left. The pixels are those of
 :func:`~bioscan5m_hf.transforms.decode_image` (the centre crop) or of
 :func:`~bioscan5m_hf.transforms.decode_crop` (an augmented crop), the same functions.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,6 +33,44 @@ def new_batch(count: int, height: int, width: int) -> torch.Tensor:
     return torch.empty((count, height, width, 3), dtype=torch.uint8)
 
 
+class BatchBuffers:
+    """Batch memory of this process (no workers), reused once nothing refers to a batch: fresh memory
+    per batch would cost its page faults again (about as much as decoding the batch; BENCHMARKS.md,
+    history). Ownership is explicit: each batch is handed out as a new array over a free buffer, with
+    a finalizer of that array, which every tensor and view made from it refers to; the buffer is free
+    again once the finalizer runs. A consumer keeping batches just gets new buffers. Thread-safe."""
+
+    KEEP = 4
+
+    def __init__(self):
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # a copy elsewhere starts with none
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A ``shape`` uint8 array over a buffer no batch handed out refers to any more."""
+        nbytes = int(np.prod(shape))
+        with self._lock:
+            buffer = next((b for b in self._free if b.nbytes == nbytes), None)
+            if buffer is not None:
+                self._free.remove(buffer)
+        if buffer is None:
+            buffer = np.empty(nbytes, dtype=np.uint8)
+        array = np.ndarray(shape, dtype=np.uint8, buffer=buffer)
+        weakref.finalize(array, self._release, buffer)
+        return array
+
+    def _release(self, buffer: np.ndarray) -> None:
+        with self._lock:
+            if len(self._free) < self.KEEP:
+                self._free.append(buffer)
+
+
 def stack_images(images: list[np.ndarray]) -> torch.Tensor:
     """HWC uint8 images -> one ``B x 3 x H x W`` tensor in channels-last memory format (plain copies,
     no transposition) in :func:`new_batch` memory."""
@@ -47,7 +87,7 @@ class WorkerImages:
     without another copy. In a worker process with ``slots``, into a free slot of the worker's own,
     sending on only the slot's :class:`~bioscan5m_hf.stream.slots.SlotRef` (when all its slots are
     in use, into :func:`new_batch` shared memory), and with :meth:`pack` the batch's other tensors
-    after them; in the main process (no workers) into memory of its own.
+    after them; in the main process (no workers, or thread workers) into a :class:`BatchBuffers` buffer.
 
     :meth:`decode` writes each of a batch's images straight into that memory (through the
     decoding thread's reused buffer: no array per image); :meth:`stack` copies images decoded one
@@ -56,6 +96,7 @@ class WorkerImages:
     def __init__(self, image_size: int, augment: bool = False, seed: int = 0,
                  slots: ImageSlots | CollateSlots | None = None):
         self.image_size, self.augment, self.seed, self.slots = image_size, augment, seed, slots
+        self.buffers = BatchBuffers()
 
     def __getstate__(self):  # a copy in another process has no slots to write into: fresh memory there
         return {**self.__dict__, "slots": None}
@@ -66,7 +107,9 @@ class WorkerImages:
         info = torch.utils.data.get_worker_info()
         claimed = self.slots.claim(info.id, count) if self.slots is not None and info is not None else None
         if claimed is None:
-            out = new_batch(count, self.image_size, self.image_size)
+            size = self.image_size
+            out = (new_batch(count, size, size) if info is not None  # a worker process: shared memory
+                   else torch.from_numpy(self.buffers.get((count, size, size, 3))))
             fill(out.numpy())
             return out.permute(0, 3, 1, 2)
         ref, view = claimed
