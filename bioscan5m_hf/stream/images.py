@@ -56,9 +56,8 @@ class BatchBuffers:
         """A ``shape`` uint8 array over a buffer no batch handed out refers to any more."""
         nbytes = int(np.prod(shape))
         with self._lock:
-            buffer = next((b for b in self._free if b.nbytes == nbytes), None)
-            if buffer is not None:
-                self._free.remove(buffer)
+            k = next((k for k, b in enumerate(self._free) if b.nbytes == nbytes), None)
+            buffer = self._free.pop(k) if k is not None else None
         if buffer is None:
             buffer = np.empty(nbytes, dtype=np.uint8)
         array = np.ndarray(shape, dtype=np.uint8, buffer=buffer)
