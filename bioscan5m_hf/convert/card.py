@@ -90,11 +90,12 @@ fast = load_dataset("{repo_id}", "{config}", split="train", streaming=True,
 fast = fast.cast_column("image", Image(decode=False))  # {{'image': {{'bytes': ..., 'path': ...}}, ...}}
 
 # Training batches: rows a batch at a time, each batch's JPEGs decoded in a DataLoader worker straight
-# into one uint8 tensor in memory shared with this process and reused batch after batch, barcodes as
-# 4-mer ids (`pip install bioscan5m-hf`):
+# into one uint8 tensor (resized, centre-cropped), barcodes as 4-mer ids, labels as indices of the
+# vocabularies in this repo's manifest.json (BatchCollate comes with the bioscan5m-hf package):
 from bioscan5m_hf import BatchCollate
 from torch.utils.data import DataLoader
 batches = DataLoader(fast.batch(256), batch_size=None, num_workers=8, collate_fn=BatchCollate(image_size=256))
+batch = next(iter(batches))  # {{'image': uint8 B x 3 x 256 x 256, 'dna': ..., 'dna_mask': ..., 'species': ...}}
 
 # DNA and labels only: the `metadata` config has no image column.
 dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True,
@@ -104,12 +105,14 @@ dna = load_dataset("{repo_id}", "metadata", split="pretrain", streaming=True,
 # uses that many DataLoader workers, and ranks (each rank reads its own shards):
 import os
 from datasets.distributed import split_dataset_by_node
-part = split_dataset_by_node(ds, rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
-loader = DataLoader(part.with_format("torch"), batch_size=64, num_workers=8)
+rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+part = split_dataset_by_node(fast, rank=rank, world_size=world_size)
+loader = DataLoader(part.batch(64), batch_size=None, num_workers=8, collate_fn=BatchCollate(image_size=224))
 ```
 
-The drop-in for the official PyTorch loader (`pip install bioscan5m-hf`), reading one record at a
-time from this repo through its per-record index (`streaming=True` streams the shards instead):
+The drop-in for the official PyTorch loader (`bioscan5m_hf.BIOSCAN5M`, from the bioscan5m-hf
+package), reading one record at a time from this repo through its per-record index
+(`streaming=True` streams the shards instead):
 
 ```python
 from bioscan5m_hf import BIOSCAN5M
@@ -134,12 +137,14 @@ urls = [fs.url(p) for p in fs.glob("datasets/{repo_id}/{config}/train/*.tar")]
 ds = wds.WebDataset(urls, shardshuffle=100).decode("pil")  # {{'jpg': PIL image, 'json': metadata}}
 ```
 
-For training, `bioscan5m-hf` streams them with exact epochs and resume across ranks and workers:
+For training, the bioscan5m-hf package streams them with exact epochs and resume across ranks and
+workers, keeping the shards it has read in a local cache:
 
 ```python
-from bioscan5m_hf import make_loader
-loader = make_loader("hf://datasets/{repo_id}", "train", batch_size=256, num_workers=8,
-                     cache_dir="/scratch/bioscan-cache")
+from bioscan5m_hf import Storage, StreamingBIOSCAN5M, make_loader
+train = StreamingBIOSCAN5M("hf://datasets/{repo_id}", "train", shuffle=True,
+                           storage=Storage(cache_dir="bioscan-cache"))
+loader = make_loader(train, batch_size=256, num_workers=8)
 ```"""
 
 

@@ -93,7 +93,8 @@ def test_the_cards_loading_code_runs_on_the_repo(converted_zips):
     row = next(iter(scope["fast"]))
     assert set(row) == {"processid", "image", "dna_barcode", "species"} and row["image"]["bytes"][:2] == b"\xff\xd8"
     assert set(next(iter(scope["dna"]))) == {"processid", "dna_barcode", "species"}
-    assert scope["part"].num_shards >= 1 and len(scope["loader"].dataset.features) > 4
+    assert scope["part"].num_shards >= 1  # this rank's part of the image rows, batched for BatchCollate
+    assert set(scope["loader"].dataset.features) == {"processid", "image", "dna_barcode", "species"}
     batches = scope["batches"]  # the card's dataset and collate, with 2 workers
     b = next(iter(torch.utils.data.DataLoader(batches.dataset, batch_size=None, num_workers=2,
                                               collate_fn=batches.collate_fn)))

@@ -31,7 +31,7 @@ def bioscan(root: str, split: str) -> dict:
 
     ds = BIOSCAN5M(root, split=split, modality=("image", "dna"), target_type="species")
     records = [ds[i] for i in range(len(ds))]
-    return {"records": [[image.size, dna, target] for image, dna, target in records]}
+    return {"records": [[image.size, dna, int(target)] for image, dna, target in records]}
 
 
 def loader(root: str, split: str) -> dict:
@@ -77,8 +77,8 @@ def snippets(folder: str, docs: dict[str, str], cards: list[str]) -> dict:
 def client_env(hub, home: Path) -> dict:
     """The environment of a client process pointed at the loopback Hub ``hub``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HUB_DISABLE_XET="1", HF_HOME=str(home / "hf"),
-               HF_DATASETS_CACHE=str(home / "datasets"), HF_HUB_DISABLE_TELEMETRY="1",
+    env.update(HOME=str(home), HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HUB_DISABLE_XET="1",
+               HF_HOME=str(home / "hf"), HF_DATASETS_CACHE=str(home / "datasets"), HF_HUB_DISABLE_TELEMETRY="1",
                HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     return env
 
