@@ -1,16 +1,17 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first; `make test`
 # also sets up .venv-official (the official bioscan-dataset loader, for the conformance test) and
-# runs the linter (ruff, `make lint`) before the tests.
+# DALI in .venv (for the tests that read the repo with it), and runs the linter (ruff, `make lint`)
+# before the tests.
 VENV ?= .venv
 OFFICIAL_VENV ?= .venv-official
 STAMP := $(VENV)/.installed
 OFFICIAL_STAMP := $(OFFICIAL_VENV)/.installed
 
-.PHONY: demo test lint install official shards bench
+.PHONY: demo test lint install official dali shards bench
 demo: $(STAMP)
 	$(VENV)/bin/bioscan5m-hf demo $(WORKDIR)
 
-test: lint official
+test: lint official dali
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -26,6 +27,13 @@ $(STAMP): setup.cfg constraints.txt scripts/install.sh
 official:
 	@test -f $(OFFICIAL_STAMP) || { OFFICIAL_VENV=$(OFFICIAL_VENV) bash scripts/install_official.sh \
 		&& touch $(OFFICIAL_STAMP); } || echo "warning: could not install the official loader"
+
+# NVIDIA DALI in .venv for the tests that read the repo with it; if it cannot be installed, they say
+# so and skip, and everything else still runs.
+DALI_STAMP := $(VENV)/.dali-installed
+dali: $(STAMP)
+	@test -f $(DALI_STAMP) || { VENV=$(VENV) bash scripts/install_dali.sh && touch $(DALI_STAMP); } \
+		|| echo "warning: could not install DALI; its tests skip"
 
 shards: $(STAMP)
 	$(VENV)/bin/python scripts/make_shards.py

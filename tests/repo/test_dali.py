@@ -3,6 +3,8 @@
 import json
 import tarfile
 
+import pytest
+
 from bioscan5m_hf import schema
 from bioscan5m_hf.repo.dali import VERSION, dali_index_path
 from bioscan5m_hf.repo.verify import verify
@@ -52,3 +54,50 @@ def test_verify_names_an_index_that_disagrees_with_its_tar(out):
     assert not report.ok
     rel = idx.relative_to(repo).as_posix()
     assert any(rel in problem and "does not match the members" in problem for problem in report.problems)
+
+
+# -- DALI's own reader over the repo (the `dali` extra; skipped, saying so, where it is not installed) --
+
+
+def dali_reads(repo, config: str, split: str, batch_size: int = 16) -> dict[str, tuple[bytes, dict]]:
+    """Every sample DALI's ``fn.readers.webdataset`` yields from a split's tars (through the repo's
+    ``.idx`` files) in one epoch: processid -> (JPEG bytes, metadata), each record once."""
+    nvidia_dali = pytest.importorskip("nvidia.dali", reason="DALI is not installed (scripts/install_dali.sh)")
+    from nvidia.dali import fn, pipeline_def
+
+    tars = sorted(str(p) for p in (repo / config / split).glob("*.tar"))
+
+    @pipeline_def(batch_size=batch_size, num_threads=2, device_id=None, prefetch_queue_depth=1)
+    def read():
+        jpeg, meta = fn.readers.webdataset(paths=tars, index_paths=[t[:-4] + ".idx" for t in tars],
+                                           ext=["jpg", "json"], missing_component_behavior="error", name="reader")
+        return jpeg, meta
+
+    pipe = read()
+    pipe.build()
+    total = pipe.epoch_size("reader")
+    seen: dict[str, tuple[bytes, dict]] = {}
+    while len(seen) < total:
+        jpegs, metas = pipe.run()
+        for k in range(min(len(jpegs), total - len(seen))):  # the last batch goes on into the next epoch
+            meta = json.loads(metas.at(k).tobytes())
+            assert meta["processid"] not in seen, meta["processid"]
+            seen[meta["processid"]] = (jpegs.at(k).tobytes(), meta)
+    assert nvidia_dali.__version__ and len(seen) == total
+    return seen
+
+
+def test_dali_reads_every_split_of_the_repo_with_the_parquet_bytes(converted_zips):
+    import pyarrow.parquet as pq
+
+    wds, parquet = converted_zips.repos["webdataset"], converted_zips.repos["parquet"]
+    manifest = json.loads((wds / schema.MANIFEST).read_text())
+    for split, info in manifest["configs"]["cropped_256"].items():
+        seen = dali_reads(wds, "cropped_256", split)
+        want = {}
+        for shard in sorted((parquet / "cropped_256" / split).glob("*.parquet")):
+            table = pq.read_table(shard, columns=["processid", "image", "species"])
+            for pid, image, species in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+                want[pid] = (image["bytes"], species)
+        assert len(seen) == info["num_records"] == len(want), split
+        assert {p: (jpeg, meta["species"]) for p, (jpeg, meta) in seen.items()} == want, split
