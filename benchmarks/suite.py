@@ -780,10 +780,119 @@ def gpu_area(st: Settings) -> list[Figure]:
     return figures
 
 
+# The drop-in at full size: one process per figure, each printing one JSON line.
+DROPIN_SCRIPT = r"""
+import json, sys, time
+start = time.perf_counter()
+kind, root, split, picks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if kind == "official":
+    from bioscan_dataset import BIOSCAN5M
+    BIOSCAN5M._check_integrity = lambda self, verbose=1: True
+    ds = BIOSCAN5M(root, split=split, modality=("dna",))
+elif kind == "ours":
+    from bioscan5m_hf import BIOSCAN5M
+    ds = BIOSCAN5M(root, split=split, modality=("dna",))
+elif kind == "streaming":
+    from bioscan5m_hf import StreamingBIOSCAN5M
+    ds = StreamingBIOSCAN5M(root, split, modality=("dna",))
+    first = next(iter(ds))
+    print(json.dumps({"construct": time.perf_counter() - start, "records": len(ds)}))
+    sys.exit()
+else:  # make_loader's defaults, DNA-only: seconds to the first batch, records/s over the epoch
+    from bioscan5m_hf import StreamingBIOSCAN5M, make_loader
+    loader = make_loader(StreamingBIOSCAN5M(root, split, modality=("dna",), shuffle=True), batch_size=1024)
+    n, first = 0, None
+    for batch in loader:
+        first = first or time.perf_counter() - start
+        n += len(batch["processid"])
+    print(json.dumps({"first": first, "rate": n / (time.perf_counter() - start), "records": n}))
+    sys.exit()
+construct = time.perf_counter() - start
+import numpy as np
+index = np.random.default_rng(0).integers(0, len(ds), picks)
+t = time.perf_counter()
+for i in index.tolist():
+    ds[i]
+rate = picks / (time.perf_counter() - t)
+print(json.dumps({"construct": construct, "rate": rate, "records": len(ds)}))
+"""
+
+# 8 forked DataLoader workers through a whole epoch of ds[i] (``workers`` 0: this process alone).
+SHARED_SCRIPT = r"""
+import json, sys, torch
+from bioscan5m_hf import BIOSCAN5M
+ds = BIOSCAN5M(sys.argv[1], split=sys.argv[2], modality=("dna",))
+loader = torch.utils.data.DataLoader(ds, batch_size=1024, shuffle=True, num_workers=int(sys.argv[3]),
+                                     collate_fn=len, multiprocessing_context="fork")
+print(json.dumps({"records": sum(loader)}))
+"""
+
+
+def dropin_area(st: Settings) -> list[Figure]:
+    """The map-style drop-in on a release of the full row count, DNA only (no image: what each
+    construction reads is the metadata): construction time and peak memory and ``ds[i]`` against
+    the official loader, for pretrain and for ``all``; the streaming dataset's first record;
+    make_loader's defaults; and the memory of 8 forked workers through a whole epoch of ``ds[i]``
+    against one process (their pages shared)."""
+    meta = _sample(st.workdir / f"metadata-{st.metadata_records}", st.metadata_records, "--no-images")
+    out = st.workdir / "dropin-out"
+    if not (out / schema.PARQUET_REPO / schema.MANIFEST).exists():
+        _convert(meta, out, "--packages", "none", "--formats", "parquet")
+    repo = str(out / schema.PARQUET_REPO)
+    for p in (out / schema.PARQUET_REPO).rglob("*"):
+        if p.is_file():
+            p.read_bytes()  # warm the page cache, as for the official loader's CSV below
+    (meta / schema.METADATA_CSV).read_bytes()
+
+    def measured(python, *args) -> dict:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        r = run_measured([str(python), "-c", DROPIN_SCRIPT, *map(str, args)], env)
+        return {**json.loads(r["output"].strip().splitlines()[-1]), "peak": r["peak"]}
+
+    figures = []
+    for split in ("pretrain", "all"):
+        ours = measured(sys.executable, "ours", repo, split, 200_000)
+        gib = ours["peak"] / 2**30
+        if st.official_python is None:
+            figures.append(Figure(f"BIOSCAN5M({split!r}, DNA), {ours['records']:,} records: construction",
+                                  f"{ours['construct']:.1f} s, peak {gib:.2f} GiB", "official not installed", "-",
+                                  "-", None))
+            continue
+        official = measured(st.official_python, "official", meta, split, 50_000)
+        speed, memory = official["construct"] / ours["construct"], ours["peak"] / official["peak"]
+        figures += [
+            Figure(f"BIOSCAN5M({split!r}, DNA), {ours['records']:,} records: construction time",
+                   f"{ours['construct']:.1f} s", f"official {official['construct']:.1f} s", f"{speed:.0f}x",
+                   ">= 20x", speed >= 20),
+            Figure("same: peak memory of the process", f"{gib:.2f} GiB",
+                   f"official {official['peak'] / 2**30:.2f} GiB", f"{memory:.2f}", "<= 0.10", memory <= 0.10),
+            Figure("same: ds[i] at random indices", f"{ours['rate']:,.0f}/s", f"official {official['rate']:,.0f}/s",
+                   f"{ours['rate'] / official['rate']:.1f}x", ">= 5x", ours["rate"] >= 5 * official["rate"])]
+        if split == "pretrain":
+            official_rate = official["rate"]
+    streaming = measured(sys.executable, "streaming", repo, "pretrain", 0)
+    figures.append(Figure("StreamingBIOSCAN5M('pretrain', DNA): construction and first record",
+                          f"{streaming['construct']:.2f} s", "-", "-", "-", None))
+    loader = measured(sys.executable, "make_loader", repo, "pretrain", 0)
+    figures.append(Figure("make_loader's defaults, DNA-only pretrain (batch 1024): time to the first batch",
+                          f"{loader['first']:.2f} s", "-", "-", "<= 1 s", loader["first"] <= 1))
+    if st.official_python is not None:
+        figures.append(Figure("same: records/s over the epoch (start-up included)", f"{loader['rate']:,.0f}/s",
+                              f"official ds[i] {official_rate:,.0f}/s", f"{loader['rate'] / official_rate:.1f}x",
+                              ">= 20x", loader["rate"] >= 20 * official_rate))
+    shared = {n: run_measured([sys.executable, "-c", SHARED_SCRIPT, repo, "pretrain", str(n)],
+                              dict(os.environ, PYTHONPATH=str(REPO)))["peak"] for n in (0, 8)}
+    figures.append(Figure("a whole epoch of ds[i] (pretrain, DNA) in 8 forked DataLoader workers: peak PSS of "
+                          "all processes", f"{shared[8] / 2**30:.2f} GiB",
+                          f"one process {shared[0] / 2**30:.2f} GiB", f"{shared[8] / shared[0]:.2f}x", "<= 1.5x",
+                          shared[8] <= 1.5 * shared[0]))
+    return figures
+
+
 #: The areas of the suite, in the order they run and appear in BENCHMARKS.md.
 AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_area,
          "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area, "mapstyle": mapstyle_area,
-         "filter": filter_area, "peers": peers_area, "gpu": gpu_area}
+         "filter": filter_area, "peers": peers_area, "dropin": dropin_area, "gpu": gpu_area}
 #: What runs without --only: every area but "gpu", which needs a CUDA device (scripts/gpu_check.sh).
 DEFAULT_AREAS = tuple(a for a in AREAS if a != "gpu")
 

@@ -66,9 +66,9 @@ def load_bioscan5m_metadata(metadata_path, max_nucleotides: int | None = 660, re
         table = table.cast(pa.schema([schema.arrow_schema().field(c) for c in table.column_names]))
     else:
         from .repo.manifest import open_repos
-        from .stream.metadata import release_table
+        from .stream.metadata import release_in_csv_order
 
-        table = release_table(open_repos(path), USECOLS)
+        table = release_in_csv_order(open_repos(path), USECOLS)
     return metadata_frame(table, split, max_nucleotides, reduce_repeated_barcodes)
 
 

@@ -17,6 +17,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import ClassVar
 
 from .repo.storage import RetryPolicy
@@ -49,6 +50,10 @@ class Storage:
     verify: bool = False
     retry: RetryPolicy | None = None
     readahead: int = 1
+
+    def local_folder(self) -> Path:
+        """Where files fetched from a remote root are kept: ``cache_dir``, or ``~/.cache/bioscan5m-hf``."""
+        return Path(self.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "bioscan5m-hf"))
 
     def __post_init__(self):
         if self.cache_limit is not None and self.cache_limit <= 0:

@@ -379,11 +379,13 @@ def finalize(out: str | os.PathLike) -> ConvertResult:
     for fmt, repo in repos.items():
         order = repo / schema.CSV_ORDER
         writers.write_csv_order(order, table.column("processid"))
+        release = repo / schema.RELEASE_TABLE
+        writers.write_release_table(release, table)
         charts = stats.write_charts(statistics, repo)
         indexes = [dali_index_path(repo / e["path"]) for e in entries if e["format"] == "webdataset"
                    and fmt == "webdataset"]
         files = {p.relative_to(repo).as_posix(): {"num_bytes": p.stat().st_size, "sha256": file_digest(p)}
-                 for p in (order, *charts, *sorted(indexes))}
+                 for p in (order, release, *charts, *sorted(indexes))}
         manifest = build_manifest(fmt, entries, state["options"], source, vocab, skipped, files,
                                   statistics)
         for config in manifest["configs"]:  # per-record random access (repo/record_index.py)

@@ -12,6 +12,7 @@ import os
 import tarfile
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 from .. import schema
 from ..repo.dali import dali_index, dali_index_path
 from ..util import atomic_path, write_atomic
+from .release import take_rows
 
 #: Parquet row groups: image tables end a group at 100 rows (the viewer's page of rows) or at
 #: IMAGE_ROW_GROUP_BYTES of image bytes, whichever comes first, so 1 MB ``original_full`` images make
@@ -143,6 +145,33 @@ def write_csv_order(path: str | os.PathLike, processids: pa.ChunkedArray) -> Non
     with atomic_path(path) as tmp:
         pq.write_table(table, str(tmp), compression=PARQUET_COMPRESSION, row_group_size=1 << 20, store_schema=True,
                        write_page_index=True)
+
+
+#: Rows per record batch of :data:`schema.RELEASE_TABLE` (each batch's strings stay under 2 GB).
+RELEASE_BATCH_ROWS = 1 << 17
+
+
+def write_release_table(path: str | os.PathLike, table: pa.Table) -> None:
+    """Every record's metadata as :data:`schema.RELEASE_TABLE` says: ``table`` (in CSV order) cut
+    into record batches per split, each split's rows in CSV order, with their ``csv_row``; the schema
+    metadata ``splits`` maps each split to ``[first batch, batches, rows]``. Written a batch at a time."""
+    split = table.column("split").to_numpy(zero_copy_only=False)
+    rows = {s: np.flatnonzero(split == s) for s in schema.SPLITS}
+    layout, first = {}, 0
+    for s, mine in rows.items():
+        count = -(-len(mine) // RELEASE_BATCH_ROWS)
+        layout[s] = [first, count, len(mine)]
+        first += count
+    columns = [c for c in schema.COLUMN_NAMES if c in table.column_names]
+    fields = [table.schema.field(c) for c in columns] + [pa.field("csv_row", pa.int64(), nullable=False)]
+    out_schema = pa.schema(fields, metadata={"splits": json.dumps(layout)})
+    with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), out_schema) as writer:
+        for mine in rows.values():
+            for a in range(0, len(mine), RELEASE_BATCH_ROWS):
+                part = mine[a: a + RELEASE_BATCH_ROWS]
+                values = take_rows(table.select(columns), part)
+                arrays = [values.column(c).combine_chunks() for c in columns] + [pa.array(part, pa.int64())]
+                writer.write_batch(pa.record_batch(arrays, schema=out_schema))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ record's bytes with it: one read in a tar, one row group of a Parquet shard.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ from ..errors import ShardError
 from .dali import dali_index_path
 from .manifest import Repo
 from .readers import parquet_rows
+from .storage import copy_verified
 
 INDEX_DIR = "index"
 
@@ -84,14 +86,22 @@ def write_record_index(table: pa.Table, path) -> None:
     pq.write_table(table, str(path), compression="zstd", row_group_size=1 << 20, write_page_index=True)
 
 
-def read_record_index(repo: Repo, config: str) -> dict[str, np.ndarray]:
-    """The record index of ``config`` as numpy arrays; a clear error for repos converted before it
-    existed."""
+def read_record_index(repo: Repo, config: str, folder: Path | None = None) -> dict[str, np.ndarray]:
+    """The record index of ``config`` as numpy arrays (from a remote repo, fetched once into
+    ``folder`` and read from there); a clear error for repos converted before it existed."""
     rel = index_relpath(config)
-    if rel not in repo.manifest.get("files", {}):
+    info = repo.manifest.get("files", {}).get(rel)
+    if info is None:
         raise FileNotFoundError(
             f"{repo.root}: no per-record index for {config!r} (converted before random access existed); "
             "convert the release again (bioscan5m-hf convert RELEASE OUT --overwrite), or use streaming=True")
-    source = repo.store.local_path(rel) if not repo.store.remote else io.BytesIO(repo.store.read_bytes(rel))
+    if not repo.store.remote:
+        source = repo.store.local_path(rel)
+    elif folder is None:
+        source = io.BytesIO(repo.store.read_bytes(rel))
+    else:
+        source = Path(folder) / f"index-{info['sha256'][:24]}.parquet"
+        if not source.is_file():
+            copy_verified(repo.store, rel, info["num_bytes"], info["sha256"], source)
     table = pq.read_table(source)
     return {name: table.column(name).to_numpy() for name in table.column_names}

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
@@ -32,7 +34,7 @@ from ..repo.readers import row_group_starts
 from ..repo.record_index import INDEX_DIR, index_relpath, read_record_index
 from ..repo.storage import copy_verified, redact
 from ..util import write_atomic
-from .metadata import OFFICIAL_COLUMNS, metadata_frame, metadata_repo, reduced_rows, release_table, split_rows
+from .metadata import OFFICIAL_COLUMNS, metadata_frame, metadata_repo, open_release, reduced_rows, release_repo
 from .outputs import Labels, OfficialAPI
 from .streaming import StreamingBIOSCAN5M
 
@@ -81,24 +83,37 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         if download and any(r.store.remote for r in repos.values()):
             repos = open_repos(download_needed(repos, self.splits, image_package if self.outputs.image else None,
                                                storage.cache_dir), Storage(retry=storage.retry))
-        self.repos = repos
+        self.repos, self.storage = repos, storage
         self.outputs.labels = _labels(repos)
-        # One table in CSV order serves the records and the metadata DataFrame (which shares its
-        # strings): the official columns, plus any other the modalities ask for.
-        columns = set(OFFICIAL_COLUMNS) | self.outputs.columns
-        self.table = release_table(repos, [c for c in schema.COLUMN_NAMES if c in columns], max_nucleotides)
-        keep = reduced_rows(self.table.column("dna_barcode"), None) if reduce_repeated_barcodes else None
-        self.rows = split_rows(self.table, self.splits, keep)  # CSV rows, in index order
+        # The splits' metadata, memory-mapped (nothing is copied per process; forked workers and the
+        # ranks of a node share the pages); the whole release only where reduce_repeated_barcodes
+        # needs it (the official reduction draws over every record).
+        self.whole_release = reduce_repeated_barcodes or set(self.splits) == set(schema.SPLITS)
+        release = open_release(repos, schema.SPLITS if self.whole_release else self.splits, storage)
+        self.release, self.table, self.csv_row = release, release.table, release.csv_row
+        if reduce_repeated_barcodes:
+            keep = np.zeros(self.table.num_rows, dtype=bool)  # by CSV row: the table holds every record
+            keep[reduced_rows(self.table.column("dna_barcode"), max_nucleotides, self.csv_row)] = True
+            mine = pc.is_in(self.table.column("split"), value_set=pa.array(list(self.splits))).to_numpy(
+                zero_copy_only=False)
+            rows = np.flatnonzero(mine & keep[self.csv_row])
+        else:
+            rows = np.arange(self.table.num_rows)
+        # The index order is the CSV order (within one split the table already is in it).
+        self.rows = rows[np.argsort(self.csv_row[rows], kind="stable")]
         self.record_columns = [c for c in self.table.column_names if c in self.outputs.columns]
-        self.images = ShardImages(repos, image_package) if self.outputs.image else None
+        self._chunk_starts = np.cumsum([0] + [len(c) for c in self.table.column(0).chunks])
+        self.images = ShardImages(repos, image_package, storage.local_folder()) if self.outputs.image else None
         self._metadata = None
 
     @property
     def metadata(self):
-        """The official ``metadata`` DataFrame (built on first use; reads no image bytes)."""
+        """The official ``metadata`` DataFrame (built on first use, from every record as the official
+        loader builds it; reads no image bytes)."""
         if self._metadata is None:
-            self._metadata = metadata_frame(self.table, self.split, self.max_nucleotides,
-                                            self.reduce_repeated_barcodes, truncated=True)
+            release = self.release if self.whole_release else open_release(self.repos, schema.SPLITS, self.storage)
+            self._metadata = metadata_frame(release.in_csv_order(OFFICIAL_COLUMNS), self.split, self.max_nucleotides,
+                                            self.reduce_repeated_barcodes)
         return self._metadata
 
     def __len__(self) -> int:
@@ -110,14 +125,27 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for {n} records")
         row = int(self.rows[index])
-        record = {name: self.table.column(name)[row].as_py() for name in self.record_columns}
+        chunk = int(np.searchsorted(self._chunk_starts, row, side="right")) - 1
+        local = row - int(self._chunk_starts[chunk])
+        record = {name: self.table.column(name).chunk(chunk)[local].as_py() for name in self.record_columns}
         if self.images is not None:
-            record["image"] = self.images.read(row, record["processid"])
-            record["__shard__"] = self.images.where(row)  # named if the image does not decode
+            csv_row = int(self.csv_row[row])  # the per-record index is by CSV row
+            record["image"] = self.images.read(csv_row, record["processid"])
+            record["__shard__"] = self.images.where(csv_row)  # named if the image does not decode
         return record
 
     def __getitem__(self, index: int) -> Any:
         return self.outputs(self.record(index))
+
+    def __getstate__(self):
+        # Memory-mapped: opened again where unpickled (a spawned worker), never copied into the pickle.
+        return {**self.__dict__, "release": None, "table": None, "_metadata": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        splits = schema.SPLITS if self.whole_release else self.splits
+        self.release = open_release(self.repos, splits, self.storage)
+        self.table = self.release.table
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "
@@ -153,11 +181,11 @@ class ShardImages:
 
     KEEP_ROW_GROUPS = 4
 
-    def __init__(self, repos: dict[str, Repo], package: str):
+    def __init__(self, repos: dict[str, Repo], package: str, folder: Path | None = None):
         repo = self.repo = image_repo(repos, package)
         self.package = package
         self.shards: list[ShardInfo] = repo.shards(package, schema.SPLITS)
-        self.index = read_record_index(repo, package)
+        self.index = read_record_index(repo, package, folder)  # a remote repo's, fetched once into folder
         self._files: dict = {}  # open files per process (__getstate__ leaves them behind)
         self._groups: dict[tuple[int, int], dict] = {}
 
@@ -236,18 +264,24 @@ class ShardImages:
 def download_needed(repos: dict[str, Repo], splits, package: str | None, cache_dir=None) -> Path:
     """Copy from remote repos into a local folder only the files a dataset of ``splits`` needs (with
     ``package``'s image shards of those splits when given); returns the folder, reusable later."""
-    base = Path(cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "bioscan5m-hf"))
+    base = Storage(cache_dir=cache_dir).local_folder()
     first = next(iter(repos.values()))
     target = base / redact(str(first.store.root)).split("://", 1)[-1].replace("/", "_").replace(":", "_")
-    meta_repo, meta_config = metadata_repo(repos)
+    release = release_repo(repos)  # the metadata of every record in one file, else the metadata config
+    meta_repo, meta_config = metadata_repo(repos) if release is None else (None, None)
     images = image_repo(repos, package) if package else None
     for repo in repos.values():
         folder = target / repo.name if len(repos) > 1 else target
-        small = [schema.MANIFEST, schema.CSV_ORDER, *(p for p in repo.manifest.get("files", {})
-                                                       if p.startswith(f"{INDEX_DIR}/"))]
+        files = repo.manifest.get("files", {})
+        small = [schema.MANIFEST, schema.CSV_ORDER, *(p for p in files if p.startswith(f"{INDEX_DIR}/")
+                                                       and p != schema.RELEASE_TABLE)]
         for rel in small:
             if not (folder / rel).is_file():
                 write_atomic(folder / rel, repo.store.read_bytes(rel))
+        if repo is release and not (folder / schema.RELEASE_TABLE).is_file():
+            info = files[schema.RELEASE_TABLE]
+            copy_verified(repo.store, schema.RELEASE_TABLE, info["num_bytes"], info["sha256"],
+                          folder / schema.RELEASE_TABLE)
         for config in repo.configs:
             every_split = repo is meta_repo and config == meta_config  # the metadata of every record
             if every_split or (repo is images and config == package):

@@ -24,14 +24,18 @@ IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class DamagedImage(ShardError):
-    """An image that does not decode. Raised only where our own code decodes, never around a user's
-    function, so ``on_error="skip"`` skips damaged data and nothing else: a user's transform that
-    raises (even a ``ShardError``) reaches them unchanged."""
+    """An image that does not decode, naming its shard and member. Raised only where our own code
+    decodes, never around a user's function, so ``on_error="skip"`` skips damaged data and nothing
+    else: a user's transform that raises (even a ``ShardError``) reaches them unchanged."""
+
+    def __init__(self, shard: str, processid: str, cause: BaseException):
+        self.shard, self.member, self.cause = shard, f"{processid}.{schema.IMAGE_EXTENSION}", cause
+        super().__init__(f"{shard}: member {self.member}: image does not decode ({cause})")
 
 
 def image_error(shard: str, processid: str, error: BaseException) -> DamagedImage:
     """The error of an image that does not decode, naming its shard and member."""
-    return DamagedImage(f"{shard}: member {processid}.{schema.IMAGE_EXTENSION}: image does not decode ({error})")
+    return DamagedImage(shard, processid, error)
 
 
 def decoded_image(record: dict) -> Image.Image:
@@ -48,6 +52,31 @@ def decoded_image(record: dict) -> Image.Image:
 
 def missing_as_nan(value):
     return math.nan if value is None else value
+
+
+def code_dtype(categories: int) -> np.dtype:
+    """The dtype of the codes of a pandas categorical of ``categories`` categories: what the official
+    loader's ``<rank>_index`` values are (``np.int8`` below 127 labels, ``np.int16`` below 32,767, ...).
+
+    >>> code_dtype(120), code_dtype(20_000), code_dtype(400_000)
+    (dtype('int8'), dtype('int16'), dtype('int32'))
+    """
+    for dtype in (np.int8, np.int16, np.int32):
+        if categories < np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+#: Metadata columns the official loader reads as float64 (its other columns are strings or categories).
+FLOAT_COLUMNS = frozenset(c.name for c in schema.COLUMNS if pa.types.is_floating(c.type))
+
+
+def official_value(column: str, value):
+    """A metadata value as the official loader's ``metadata.iloc[i]`` gives it: float columns as
+    ``np.float64`` (NaN where missing), the others as ``str``, or ``float('nan')`` where missing."""
+    if column in FLOAT_COLUMNS:
+        return np.float64(math.nan if value is None else value)
+    return missing_as_nan(value)
 
 
 class Labels:
@@ -78,6 +107,11 @@ class Labels:
 
     def index(self, column: str, label: str | None) -> int:
         return -1 if label is None else self.lookup(column).get(label, -1)
+
+    def official_index(self, column: str, label: str | None) -> np.integer:
+        """:meth:`index` with the official loader's type: the numpy integer of the column's
+        categorical codes (:func:`code_dtype`), so a batch of them has the official dtype."""
+        return code_dtype(len(self.vocabularies[column])).type(self.index(column, label))
 
     def indices(self, column: str, values: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """int64 indices of a label column, each distinct label looked up once (the column
@@ -148,7 +182,7 @@ class OfficialOutputs:
         return dna if self.max_nucleotides is None else dna[: self.max_nucleotides]
 
     def __call__(self, record: dict) -> Any:
-        index = self.labels.index
+        index = self.labels.official_index
         values = []
         for m in self.modalities:
             if m.kind == "image":
@@ -165,7 +199,7 @@ class OfficialOutputs:
             elif m.kind == "label_index":
                 x = index(m.columns[0], record[m.columns[0]])
             else:
-                x = missing_as_nan(record[m.name])
+                x = official_value(m.name, record[m.name])
             values.append((m.name, x))
         target = []
         for t in self.target_type:

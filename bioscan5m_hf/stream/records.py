@@ -33,7 +33,7 @@ from ..repo.manifest import Repo, ShardInfo, open_repos
 from ..repo.readers import arrow_indices, parquet_rows, read_column, read_records, read_table
 from ..util import check_choice
 from . import partition, sampling
-from .metadata import reduced_rows, release_table
+from .metadata import open_release, reduced_rows
 from .outputs import DamagedImage, Labels
 from .workers import worker_identity
 
@@ -109,7 +109,7 @@ class RecordStream:
             self.shard_source += [k] * len(shards)
         self.repos, self.repo, self.config = self.sources[0]
         self.labels = Labels(merged_vocabularies([repo.manifest["vocabularies"] for _, repo, _ in self.sources]))
-        self.selection: list[np.ndarray] | None = self._reduce() if reduce_repeated_barcodes else None
+        self.selection: list[np.ndarray] | None = self._reduce(storage) if reduce_repeated_barcodes else None
         self.filter = composition.filter
         if self.filter is not None:
             self.selection = self._filter(self.filter)
@@ -149,14 +149,16 @@ class RecordStream:
         have = {r.name: list(r.configs) for r in order}
         raise ValueError(f"{root}: no config {config!r} converted (have {have})")
 
-    def _reduce(self) -> list[np.ndarray]:
+    def _reduce(self, storage: Storage) -> list[np.ndarray]:
         """Per shard, the row offsets the official ``reduce_repeated_barcodes`` keeps (over its own
         release, for each root of a mixture)."""
         keep = []
         for repos, _, _ in self.sources:
-            table = release_table(repos, ["processid", "dna_barcode"])
-            rows = reduced_rows(table.column("dna_barcode"), self.max_nucleotides)
-            keep.append(set(table.column("processid").take(pa.array(rows)).to_pylist()))
+            release = open_release(repos, schema.SPLITS, storage)
+            rows = reduced_rows(release.table.column("dna_barcode"), self.max_nucleotides, release.csv_row)
+            table_row = np.empty(len(release.csv_row), dtype=np.int64)
+            table_row[release.csv_row] = np.arange(len(release.csv_row))
+            keep.append(set(release.table.column("processid").take(pa.array(table_row[rows])).to_pylist()))
         return [np.array([i for i, pid in enumerate(read_column(s, "processid")) if pid in keep[k]], dtype=np.int64)
                 for s, k in zip(self.shards, self.shard_source)]
 
@@ -266,7 +268,7 @@ class RecordStream:
             except DamagedImage as e:
                 if self.on_error == "raise":
                     raise
-                self.skip(record["__shard__"], 1, str(e))
+                self.skip(e.shard, 1, f"member {e.member} does not decode ({e.cause})")
                 out = SKIPPED
             yield out
 

@@ -85,16 +85,26 @@ def cases():
 
 
 def encode(value):
-    """A JSON-able, comparable form of one output value."""
+    """A JSON-able, comparable form of one output value, with its type: the official loader's
+    ``np.int16`` index is not a Python ``int``, its ``np.float64`` not a ``float``."""
+    if value is None or isinstance(value, (str, dict, tuple, list)) or hasattr(value, "size") and hasattr(
+            value, "convert") or getattr(value, "ndim", 0) > 0:
+        return plain(value)
+    return [type(value).__name__, plain(value)]
+
+
+def plain(value):
+    """A JSON-able, comparable form of one output value (see :func:`encode`)."""
     if hasattr(value, "convert") and hasattr(value, "size"):  # PIL image: its pixels
-        return ["image", list(value.size), hashlib.sha256(np.asarray(value.convert("RGB")).tobytes()).hexdigest()]
+        return ["image", type(value).__name__, list(value.size),
+                hashlib.sha256(np.asarray(value.convert("RGB")).tobytes()).hexdigest()]
     if isinstance(value, dict):
         return {k: encode(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return [encode(v) for v in value]
-    if hasattr(value, "numpy") and getattr(value, "ndim", 0) > 0:  # a tensor: shape and rounded values
+        return [type(value).__name__, [encode(v) for v in value]]
+    if hasattr(value, "numpy") and getattr(value, "ndim", 0) > 0:  # a tensor: dtype, shape and rounded values
         arr = np.round(value.numpy().astype(np.float64), 4)
-        return ["tensor", list(arr.shape), hashlib.sha256(arr.tobytes()).hexdigest()]
+        return ["tensor", str(value.dtype), list(arr.shape), hashlib.sha256(arr.tobytes()).hexdigest()]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if value is None:

@@ -2,6 +2,7 @@
 over HTTP with faults), the per-record index, download=True, and the official module's names."""
 
 import json
+import pickle
 import shutil
 
 import numpy as np
@@ -151,9 +152,95 @@ def test_download_copies_only_what_the_split_and_modalities_need(served, tmp_pat
     copied = {p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file()}
     assert any("/cropped_256/val/" in p for p in copied)
     assert not any("/cropped_256/pretrain/" in p or "/cropped_256/train/" in p for p in copied)
-    assert any("/metadata/pretrain/" in p for p in copied)  # every record's metadata
+    assert any(p.endswith(schema.RELEASE_TABLE) for p in copied)  # every record's metadata, in one file
+    assert not any("/metadata/" in p for p in copied)  # so no shard of the metadata config
     before = server.shard_requests()
     dna = BIOSCAN5M(server.url, "train", modality="dna", download=True, storage=Storage(cache_dir=tmp_path / "copy",
                                                                                         retry=FAST))
     assert len(dna) and server.shard_requests() == before  # metadata already copied, no images needed
     shutil.rmtree(tmp_path / "copy")
+
+
+# -- construction reads only what it returns (the metadata memory-mapped, only the split's batches) --
+
+
+def test_construction_maps_the_splits_metadata_and_copies_nothing(converted_zips, monkeypatch):
+    from bioscan5m_hf.stream import metadata
+
+    monkeypatch.setattr(metadata, "release_table", lambda *a, **k: pytest.fail("read the metadata config"))
+    repo = converted_zips.repos["parquet"]
+    before = pa.total_allocated_bytes()
+    ds = BIOSCAN5M(repo, "train", modality=("dna",))
+    assert pa.total_allocated_bytes() - before < 1 << 16  # Arrow allocated nothing: the columns are mapped
+    assert ds.table.num_rows == len(ds) == converted_zips.manifests["parquet"]["configs"]["metadata"]["train"][
+        "num_records"]  # only train's record batches
+    assert all(ds.table.column("split").to_pylist()[i] == "train" for i in range(len(ds)))
+    assert len(pickle.dumps(ds)) < 200_000  # pickled without its table, which is mapped again where unpickled
+    again = pickle.loads(pickle.dumps(ds))
+    assert [encode(again[i]) for i in range(len(ds))] == [encode(ds[i]) for i in range(len(ds))]
+
+
+def test_a_metasplit_is_in_csv_order_without_resorting_the_release(converted_zips):
+    repo = converted_zips.repos["parquet"]
+    seen = BIOSCAN5M(repo, "seen", modality=("processid",), target_type=[])
+    csv = pq.read_table(repo / schema.CSV_ORDER).column("processid").to_pylist()
+    splits = dict(zip(*[BIOSCAN5M(repo, "all", modality=("processid", "split"), target_type=[]).metadata[c].tolist()
+                        for c in ("processid", "split")]))
+    want = [p for p in csv if splits[p] in ("train", "val", "test")]
+    assert [seen[i][0] for i in range(len(seen))] == want
+
+
+def test_a_remote_root_fetches_only_its_splits_metadata_once(served, tmp_path):
+    out, server = served
+    url = f"{server.url}/{schema.PARQUET_REPO}"
+    storage = Storage(cache_dir=tmp_path / "cache", retry=FAST)
+    size = (out / schema.PARQUET_REPO / schema.RELEASE_TABLE).stat().st_size
+
+    def metadata_bytes():
+        return sum(n for p, n in server.bytes.items() if p.endswith(schema.RELEASE_TABLE))
+
+    ds = BIOSCAN5M(url, "val", modality=("dna",), storage=storage)
+    fetched = metadata_bytes()
+    assert 0 < fetched < size / 4  # val's record batch and the file's footer, not the release
+    assert [encode(ds[i]) for i in range(len(ds))] == [
+        encode(s) for s in (lambda d: [d[i] for i in range(len(d))])(BIOSCAN5M(out, "val", modality=("dna",)))]
+    BIOSCAN5M(url, "val", modality=("dna",), storage=storage)
+    assert metadata_bytes() == fetched  # from the cache the second time
+    index = [p for p in server.requests if p.endswith("index/cropped_256.parquet")]
+    images = BIOSCAN5M(url, "val", modality=("image",), storage=storage)
+    asked = sum(n for p, n in server.requests.items() if p.endswith("index/cropped_256.parquet"))
+    BIOSCAN5M(url, "val", modality=("image",), storage=storage)
+    assert asked > 0 and not index and sum(
+        n for p, n in server.requests.items() if p.endswith("index/cropped_256.parquet")) == asked  # fetched once
+    assert images[0][0].size == BIOSCAN5M(out, "val", modality=("image",))[0][0].size
+    assert not list(BIOSCAN5M(url, "val", modality=("dna",)).table.schema.metadata.get(b"source", b"").decode()
+                    .partition("?")[2])  # no credentials or query string recorded
+
+
+def test_a_repo_converted_before_the_metadata_file_still_opens(out):
+    repo = out / schema.PARQUET_REPO
+    want = BIOSCAN5M(repo, "seen", modality=("processid", "dna"), reduce_repeated_barcodes=True)
+    manifest = json.loads((repo / schema.MANIFEST).read_text())
+    del manifest["files"][schema.RELEASE_TABLE]
+    (repo / schema.MANIFEST).write_text(json.dumps(manifest))
+    (repo / schema.RELEASE_TABLE).unlink()
+    old = BIOSCAN5M(repo, "seen", modality=("processid", "dna"), reduce_repeated_barcodes=True)
+    assert [encode(old[i]) for i in range(len(old))] == [encode(want[i]) for i in range(len(want))]
+    assert old.metadata.equals(want.metadata)
+
+
+def test_values_have_the_official_types(converted_zips):
+    """Index targets are numpy integers of the categorical codes' width (as the official loader's
+    ``metadata.iloc[i]`` gives them), floats ``np.float64``; so a DataLoader batch has the official dtype."""
+    from bioscan5m_hf.stream.outputs import code_dtype
+
+    repo = converted_zips.repos["parquet"]
+    ds = BIOSCAN5M(repo, "train", modality=("processid", "coord-lat", "species_index"),
+                   target_type=["genus", "dna_bin"])
+    vocabularies = ds.vocabularies
+    pid, lat, species, (genus, dna_bin) = ds[0]
+    assert type(lat) is np.float64 and type(species) is code_dtype(len(vocabularies["species"])).type
+    assert type(genus) is code_dtype(len(vocabularies["genus"])).type
+    assert type(dna_bin) is code_dtype(len(vocabularies["dna_bin"])).type
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch[3][0].dtype == getattr(torch, str(code_dtype(len(vocabularies["genus"]))))
