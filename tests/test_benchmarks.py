@@ -86,3 +86,15 @@ def test_loader_rate_ends_its_workers(converted_zips):
     for later, mode in ((False, None), (True, None), (False, Mode("workers", True))):
         assert loader_rate(root, "pretrain", True, 8, later=later, mode=mode) > 0
         assert multiprocessing.active_children() == [], later
+
+
+def test_dropin_area_measures_every_figure_on_a_small_release(tmp_path):
+    """The full-size area's code path on 3,000 rows, without the official loader: construction for
+    pretrain and all, the streaming dataset, make_loader's first batch, 8 workers' shared memory."""
+    from benchmarks import suite
+
+    figures = suite.dropin_area(suite.Settings(tmp_path, metadata_records=3000))
+    names = " | ".join(f.name for f in figures)
+    for part in ("BIOSCAN5M('pretrain', DNA)", "BIOSCAN5M('all', DNA)", "StreamingBIOSCAN5M('pretrain', DNA)",
+                 "time to the first batch", "8 forked DataLoader workers"):
+        assert part in names, part
