@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema
-from ..convert.release import take_rows
 from ..options import Storage
 from ..repo.manifest import Repo
 from ..repo.readers import parquet_rows, read_records
@@ -83,7 +82,8 @@ def open_release(repos: dict[str, Repo], splits: Sequence[str], storage: Storage
         table = release_table(repos, list(schema.COLUMN_NAMES))
         rows = np.flatnonzero(pc.is_in(table.column("split"), value_set=pa.array(splits, pa.large_string()))
                               .to_numpy(zero_copy_only=False))
-        return ReleaseRows(take_rows(table, rows) if len(rows) < table.num_rows else table, rows)
+        # (release_table's strings have 64-bit offsets, so a plain take cannot overflow them)
+        return ReleaseRows(table.take(pa.array(rows)) if len(rows) < table.num_rows else table, rows)
     path = (repo.store.local_path(schema.RELEASE_TABLE) if not repo.store.remote
             else _cached_splits(repo, splits, storage or Storage()))
     reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
