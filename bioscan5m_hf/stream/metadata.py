@@ -216,24 +216,15 @@ def reduced_rows(barcodes: pa.ChunkedArray, max_nucleotides: int | None,
     return np.sort(perm[first])
 
 
-def split_rows(table: pa.Table, splits: Sequence[str], keep: np.ndarray | None = None) -> np.ndarray:
-    """CSV rows of ``splits`` (among ``keep``, if given), ascending."""
-    mask = pc.is_in(table.column("split"), value_set=pa.array(list(splits), pa.large_string())).to_numpy(
-        zero_copy_only=False)
-    rows = np.flatnonzero(mask)
-    return rows if keep is None else np.intersect1d(rows, keep)
-
-
-def metadata_frame(table: pa.Table, split: str, max_nucleotides: int | None, reduce_repeated_barcodes: bool,
-                   truncated: bool = False):
+def metadata_frame(table: pa.Table, split: str, max_nucleotides: int | None, reduce_repeated_barcodes: bool):
     """The official ``metadata`` DataFrame from the release's :data:`OFFICIAL_COLUMNS` in CSV order
     (its index is the CSV row): the same dtypes (labels as categories over the whole release), the
-    same truncation (unless the table's barcodes are ``truncated`` already), reduction and split
-    filter, ``<rank>_index`` codes and ``image_path``. Strings share the table's memory."""
+    same truncation, reduction and split filter, ``<rank>_index`` codes and ``image_path``. Strings
+    share the table's memory."""
     import os
 
     df = table.select(list(OFFICIAL_COLUMNS)).to_pandas().astype(OFFICIAL_DTYPES)
-    if max_nucleotides is not None and not truncated:
+    if max_nucleotides is not None:
         df["dna_barcode"] = df["dna_barcode"].str[:max_nucleotides]
     if reduce_repeated_barcodes:
         shuffled = df.sample(frac=1, random_state=0)
