@@ -242,7 +242,10 @@ class RecordStream:
         """What a checkpoint of this stream is only valid for (any topology: see :meth:`topology`)."""
         return {"split": list(self.splits), "config": self.config, "num_records": self.num_records,
                 "seed": self.seed, "shuffle": self.shuffle, "buffer_size": self.buffer_size, "even": self.even,
-                "sampling": self.sampling.describe() if self.sampling is not None else None}
+                "sampling": self.sampling.describe() if self.sampling is not None else None,
+                # Checkpoints taken before the windowed sort (a simulated buffer's order) lack this key,
+                # so they are refused rather than resumed into another order.
+                **({"shuffle_order": "windowed-sort"} if self.shuffle and self.buffer_size > 1 else {})}
 
     def topology(self) -> dict:
         return {"rank": self.rank, "world_size": self.world_size}

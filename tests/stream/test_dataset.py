@@ -88,6 +88,11 @@ def test_state_from_another_configuration_is_refused(converted_zips):
     state = ids(root, split="pretrain", seed=1).state_dict()
     with pytest.raises(ValueError, match="differently configured"):
         ids(root, split="pretrain", seed=2).load_state_dict(state)
+    # A checkpoint from before the shuffle order changed (no marker) would resume into another order.
+    state = ids(root, split="pretrain", seed=1, shuffle=True).state_dict()
+    del state["shuffle_order"]
+    with pytest.raises(ValueError, match="shuffle_order"):
+        ids(root, split="pretrain", seed=1, shuffle=True).load_state_dict(state)
 
 
 def test_dna_only_never_reads_image_bytes(converted_zips, monkeypatch):
