@@ -103,6 +103,7 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         self.rows = rows[np.argsort(self.csv_row[rows], kind="stable")]
         self.record_columns = [c for c in self.table.column_names if c in self.outputs.columns]
         self._chunk_starts = np.cumsum([0] + [len(c) for c in self.table.column(0).chunks])
+        self._chunks = self._record_chunks()
         self.images = ShardImages(repos, image_package, storage.local_folder()) if self.outputs.image else None
         self._metadata = None
 
@@ -125,9 +126,9 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for {n} records")
         row = int(self.rows[index])
-        chunk = int(np.searchsorted(self._chunk_starts, row, side="right")) - 1
+        chunk = int(self._chunk_starts.searchsorted(row, side="right")) - 1
         local = row - int(self._chunk_starts[chunk])
-        record = {name: self.table.column(name).chunk(chunk)[local].as_py() for name in self.record_columns}
+        record = {name: chunks[chunk][local].as_py() for name, chunks in self._chunks}
         if self.images is not None:
             csv_row = int(self.csv_row[row])  # the per-record index is by CSV row
             record["image"] = self.images.read(csv_row, record["processid"])
@@ -137,15 +138,20 @@ class BIOSCAN5M(OfficialAPI, Dataset):
     def __getitem__(self, index: int) -> Any:
         return self.outputs(self.record(index))
 
+    def _record_chunks(self) -> list[tuple[str, list[pa.Array]]]:
+        # Looked up once: by name and chunk on every ds[i] it was a third of the time (BENCHMARKS.md, dropin).
+        return [(name, self.table.column(name).chunks) for name in self.record_columns]
+
     def __getstate__(self):
         # Memory-mapped: opened again where unpickled (a spawned worker), never copied into the pickle.
-        return {**self.__dict__, "release": None, "table": None, "_metadata": None}
+        return {**self.__dict__, "release": None, "table": None, "_chunks": None, "_metadata": None}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         splits = schema.SPLITS if self.whole_release else self.splits
         self.release = open_release(self.repos, splits, self.storage)
         self.table = self.release.table
+        self._chunks = self._record_chunks()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, modality={self.modality!r}, "

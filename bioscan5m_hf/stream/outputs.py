@@ -96,6 +96,7 @@ class Labels:
     def __init__(self, vocabularies: dict[str, list[str]]):
         self.vocabularies = vocabularies
         self._index: dict[str, dict[str, int]] = {}
+        self._dtype: dict[str, type] = {}
 
     def lookup(self, column: str) -> dict[str, int]:
         """``{label: index}`` of a column (plain dicts: building Arrow arrays from Python lists would
@@ -111,7 +112,10 @@ class Labels:
     def official_index(self, column: str, label: str | None) -> np.integer:
         """:meth:`index` with the official loader's type: the numpy integer of the column's
         categorical codes (:func:`code_dtype`), so a batch of them has the official dtype."""
-        return code_dtype(len(self.vocabularies[column])).type(self.index(column, label))
+        dtype = self._dtype.get(column)
+        if dtype is None:
+            dtype = self._dtype[column] = code_dtype(len(self.vocabularies[column])).type
+        return dtype(self.index(column, label))
 
     def indices(self, column: str, values: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """int64 indices of a label column, each distinct label looked up once (the column
