@@ -62,11 +62,7 @@ def decode_batch(data: torch.Tensor, offsets: torch.Tensor, params: torch.Tensor
         images = [_decode_one(io, blob, device, (processids or [])[i:i + 1]) for i, blob in enumerate(blobs)]
     out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8, device=device,
                       memory_format=torch.channels_last)
-    # The centre crop as one square window per image (the shorter side, centred): images of one
-    # shape then share a window size, so a batch of cropped_256 images is one resize call. It is
-    # within half a source pixel of decode_image's resize-then-crop grid.
-    params = [[*centre_box(w, h), flip] if mode == SHORTER_SIDE else [top, left, h, w, flip]
-              for top, left, h, w, flip, mode in params]
+    params = crop_boxes(params)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)  # same window size: one resize call
     for i, (_, _, h, w, _) in enumerate(params):
         groups[h, w].append(i)
@@ -82,6 +78,15 @@ def decode_batch(data: torch.Tensor, offsets: torch.Tensor, params: torch.Tensor
             crops[flips] = crops[flips].flip(-1)
         out[members] = crops
     return out
+
+
+def crop_boxes(params: list[list[int]]) -> list[list[int]]:
+    """Rows of :func:`~bioscan5m_hf.transforms.crop_params` -> ``[top, left, height, width, flip]``
+    boxes in the source image. The centre crop is one square window per image (the shorter side,
+    centred): images of one shape then share a window size, so a batch of cropped_256 images is
+    one resize call. It is within half a source pixel of decode_image's resize-then-crop grid."""
+    return [[*centre_box(w, h), flip] if mode == SHORTER_SIDE else [top, left, h, w, flip]
+            for top, left, h, w, flip, mode in params]
 
 
 def _decode_one(io, blob: torch.Tensor, device: torch.device, processid: list[str]) -> torch.Tensor:

@@ -38,6 +38,7 @@ from ..util import check_choice
 from . import device as on_device
 from . import partition
 from .columnar import ColumnarBatches
+from .dali import DaliDecoder
 from .images import WorkerImages
 from .outputs import IMAGE_ERRORS, image_error, missing_as_nan
 from .records import RecordStream, SharedPosition, WorkerSamples
@@ -45,13 +46,14 @@ from .slots import ImageSlots, SlotRef, room_for
 from .streaming import StreamingBIOSCAN5M
 from .workers import ThreadWorkers
 
-DECODE = ("auto", "workers", "device")
+DECODE = ("auto", "workers", "device", "dali")
 
 
 @dataclass(frozen=True)
 class Mode:
     """How a loader makes its batches: where images are decoded (``"workers"``: on the CPU in the
-    worker processes; ``"device"``: on the loader's device; None: no image) and whether the workers
+    worker processes; ``"device"``: on the loader's device by torchvision; ``"dali"``: by a DALI
+    pipeline in this process, on the loader's device; None: no image) and whether the workers
     run as threads of this process instead of DataLoader processes (same batches, same order)."""
 
     decode: str | None
@@ -70,8 +72,9 @@ def choose_mode(image: bool, decode: str, device: torch.device | None, num_worke
     - images for a CUDA device: the device's decoder (nvJPEG through torchvision; 2-7.6x the CPU
       workers in the ``gpu`` area), where torchvision is installed, else the CPU workers.
 
-    ``decode`` other than ``"auto"`` forces the decoder. No measurement so far shows a core count at
-    which these choices flip, so the cores do not enter (yet).
+    ``decode`` other than ``"auto"`` forces the decoder (``"dali"`` only so: no GPU run has measured
+    it yet). No measurement so far shows a core count at which these choices flip, so the cores do
+    not enter (yet).
 
     >>> choose_mode(False, "auto", None, 2)
     Mode(decode=None, thread_workers=True)
@@ -79,6 +82,8 @@ def choose_mode(image: bool, decode: str, device: torch.device | None, num_worke
     Mode(decode='device', thread_workers=False)
     >>> choose_mode(True, "auto", torch.device("cuda"), 8, device_decoder=lambda: False)
     Mode(decode='workers', thread_workers=False)
+    >>> choose_mode(True, "dali", None, 8)
+    Mode(decode='dali', thread_workers=False)
     """
     check_choice(decode, "decode", DECODE)
     if not image:
@@ -92,7 +97,7 @@ class LoaderSample:
     """A raw record of ``epoch`` -> the values :class:`Collate` gathers (runs in the workers): the
     barcode, metadata values, label indices and the image, decoded to a ``size x size x 3`` uint8
     array (``decode="workers"``, so a damaged image is this record's, skipped under
-    ``on_error="skip"``) or as its JPEG bytes (``"device"``)."""
+    ``on_error="skip"``) or as its JPEG bytes (``"device"``, ``"dali"``)."""
 
     def __init__(self, records: RecordStream, modalities: Sequence[schema.Modality], target_type: Sequence[str],
                  images: WorkerImages | None, decode: str | None):
@@ -142,7 +147,7 @@ class BatchAssembler:
 
     Columns: ``processid``; ``padding`` (distributed); ``image`` (images decoded one by one) or
     ``jpeg`` (JPEG bytes: decoded here straight into the batch's memory with ``decode="workers"``,
-    shipped packed with their crop boxes for the device with ``"device"``); ``dna`` (barcodes) or
+    shipped packed with their crop boxes for ``"device"`` and ``"dali"``); ``dna`` (barcodes) or
     ``dna_matrix`` and ``dna_length`` (barcodes already padded); one int64 index array per target;
     other metadata values by name. A batch's tensors go into a shared slot with its images where
     ``images`` has one."""
@@ -211,17 +216,18 @@ class Loader:
 
     ``dataset`` is what the batches hold (:attr:`dataset`: its ``skipped``, ``vocabularies``);
     ``source`` what the DataLoader (or the thread workers) iterates: per-record samples collated by
-    ``collate``, or (with ``collate=None``) a source that yields whole batches."""
+    ``collate``, or (with ``collate=None``) a source that yields whole batches; ``decode_jpegs``
+    turns the JPEG bytes the workers ship (``decode="device"`` or ``"dali"``) into the image batch."""
 
     def __init__(self, dataset: StreamingBIOSCAN5M, source: torch.utils.data.IterableDataset,
                  position: SharedPosition, *, batch_size: int, num_workers: int, collate: Collate | None,
                  device: torch.device | None, normalize_images: bool, drop_last: bool, prefetch_factor: int | None,
-                 persistent_workers: bool, pin_memory: bool, image_size: int, thread_workers: bool,
-                 slots: ImageSlots | None):
+                 persistent_workers: bool, pin_memory: bool, thread_workers: bool, slots: ImageSlots | None,
+                 decode_jpegs: Callable[..., torch.Tensor] | None):
         self.dataset = dataset
         self.records = dataset.records
         self.slots = slots
-        self.image_size = image_size
+        self.decode_jpegs = decode_jpegs
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.drop_last = drop_last
@@ -331,11 +337,10 @@ class Loader:
 
     def _move(self, batch: dict) -> dict:
         out = {}
-        if "jpeg" in batch:  # decode="device": decode, crop and resize here
+        if "jpeg" in batch:  # decode="device" or "dali": decode, crop and resize here
             batch = dict(batch)
             jpeg, offsets, crop = batch.pop("jpeg"), batch.pop("jpeg_offsets"), batch.pop("crop")
-            image = on_device.decode_batch(jpeg, offsets, crop, self.image_size, self.device or torch.device("cpu"),
-                                           batch["processid"])
+            image = self.decode_jpegs(jpeg, offsets, crop, processids=batch["processid"])
             batch["image"] = normalize(image) if self.normalize_images else image
         for k, v in batch.items():
             if isinstance(v, torch.Tensor):
@@ -453,12 +458,14 @@ def make_loader(data, split: str | None = None, *, batch_size: int = 256, num_wo
         (80% ``<MASK>``, 10% a random k-mer, 10% unchanged): ``batch["dna_masked"]`` are the inputs,
         ``batch["dna_labels"]`` the original ids where masked and -100 elsewhere (``batch["dna"]``
         stays unmasked). Seeded per record and epoch: a resumed run masks the same positions.
-    decode : {"auto", "workers", "device"}
+    decode : {"auto", "workers", "device", "dali"}
         Where images are decoded; ``"auto"`` picks what the benchmarks show fastest for the job
         (:func:`choose_mode`): on the CPU in the worker processes, or with ``device="cuda"`` on the
         GPU (nvJPEG through torchvision, the ``gpu`` extra) where torchvision is installed.
-        ``"device"`` forces the device's decoder (an error names the extra without it). The same
-        keys, shapes, dtypes and record order either way.
+        ``"device"`` forces the device's decoder; ``"dali"`` decodes with an NVIDIA DALI pipeline
+        (the ``dali`` extra; nvJPEG and the hardware JPEG engines with CUDA, DALI's CPU decoder
+        without). Without its library, each names its extra. The same keys, shapes, dtypes, record
+        order and resume points every way.
 
     Batches are dicts: ``processid`` (list), ``image``, ``dna`` and ``dna_mask``, each target
     (int64; ``-1`` where missing), other metadata modalities by name, and ``padding`` (bool) with
@@ -472,8 +479,13 @@ def make_loader(data, split: str | None = None, *, batch_size: int = 256, num_wo
     targets = list(dataset.target_type)
     kinds = {m.kind for m in modalities}
     mode = choose_mode("image" in kinds, decode, device, num_workers)
+    decode_jpegs = None
     if mode.decode == "device":
         on_device.require_torchvision()
+        decode_jpegs = functools.partial(on_device.decode_batch, size=image_size,
+                                         device=device or torch.device("cpu"))
+    elif mode.decode == "dali":
+        decode_jpegs = DaliDecoder(image_size, batch_size, device or torch.device("cpu"))
     tokenizer = KmerTokenizer(k, dataset.max_nucleotides) if "dna" in kinds else None
     if mask_dna is not None and tokenizer is None:
         raise ValueError("mask_dna needs the 'dna' modality")
@@ -491,7 +503,7 @@ def make_loader(data, split: str | None = None, *, batch_size: int = 256, num_wo
     assemble = BatchAssembler(modalities, targets, tokenizer, masking, images, mode.decode)
     common = dict(batch_size=batch_size, num_workers=num_workers, device=device, normalize_images=normalize,
                   drop_last=drop_last, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
-                  pin_memory=pin_memory, image_size=image_size, thread_workers=mode.thread_workers, slots=slots)
+                  pin_memory=pin_memory, thread_workers=mode.thread_workers, slots=slots, decode_jpegs=decode_jpegs)
     if {m.name for m in modalities} <= {"image", "dna", "processid"} and kinds & {"image", "dna"} \
             and records.formats == {"parquet"} and records.on_error == "raise":
         # Parquet, images and/or DNA: whole batches from Arrow columns, images decoded a batch at a time

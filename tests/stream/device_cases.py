@@ -1,6 +1,7 @@
-"""decode="device" against decode="workers" on one converted repo: run in-process where torchvision
-loads, else by tests/stream/test_device_decode.py in .venv-official (python device_cases.py ROOT),
-and by scripts/gpu_check.sh with --device cuda. Prints one JSON object."""
+"""decode="device" (or "dali") against decode="workers" on one converted repo: run in-process where
+the decoder's library loads, else by tests/stream/test_device_decode.py in .venv-official (python
+device_cases.py ROOT), and by scripts/gpu_check.sh with --device cuda [--decode dali]. Prints one
+JSON object."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def epoch(loader) -> list[dict]:
     return [{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in loader]
 
 
-def compare(root: str, split: str = "train", device: str = "cpu", image_size: int = 64, workers: int = 2) -> dict:
+def compare(root: str, split: str = "train", device: str = "cpu", image_size: int = 64, workers: int = 2,
+            decode: str = "device") -> dict:
     from bioscan5m_hf import StreamingBIOSCAN5M, make_loader
 
     def dataset(**kw):
@@ -25,7 +27,7 @@ def compare(root: str, split: str = "train", device: str = "cpu", image_size: in
         kw = dict(batch_size=16, num_workers=workers, image_size=image_size, augment=augment, device=device)
         targets = ["order", "species"]
         a = epoch(make_loader(dataset(target_type=targets), decode="workers", **kw))
-        b = epoch(make_loader(dataset(target_type=targets), decode="device", **kw))
+        b = epoch(make_loader(dataset(target_type=targets), decode=decode, **kw))
         same = (len(a) == len(b)
                 and all(x.keys() == y.keys() and x["processid"] == y["processid"] for x, y in zip(a, b))
                 and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x if k not in ("image", "processid")))
@@ -37,8 +39,8 @@ def compare(root: str, split: str = "train", device: str = "cpu", image_size: in
             "channels_last": all(y.is_contiguous(memory_format=torch.channels_last) for _, y in images),
             "max_abs_diff": int(diff.max()), "mean_abs_diff": float(diff.mean()),
             "p99_abs_diff": float(diff.quantile(0.99)) if diff.numel() < 16_000_000 else None}
-    # exact resume of the device path, augmented: the rest of the epoch is the same batches
-    kw = dict(batch_size=4, num_workers=workers, image_size=image_size, augment=True, device=device, decode="device")
+    # exact resume of the decoder's path, augmented: the rest of the epoch is the same batches
+    kw = dict(batch_size=4, num_workers=workers, image_size=image_size, augment=True, device=device, decode=decode)
     full = epoch(make_loader(dataset(), **kw))
     loader = make_loader(dataset(), **kw)
     it = iter(loader)
@@ -54,5 +56,7 @@ def compare(root: str, split: str = "train", device: str = "cpu", image_size: in
 
 
 if __name__ == "__main__":
-    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
-    print(json.dumps(compare(sys.argv[1], device=device)))
+    def option(name, default):
+        return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+    print(json.dumps(compare(sys.argv[1], device=option("--device", "cpu"), decode=option("--decode", "device"))))
