@@ -39,7 +39,10 @@ def test_only_names_known_areas(capsys):
 
 def test_gpu_area_measures_every_way_and_tabulates_it(tmp_path, monkeypatch):
     """The gpu area's data, calls and table, with a stand-in for the CUDA epochs (run on a GPU by
-    scripts/gpu_check.sh): decode in workers and on the device, per worker count."""
+    scripts/gpu_check.sh): decode in workers, on the device and with DALI, per worker count; without
+    DALI its rows are left out, saying so."""
+    import importlib.util
+
     import torch
 
     from benchmarks import suite as bench
@@ -48,16 +51,30 @@ def test_gpu_area_measures_every_way_and_tabulates_it(tmp_path, monkeypatch):
 
     def epoch(root, package, workers, decode):
         calls.append((package, workers, decode))
-        rate = {"workers": 1000.0, "device": 4000.0}[decode]
+        rate = {"workers": 1000.0, "device": 4000.0, "dali": 16000.0}[decode]
         return {"rate": rate, "p50": 10.0, "p99": 20.0, "first": 0.5, "torch_peak": 2**20, "device_used": 2**21}
 
     monkeypatch.setattr(bench, "_gpu_epoch", epoch)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stand-in GPU")
-    figures = bench.gpu_area(bench.Settings(tmp_path, gpu_records=200, gpu_workers=(2,)))
-    assert calls == [(p, 2, d) for p in ("cropped_256", "original_full") for d in ("workers", "device")]
-    assert len(figures) == 2 and all(f.name.startswith("Stand-in GPU: ") for f in figures)
-    assert figures[0].ratio == "4.00x" and figures[0].met is False  # 4,000 img/s: under the 15,000 target
-    assert figures[1].met is True  # original_full: device 4x the workers
+    real_find_spec = importlib.util.find_spec
+    for dali in (True, False):
+        calls.clear()
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: (object() if dali else None) if name == "nvidia.dali"
+                            else real_find_spec(name, *a))
+        figures = bench.gpu_area(bench.Settings(tmp_path, gpu_records=200, gpu_workers=(2,)))
+        decoders = ("device", "dali") if dali else ("device",)
+        assert calls == [(p, 2, d) for p in ("cropped_256", "original_full") for d in ("workers", *decoders)]
+        assert all(f.name.startswith("Stand-in GPU: ") for f in figures)
+        rows = {(f.name.split(",")[0].split(": ")[1], f.name.split("decode=")[1].split(" ")[0]): f
+                for f in figures if "workers, decode=" in f.name}
+        assert len(rows) == 2 * len(decoders)
+        assert rows["cropped_256-like", "device"].ratio == "4.00x" and rows["cropped_256-like", "device"].met is False
+        assert rows["original_full-like", "device"].met is True  # 4x the workers
+        if dali:
+            assert rows["cropped_256-like", "dali"].met is True  # 16,000 img/s: over the 15,000 target
+        else:
+            assert any("DALI not installed" in f.value for f in figures)
 
 
 def test_every_raw_decode_way_decodes_every_image(converted_zips):
