@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issues 13 and 31), for a machine with a CUDA GPU and a Python that already
-# has torch, torchvision, pyarrow, pillow, pytest and hypothesis, and no network:
+# has torch, torchvision, pyarrow, pillow, fsspec and huggingface_hub, and no network:
 #
 #   bash scripts/gpu_check.sh [WHEELS_DIR]
 #
 # 1. installs the packages it lacks from WHEELS_DIR into a private folder: made beforehand, where
 #    there is network, with
 #      pip download --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#        -d WHEELS_DIR nvidia-dali-cuda120==2.4.0 simplejpeg
+#        -d WHEELS_DIR nvidia-dali-cuda120==2.4.0 simplejpeg pytest hypothesis pyyaml
 #    (DALI with its dependencies is several hundred MB: it may travel in parts);
 # 2. runs the CUDA tests: device="cuda" batches equal to CPU ones, the side-stream copy overlapping a
 #    dummy model step, decode="device" and decode="dali" (nvJPEG through DALI's "mixed" decoder)
