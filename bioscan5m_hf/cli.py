@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="create or update both repos on the Hugging Face Hub")
     p.add_argument("out", help="the OUT folder of convert")
     p.add_argument("--namespace", required=True, help="user or organisation on the Hub")
-    p.add_argument("--name", default=schema.PARQUET_REPO, help="repo name (the WebDataset repo gets -wds)")
+    p.add_argument("--name", default=schema.HUB_NAME, help="repo name (the WebDataset repo gets -wds)")
+    p.add_argument("--force", action="store_true",
+                   help="push into an existing repo that bioscan5m-hf did not make (it has no manifest.json)")
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision", default="main", help="branch to push to (created if missing)")
     p.add_argument("--dry-run", action="store_true", help="print the plan; send and write nothing")
@@ -217,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .hub.push import push
 
             push(args.out, args.namespace, args.name, private=args.private, revision=args.revision,
-                 dry_run=args.dry_run)
+                 dry_run=args.dry_run, force=args.force)
         elif args.command == "stats":
             from .convert.stats import format_stats, write_charts
             from .repo.manifest import open_repos

@@ -238,6 +238,9 @@ def package_of_zip(name: str) -> str | None:
 
 PARQUET_REPO = "BIOSCAN-5M"
 WDS_REPO = "BIOSCAN-5M-wds"
+#: The Hub repos' default name (the WebDataset one adds ``-wds``): not the folders' own, since
+#: ``bioscan-ml/BIOSCAN-5M`` on the Hub is the official release's zip repository.
+HUB_NAME = "BIOSCAN-5M-hf"
 MANIFEST = "manifest.json"
 #: ``processid`` of every record in the official CSV's row order (the official loader's row order,
 #: which ``reduce_repeated_barcodes`` depends on); shards hold records in a shuffled order.

@@ -1,6 +1,6 @@
 """Every Python snippet of README.md and of the repo cards runs, extracted from the text itself: in a
 folder holding a converted sample as ``out`` and the embedded default as ``shards``, with a loopback
-Hub holding the sample as ``your-org/BIOSCAN-5M`` and ``your-org/BIOSCAN-5M-wds`` (the names the
+Hub holding the sample as ``your-org/BIOSCAN-5M-hf`` and ``your-org/BIOSCAN-5M-hf-wds`` (the names the
 README uses), the cards as ``push`` wrote them there."""
 
 import importlib.util
@@ -25,7 +25,7 @@ def outcomes(converted_zips, tmp_path_factory):
         run(hub, home, "push", out=str(folder / "out"), namespace="your-org")
         docs = {"README.md": (ROOT / "README.md").read_text()}
         return run(hub, home, "snippets", folder=str(folder), docs=docs,
-                   cards=["your-org/BIOSCAN-5M", "your-org/BIOSCAN-5M-wds"])["results"]
+                   cards=["your-org/BIOSCAN-5M-hf", "your-org/BIOSCAN-5M-hf-wds"])["results"]
 
 
 def test_every_snippet_runs(outcomes):

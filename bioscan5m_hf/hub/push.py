@@ -6,8 +6,11 @@ update only what changed. Files go up in commits of bounded size (shards first, 
 the card last, so a repo never lists a shard it lacks); each commit uploads its files in parallel
 (``huggingface_hub``). A local record of what reached the Hub (``OUT/.bioscan5m-push/``, updated
 after each commit) plans ``--dry-run`` without a connection. A repo that fails ``verify`` or
-``verify --hub`` is never pushed. The token comes from the usual ``huggingface_hub`` places and is
-never printed. Tested end to end against the loopback Hub API of ``tests/servers/hubserver.py``.
+``verify --hub`` is never pushed, and a repo that exists without our ``manifest.json`` (one we did
+not make) is never written to unless the user says ``--force``. Files go up by the Hub client's
+default way (Xet where ``hf_xet`` is installed). The token comes from the usual ``huggingface_hub``
+places and is never printed. Tested end to end against the loopback Hub API of
+``tests/servers/hubserver.py``.
 """
 
 from __future__ import annotations
@@ -89,10 +92,15 @@ def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+#: What a repo made on the Hub's website holds before anything is pushed: such a repo is ours to fill.
+EMPTY_REPO = frozenset({".gitattributes"})
+
+
 def remote_state(api, repo_id: str, revision: str, folder: Path, files: dict[str, tuple[str, int]],
-                 card_text: str) -> dict[str, str]:
+                 card_text: str, force: bool = False) -> dict[str, str]:
     """``path -> sha256`` of the files the Hub holds at ``revision`` that are the same as ours (an
-    LFS file by its sha256, another by its git blob id); empty for a repo or branch not there yet."""
+    LFS file by its sha256, another by its git blob id); empty for a repo or branch not there yet.
+    A repo that holds files but no ``manifest.json`` is someone else's: refused unless ``force``."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
@@ -110,6 +118,18 @@ def remote_state(api, repo_id: str, revision: str, folder: Path, files: dict[str
         else:
             data = card_text.encode("utf-8") if path == schema.CARD else (folder / path).read_bytes()
             same[path] = sha256 if f.blob_id == git_blob_id(data) else f"git:{f.blob_id}"
+    # Ours: it has our manifest, or (a push cut short before the manifest, which goes last) it holds
+    # only files of ours, some of them already as we have them.
+    theirs = set(remote) - EMPTY_REPO
+    unknown = sorted(theirs - files.keys())
+    ours = schema.MANIFEST in remote or not theirs or (
+        not unknown and any(same[p] == files[p][0] for p in theirs if p != schema.CARD))
+    if not ours and not force:
+        shown = unknown or sorted(theirs)
+        listed = ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+        raise ForeignRepoError(f"refusing to push to {repo_id}: it exists on the Hub and bioscan5m-hf did not make "
+                               f"it (no {schema.MANIFEST}); it holds {len(theirs)} file(s), among them {listed}. "
+                               "Push under another --namespace or --name, or pass --force to add our files to it")
     return same
 
 
@@ -127,10 +147,15 @@ def reaching(api):
                                f"was committed stays, and a rerun sends only what is missing") from None
 
 
-def plan_push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET_REPO,
-              revision: str = "main", api=None) -> list[PushPlan]:
+class ForeignRepoError(ValueError):
+    """The target repo exists and was not made by bioscan5m-hf."""
+
+
+def plan_push(out: str | os.PathLike, namespace: str, name: str = schema.HUB_NAME,
+              revision: str = "main", api=None, force: bool = False) -> list[PushPlan]:
     """The plan for both repos under ``out``, against what the Hub holds (``api``) or, without
-    one, against the local record of the last push (nothing is sent or written)."""
+    one, against the local record of the last push (nothing is sent or written). A target repo we
+    did not make raises :class:`ForeignRepoError` unless ``force``."""
     out = Path(out)
     plans = []
     for fmt, repo in open_repos(out).items():
@@ -149,7 +174,7 @@ def plan_push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET
         files[schema.CARD] = (hashlib.sha256(data).hexdigest(), len(data))
         if api is not None:
             with reaching(api):
-                pushed = remote_state(api, repo_id, revision, folder, files, text)
+                pushed = remote_state(api, repo_id, revision, folder, files, text, force)
         else:
             record = _record_path(out, repo_id, revision)
             pushed = json.loads(record.read_text()) if record.is_file() else {}
@@ -163,12 +188,14 @@ class PushResult:
     commits: list[str] = field(default_factory=list)
 
 
-def push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET_REPO, *, private: bool = False,
-         revision: str = "main", dry_run: bool = False, api=None, echo=print) -> PushResult:
+def push(out: str | os.PathLike, namespace: str, name: str = schema.HUB_NAME, *, private: bool = False,
+         revision: str = "main", dry_run: bool = False, force: bool = False, api=None, echo=print) -> PushResult:
     """Create or update ``namespace/name`` (Parquet) and ``namespace/name-wds`` (WebDataset).
 
     ``api`` is a :class:`huggingface_hub.HfApi` (the default one when None; tests pass a recording
-    fake). With ``dry_run`` the plan is printed and nothing is sent or written.
+    fake). With ``dry_run`` the plan is printed and nothing is sent or written. An existing repo
+    without our ``manifest.json`` is refused (:class:`ForeignRepoError`, before anything is sent)
+    unless ``force``.
     """
     out = Path(out)
     from .rules import verify_hub
@@ -183,7 +210,7 @@ def push(out: str | os.PathLike, namespace: str, name: str = schema.PARQUET_REPO
         from huggingface_hub import HfApi
 
         api = HfApi()
-    plans = plan_push(out, namespace, name, revision, api=api)
+    plans = plan_push(out, namespace, name, revision, api=api, force=force)
     for plan in plans:
         echo(plan.describe())
     result = PushResult(plans)

@@ -36,7 +36,7 @@ def hub(out, tmp_path_factory):
     home = tmp_path_factory.mktemp("client")
     with HubServer(tmp_path_factory.mktemp("hub")) as server:
         commits = run(server, home, "push", out=str(out), namespace="my-org")["commits"]
-        assert commits and all(c.startswith("my-org/BIOSCAN-5M") for c in commits)
+        assert commits and all(c.startswith("my-org/BIOSCAN-5M-hf") for c in commits)
         yield server
 
 
@@ -60,9 +60,9 @@ def local_keys(out, repo, config, split):
 
 
 @pytest.mark.parametrize("repo_id, repo, config", [
-    ("my-org/BIOSCAN-5M", schema.PARQUET_REPO, "cropped_256"),
-    ("my-org/BIOSCAN-5M", schema.PARQUET_REPO, "metadata"),
-    ("my-org/BIOSCAN-5M-wds", schema.WDS_REPO, "original_256"),
+    ("my-org/BIOSCAN-5M-hf", schema.PARQUET_REPO, "cropped_256"),
+    ("my-org/BIOSCAN-5M-hf", schema.PARQUET_REPO, "metadata"),
+    ("my-org/BIOSCAN-5M-hf-wds", schema.WDS_REPO, "original_256"),
 ])
 def test_load_dataset_by_repo_id_streams_every_record(hub, out, home, repo_id, repo, config):
     got = run(hub, home, "load_dataset", repo_id=repo_id, config=config, split="val")
@@ -74,9 +74,9 @@ def test_load_dataset_by_repo_id_streams_every_record(hub, out, home, repo_id, r
 def test_bioscan5m_over_hf_reads_records_by_index_through_faults(hub, out, home):
     manifest = json.loads((out / schema.PARQUET_REPO / schema.MANIFEST).read_text())
     for k, shard in enumerate(manifest["configs"]["cropped_256"]["val"]["shards"]):
-        hub.traffic.faults[f"my-org/BIOSCAN-5M/{shard['path']}"] += [["503"], [("drop", 300)], ["429"]][k % 3]
-    hub.traffic.faults["my-org/BIOSCAN-5M/index/cropped_256.parquet"] += [("drop", 100)]
-    got = run(hub, home, "bioscan", root="hf://datasets/my-org/BIOSCAN-5M", split="val")["records"]
+        hub.traffic.faults[f"my-org/BIOSCAN-5M-hf/{shard['path']}"] += [["503"], [("drop", 300)], ["429"]][k % 3]
+    hub.traffic.faults["my-org/BIOSCAN-5M-hf/index/cropped_256.parquet"] += [("drop", 100)]
+    got = run(hub, home, "bioscan", root="hf://datasets/my-org/BIOSCAN-5M-hf", split="val")["records"]
     want = BIOSCAN5M(out / schema.PARQUET_REPO, split="val", modality=("image", "dna"), target_type="species")
     assert got == [[list(image.size), dna, target] for image, dna, target in (want[i] for i in range(len(want)))]
     assert not any(hub.traffic.faults.values())  # every fault was met, and got through
@@ -85,8 +85,8 @@ def test_bioscan5m_over_hf_reads_records_by_index_through_faults(hub, out, home)
 def test_make_loader_over_hf_gives_the_local_batches_through_faults(hub, out, home):
     manifest = json.loads((out / schema.WDS_REPO / schema.MANIFEST).read_text())
     for shard in manifest["configs"]["cropped_256"]["train"]["shards"][:3]:
-        hub.traffic.faults[f"my-org/BIOSCAN-5M-wds/{shard['path']}"] += [("drop", 2000), "503"]
-    got = run(hub, home, "loader", root="hf://datasets/my-org/BIOSCAN-5M-wds", split="train")["processids"]
+        hub.traffic.faults[f"my-org/BIOSCAN-5M-hf-wds/{shard['path']}"] += [("drop", 2000), "503"]
+    got = run(hub, home, "loader", root="hf://datasets/my-org/BIOSCAN-5M-hf-wds", split="train")["processids"]
     here = stream_loader(out / schema.WDS_REPO, "train", batch_size=4, num_workers=2, image_size=32, shuffle=True,
                        seed=1)
     assert got == [p for b in here for p in b["processid"]]
@@ -111,7 +111,8 @@ def test_a_push_killed_half_way_then_rerun_sends_only_what_is_missing(out, tmp_p
         assert sum(map(len, before.values())) > 0
         committed, lfs = len(hub.committed), len(hub.lfs_uploads)
         run(hub, tmp_path, "push", out=str(folder), namespace="my-org")
-        for repo_id, repo in (("my-org/BIOSCAN-5M", schema.PARQUET_REPO), ("my-org/BIOSCAN-5M-wds", schema.WDS_REPO)):
+        for repo_id, repo in (("my-org/BIOSCAN-5M-hf", schema.PARQUET_REPO),
+                              ("my-org/BIOSCAN-5M-hf-wds", schema.WDS_REPO)):
             files = {p.relative_to(folder / repo).as_posix() for p in (folder / repo).rglob("*") if p.is_file()}
             resent = Counter(p for r, p in hub.committed[committed:] if r == repo_id)
             assert set(resent) == files - before.get(repo_id, set())  # only what the Hub lacked
