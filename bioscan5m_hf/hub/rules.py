@@ -8,6 +8,9 @@ Each problem names the rule it breaks, so a maintainer knows what to fix before 
   the viewer processes;
 - ``parquet``: the bytes the viewer may read to serve one page of rows within its limit, a page
   index written, the image column tagged as a ``datasets`` Image in the schema metadata;
+- ``writer``: the settings ``datasets`` writes Parquet with today (:class:`WriterDefaults` names
+  the source of each): content-defined chunking of data pages, a page index, row groups and shards
+  within its sizes;
 - ``files``: entries per folder, files per repo and bytes per file within the Hub's limits;
 - ``tar``: members named ``<key>.<ext>`` with a dot-free key that ``datasets`` does not skip as
   hidden, a sample's members adjacent, so the viewer and ``datasets`` group them into samples.
@@ -66,6 +69,23 @@ class HubLimits:
     files_per_commit: int = 100
 
 
+@dataclass(frozen=True)
+class WriterDefaults:
+    """How ``datasets`` writes Parquet for the Hub (its ``push_to_hub`` and ``to_parquet``), as of the
+    sources named (``datasets`` 4.1 and later; read in 5.2), which the viewer tags "optimized-parquet"."""
+
+    #: ``datasets.config.DEFAULT_CDC_OPTIONS``, passed by ``datasets.arrow_writer.ParquetWriter`` as
+    #: pyarrow's ``use_content_defined_chunking`` and recorded in the file's key-value metadata
+    #: ``content_defined_chunking``: data pages cut by content, so an edit changes only nearby pages.
+    cdc_options: tuple = (("max_chunk_size", 1024 * 1024), ("min_chunk_size", 256 * 1024), ("norm_level", 0))
+    #: ``datasets.arrow_writer.ParquetWriter(write_page_index=True)``.
+    page_index: bool = True
+    #: ``datasets.config.MAX_ROW_GROUP_SIZE`` ("100MB", uncompressed).
+    row_group_bytes: int = 100_000_000
+    #: ``datasets.config.MAX_SHARD_SIZE`` ("500MB" of Arrow data per file).
+    shard_bytes: int = 500_000_000
+
+
 SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
 CONFIG_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
 
@@ -110,10 +130,23 @@ def page_scan_bytes(meta: pq.FileMetaData, group: int) -> int:
     return sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
 
 
-def _check_parquet(path: Path, where: str, image: bool, limits: HubLimits, report: Report) -> int:
-    """Check one Parquet shard; returns the most bytes a page of it may make the viewer read."""
+def _check_parquet(path: Path, where: str, image: bool, limits: HubLimits, report: Report,
+                   arrow_bytes: int = 0, writer: WriterDefaults = WriterDefaults()) -> tuple[int, int]:
+    """Check one Parquet shard; returns the most bytes a page of it may make the viewer read, and its
+    largest row group's uncompressed bytes."""
     f = pq.ParquetFile(path)
     meta = f.metadata
+    cdc = json.loads((meta.metadata or {}).get(b"content_defined_chunking", b"null"))
+    if not isinstance(cdc, dict) or tuple(sorted(cdc.items())) != writer.cdc_options:
+        report.add(where, f"[writer] data pages are not content-defined chunked as datasets writes them "
+                          f"({dict(writer.cdc_options)}, datasets.config.DEFAULT_CDC_OPTIONS); found {cdc}")
+    largest = max((meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)), default=0)
+    if largest > writer.row_group_bytes:
+        report.add(where, f"[writer] a row group of {largest:,} bytes uncompressed, over datasets' "
+                          f"{writer.row_group_bytes:,} (datasets.config.MAX_ROW_GROUP_SIZE)")
+    if arrow_bytes > writer.shard_bytes:
+        report.add(where, f"[writer] {arrow_bytes:,} bytes of Arrow data, over datasets' {writer.shard_bytes:,} "
+                          "per file (datasets.config.MAX_SHARD_SIZE)")
     if meta.num_columns > limits.columns:
         report.add(where, f"[parquet] {meta.num_columns} columns, over the viewer's {limits.columns}")
     scans = [page_scan_bytes(meta, g) for g in range(meta.num_row_groups)]
@@ -130,7 +163,7 @@ def _check_parquet(path: Path, where: str, image: bool, limits: HubLimits, repor
         feature = hf.get("info", {}).get("features", {}).get(schema.IMAGE_COLUMN, {})
         if feature.get("_type") != "Image":
             report.add(where, "[parquet] the image column is not tagged as a datasets Image")
-    return max(scans, default=0)
+    return max(scans, default=0), largest
 
 
 def _check_tar(path: Path, where: str, report: Report) -> None:
@@ -222,7 +255,7 @@ def viewer_notes(repo: Repo, limits: HubLimits, counts: tuple[int, int, int], sc
 
 
 def verify_hub(root: str | os.PathLike, limits: HubLimits = HubLimits(), namespace: str = "bioscan-ml",
-               name: str = schema.PARQUET_REPO) -> Report:
+               name: str = schema.HUB_NAME) -> Report:
     """Check the repos under ``root`` against the Hub's and the viewer's rules; the report's notes
     say what the viewer will show of each repo."""
     report = Report()
@@ -233,7 +266,7 @@ def verify_hub(root: str | os.PathLike, limits: HubLimits = HubLimits(), namespa
         _check_card(repo, report)
         _check_names(repo, limits, report)
         counts = _check_files(repo, folder, limits, report)
-        scan = 0
+        scan, row_group, shard = 0, 0, 0
         for config, splits in repo.configs.items():
             for info in splits.values():
                 for s in info["shards"]:
@@ -242,8 +275,23 @@ def verify_hub(root: str | os.PathLike, limits: HubLimits = HubLimits(), namespa
                     if not path.is_file():
                         continue  # plain verify reports missing files
                     if fmt == "parquet":
-                        scan = max(scan, _check_parquet(path, where, config != schema.METADATA_CONFIG, limits, report))
+                        arrow = s.get("arrow_bytes", 0)
+                        page, group = _check_parquet(path, where, config != schema.METADATA_CONFIG, limits, report,
+                                                     arrow)
+                        scan, row_group, shard = max(scan, page), max(row_group, group), max(shard, arrow)
                     else:
                         _check_tar(path, where, report)
         report.notes += viewer_notes(repo, limits, counts, scan)
+        if fmt == "parquet":
+            report.notes.append(writer_note(repo, row_group, shard))
     return report
+
+
+def writer_note(repo: Repo, row_group: int, shard: int, writer: WriterDefaults = WriterDefaults()) -> str:
+    """The Parquet files against ``datasets``' writer defaults, each with its source."""
+    return (f"{repo.name}: written as datasets writes Parquet for the Hub: content-defined chunking "
+            f"{dict(writer.cdc_options)} (datasets.config.DEFAULT_CDC_OPTIONS), page index "
+            f"(datasets.arrow_writer.ParquetWriter), largest row group {row_group / 1e6:,.1f} MB uncompressed "
+            f"(<= {writer.row_group_bytes / 1e6:,.0f} MB, datasets.config.MAX_ROW_GROUP_SIZE), largest shard "
+            f"{shard / 1e6:,.1f} MB of Arrow data (<= {writer.shard_bytes / 1e6:,.0f} MB, "
+            f"datasets.config.MAX_SHARD_SIZE)")

@@ -103,7 +103,7 @@ def test_report_says_what_the_viewer_shows(out):
 def test_wds_card_points_to_the_parquet_repo_for_browsing(out):
     text = (out / schema.WDS_REPO / schema.CARD).read_text()
     assert "only up to 5 GB per split" in text and "Every split of this copy is under that size" in text
-    assert "[`bioscan-ml/BIOSCAN-5M`]" in text
+    assert "[`bioscan-ml/BIOSCAN-5M-hf`]" in text
     assert "reads these Parquet files in place" in (out / schema.PARQUET_REPO / schema.CARD).read_text()
 
 
@@ -119,7 +119,7 @@ def test_original_full_sized_images_convert_and_pass(tmp_path):
     shard = first_shard(tmp_path / "out", schema.PARQUET_REPO, "original_full", "pretrain")
     meta = pq.ParquetFile(shard).metadata
     sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-    assert len(sizes) > 1 and max(sizes) < writers.IMAGE_ROW_GROUP_ROWS  # cut by bytes, not at 100 rows
+    assert len(sizes) > 1 and max(sizes) < writers.IMAGE_ROW_GROUP_ROWS  # cut by record hash or bytes, not at 100 rows
     table = pq.read_table(shard)
     images = table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes")
     assert sum(len(b) for b in images.to_pylist()) / len(table) > 800_000  # realistic JPEG sizes
@@ -129,3 +129,28 @@ def test_original_full_sized_images_convert_and_pass(tmp_path):
     pq.write_table(table, shard, row_group_size=100, write_page_index=True)  # the old fixed 100 rows
     limits = HubLimits(page_scan_bytes=max(page_scan_bytes(meta, g) for g in range(meta.num_row_groups)) + 1)
     assert any("the viewer reads at most to serve one page" in p for p in verify_hub(tmp_path / "out", limits).problems)
+
+
+def test_writer_defaults_are_datasets_own_and_reported_with_their_source(out):
+    """verify --hub holds the Parquet files to the settings datasets writes them with (its config, read
+    here from the installed datasets), names the source of each, and flags a file written otherwise."""
+    import datasets.config
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    from bioscan5m_hf.hub.rules import WriterDefaults
+
+    writer = WriterDefaults()
+    assert dict(writer.cdc_options) == datasets.config.DEFAULT_CDC_OPTIONS
+    assert writer.row_group_bytes == convert_file_size_to_int(datasets.config.MAX_ROW_GROUP_SIZE)
+    assert writer.shard_bytes == convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)
+    report = verify_hub(out)
+    assert report.ok, report.problems
+    note = next(n for n in report.notes if "written as datasets writes Parquet" in n)
+    for source in ("datasets.config.DEFAULT_CDC_OPTIONS", "datasets.arrow_writer.ParquetWriter",
+                   "datasets.config.MAX_ROW_GROUP_SIZE", "datasets.config.MAX_SHARD_SIZE"):
+        assert source in note
+    shard = first_shard(out, schema.PARQUET_REPO)
+    pq.write_table(pq.read_table(shard), shard, write_page_index=True)  # pyarrow's defaults: no chunking by content
+    report = verify_hub(out)
+    rel = shard.relative_to(out).as_posix()
+    assert any(rel in p and "[writer] data pages are not content-defined chunked" in p for p in report.problems)
