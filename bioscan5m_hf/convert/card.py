@@ -110,14 +110,38 @@ part = split_dataset_by_node(fast, rank=rank, world_size=world_size)
 loader = DataLoader(part.batch(64), batch_size=None, num_workers=8, collate_fn=BatchCollate(image_size=224))
 ```
 
-The drop-in for the official PyTorch loader (`bioscan5m_hf.BIOSCAN5M`, from the bioscan5m-hf
-package), reading one record at a time from this repo through its per-record index
-(`streaming=True` streams the shards instead):
+SQL and DataFrame engines read the same files where they are, a row group and column at a time
+(`pip install duckdb polars`; the files through `huggingface_hub`, with your token where the repo is
+private; for a local clone, glob its folder and leave `filesystem` out):
 
 ```python
-from bioscan5m_hf import BIOSCAN5M
-ds = BIOSCAN5M("hf://datasets/{repo_id}", split="train", modality=("image", "dna"), target_type="species")
-image, dna, species_index = ds[0]
+import duckdb
+import polars as pl
+import pyarrow.dataset as pads
+from huggingface_hub import HfFileSystem
+
+fs = HfFileSystem()
+
+
+def table(files):
+    return pads.dataset(fs.glob(f"datasets/{repo_id}/{{files}}"), filesystem=fs)
+
+
+metadata = table("metadata/*/*.parquet")  # no image bytes
+# Records per split, and how many carry a label at each rank
+per_split = duckdb.sql('''
+    SELECT split, count(*) AS records, count("order") AS "order", count(family) AS family,
+           count(genus) AS genus, count(species) AS species
+    FROM metadata GROUP BY split ORDER BY split''').fetchall()
+# The JPEG bytes of the val records of one order, joined by processid
+val_metadata, val_images = table("metadata/val/*.parquet"), table("{config}/val/*.parquet")
+diptera = duckdb.sql('''
+    SELECT m.processid, m.species, i.image.bytes AS jpeg
+    FROM val_metadata AS m JOIN val_images AS i USING (processid)
+    WHERE m."order" = 'Diptera'
+''').fetchall()
+# Polars, lazily: records per order
+per_order = pl.scan_pyarrow_dataset(metadata).group_by("order").len().sort("len", descending=True).collect()
 ```"""
     return f"""```python
 from datasets import load_dataset
@@ -168,7 +192,7 @@ def _viewer_note(manifest: dict, namespace: str, other: str) -> str:
 
 
 def render(manifest: dict, template: str | None = None, namespace: str = "bioscan-ml",
-           name: str = schema.PARQUET_REPO) -> str:
+           name: str = schema.HUB_NAME) -> str:
     """The full ``README.md`` of a converted repo, published as ``namespace/name`` (Parquet) and
     ``namespace/name-wds`` (WebDataset)."""
     if template is None:
