@@ -5,7 +5,8 @@ Remote repos are read through one code path: fsspec's ``cat_file(path, start, en
 byte range at a time, so that a job reads only the shards its records live in. Around it:
 
 - retries of transient faults (connection resets, timeouts, HTTP 429 and 5xx) with exponential
-  backoff and jitter; a read cut off mid-range is retried from where it stopped, and a server that
+  backoff and jitter, or as long as a 429 or 503 says to wait (its `Retry-After` or `RateLimit`
+  header); a read cut off mid-range is retried from where it stopped, and a server that
   ignores ``Range`` is re-read and skipped to the offset; permanent faults (404, 401/403, a checksum
   mismatch) stop at once with an error naming the URL, with any credentials taken out of it;
 - sequential reads are checked against the manifest's sha256 once a shard has been read to its end
@@ -18,6 +19,9 @@ byte range at a time, so that a job reads only the shards its records live in. A
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import email.utils
 import errno
 import fcntl
 import gc
@@ -71,6 +75,38 @@ class RetryPolicy:
 
 def _status(exc: BaseException) -> int | None:
     return getattr(exc, "status", None) or getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def asked_wait(exc: BaseException, cap: float = 600.0) -> float | None:
+    """Seconds a throttled or unavailable server asks us to wait before the next request (429/503):
+    its ``Retry-After`` (seconds or an HTTP date), or the reset time of an exhausted ``RateLimit``
+    header (the IETF draft the Hub follows: ``"api";r=0;t=55``), at most ``cap``; None if it says
+    nothing.
+
+    >>> class Throttled(Exception):
+    ...     status, headers = 429, {"RateLimit": '"resolvers";r=0;t=42'}
+    >>> asked_wait(Throttled()), asked_wait(type("E", (Exception,), {"headers": {"Retry-After": "3"}})())
+    (42.0, 3.0)
+    """
+    headers = getattr(exc, "headers", None) or getattr(getattr(exc, "response", None), "headers", None)
+    if not headers:
+        return None
+    headers = {str(k).lower(): str(v) for k, v in headers.items()}
+    waits = []
+    retry_after = headers.get("retry-after", "").strip()
+    if retry_after.isdigit():
+        waits.append(float(retry_after))
+    elif retry_after:
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            when = email.utils.parsedate_to_datetime(retry_after)
+            waits.append(max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()))
+    if "ratelimit" in headers:
+        from huggingface_hub.utils import parse_ratelimit_headers
+
+        info = parse_ratelimit_headers(headers)
+        if info is not None and info.remaining == 0:
+            waits.append(float(info.reset_in_seconds))
+    return min(cap, max(waits)) if waits else None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -228,7 +264,8 @@ class Store:
                     cause = f"HTTP {status}" if status else f"{type(e).__name__}: {redact(str(e))[:200]}"
                     raise UnreachableError(f"{url}: unreachable, still failing after {self.retry.tries} tries "
                                            f"({cause})") from None
-                time.sleep(self.retry.delay(k))
+                asked = asked_wait(e)  # a server that says how long to wait is waited out as it says
+                time.sleep(self.retry.delay(k) if asked is None else asked)
         raise AssertionError("unreachable")
 
     def open(self, rel: str, size: int, sha256: str | None = None):

@@ -190,3 +190,20 @@ def test_an_unreachable_root_says_so_naming_the_url(tmp_path):
         with pytest.raises(UnreachableError, match=r"http://127\.0\.0\.1:9/nope/manifest\.json: unreachable") as e:
             attempt()
         assert "no converted repo" not in str(e.value) and "secret" not in str(e.value)
+
+
+@pytest.mark.parametrize("headers", [
+    {"Retry-After": "2"},
+    {"RateLimit": '"resolvers";r=0;t=2', "RateLimit-Policy": '"fixed window";"resolvers";q=5000;w=300'}])
+def test_a_429_is_waited_out_as_its_headers_say(out, server, headers):
+    """A throttled server says how long to wait (Retry-After, or the Hub's RateLimit header): the next
+    request comes no sooner, where the backoff alone would have retried within a fraction of a second."""
+    repo = schema.WDS_REPO
+    rel = manifest(out, repo)["configs"]["cropped_256"]["val"]["shards"][0]["path"]
+    key = f"{repo}/{rel}"
+    server.faults[key] = [("429", headers)]
+    ds = StreamingBIOSCAN5M(f"{server.url}/{repo}", "val", modality=("dna",),
+                            storage=Storage(retry=RetryPolicy(tries=3, base=0.05)))
+    assert Counter(r[1] for r in ds) and not server.faults[key]
+    times = [t for t, k in server.log if k == key]
+    assert len(times) >= 2 and times[1] - times[0] >= 1.9  # waited 2 s, not the 0.05 s backoff

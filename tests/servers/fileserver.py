@@ -16,7 +16,8 @@ from pathlib import Path
 class Traffic:
     """What a loopback server was asked for, and the faults it is told to inject.
 
-    ``faults[key]`` is a list of actions, one used up per request for that key: ``"503"``, ``"429"``,
+    ``faults[key]`` is a list of actions, one used up per request for that key: ``"503"``, ``"429"``
+    (``("429", headers)`` with response headers such as ``Retry-After``),
     ``("drop", n)`` (send n body bytes, then cut the connection), ``("stall", seconds)``,
     ``"ignore-range"`` (answer 200 with the whole file). ``corrupt[key] = offset`` flips that byte in
     every response covering it.
@@ -65,6 +66,9 @@ def send_file(handler: BaseHTTPRequestHandler, traffic: Traffic, key: str, path:
     fault = traffic.arrived(key)
     if fault in ("503", "429"):
         send_status(handler, int(fault))
+        return
+    if isinstance(fault, tuple) and fault[0] in ("503", "429"):  # with headers: ("429", {"Retry-After": "2"})
+        send_status(handler, int(fault[0]), fault[1])
         return
     if isinstance(fault, tuple) and fault[0] == "stall":
         time.sleep(fault[1])
