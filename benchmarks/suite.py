@@ -904,10 +904,69 @@ def dropin_area(st: Settings) -> list[Figure]:
     return figures
 
 
+def edited_release(base: Path, out: Path, edit: str, share: int = 200) -> Path:
+    """``base`` with one pretrain record in ``share`` withdrawn (``edit="withdraw"``) or given another
+    family (``"relabel"``), the records picked by sorted processid; images are shared (linked)."""
+    import csv
+
+    csv_path = base / schema.METADATA_CSV
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    split, pid, family = (header.index(c) for c in ("split", "processid", "family"))
+    pretrain = sorted(r[pid] for r in body if r[split] == "pretrain")
+    picked = set(pretrain[::share])
+    families = sorted({r[family] for r in body if r[family]})
+    if edit == "withdraw":
+        body = [r for r in body if r[pid] not in picked]
+    else:
+        for r in body:
+            if r[pid] in picked:  # the next family of the vocabulary (or one where there was none)
+                r[family] = families[(families.index(r[family]) + 1) % len(families)] if r[family] else families[0]
+    if not (out / schema.METADATA_CSV).exists():
+        shutil.rmtree(out, ignore_errors=True)
+        (out / schema.METADATA_CSV).parent.mkdir(parents=True)
+        for entry in (base / schema.METADATA_CSV.split("/")[0]).iterdir():
+            if entry.name != "metadata":
+                (out / schema.METADATA_CSV.split("/")[0] / entry.name).symlink_to(entry.resolve())
+        with open(out / schema.METADATA_CSV, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([header, *body])
+    return out
+
+
+def republish_area(st: Settings) -> list[Figure]:
+    """What re-publishing an edited release costs on the Hub: the share of the new version's bytes
+    in content-defined chunks (Xet's parameters, :mod:`benchmarks.chunks`) that the old version
+    lacks, per repo, after withdrawing 0.5% of pretrain's records, adding them back, and changing
+    their family."""
+    from . import chunks
+
+    base = _sample(st.workdir / "republish-release", st.remote_records, "--layout", "folders")
+    releases = {"base": base, **{e: edited_release(base, st.workdir / f"republish-{e}-release", e)
+                                 for e in ("withdraw", "relabel")}}
+    outs = {}
+    for name, release in releases.items():
+        outs[name] = st.workdir / f"republish-{name}-out"
+        if not (outs[name] / schema.WDS_REPO / schema.MANIFEST).exists():
+            _convert(release, outs[name], "--packages", "cropped_256")
+    edits = {"withdraw 0.5% of pretrain": ("base", "withdraw"), "add 0.5% to pretrain": ("withdraw", "base"),
+             "change the family of 0.5% of pretrain": ("base", "relabel")}
+    figures = []
+    for label, (old, new) in edits.items():
+        for repo in (schema.PARQUET_REPO, schema.WDS_REPO):
+            files = {v: sorted(p for p in (outs[v] / repo).rglob("*") if p.is_file()) for v in (old, new)}
+            share, added, total = chunks.new_share(files[old], files[new])
+            figures.append(Figure(f"{repo}, {st.remote_records:,}-record sample: {label}, new bytes in 64 KiB "
+                                  f"content-defined chunks", f"{share:.3f} ({added / 1e6:.2f} of {total / 1e6:.1f} MB)",
+                                  "the version before", f"{share:.3f}", "<= 0.10", share <= 0.10))
+    return figures
+
+
 #: The areas of the suite, in the order they run and appear in BENCHMARKS.md.
 AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_area,
          "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area, "mapstyle": mapstyle_area,
-         "filter": filter_area, "peers": peers_area, "dropin": dropin_area, "gpu": gpu_area}
+         "filter": filter_area, "peers": peers_area, "dropin": dropin_area, "republish": republish_area,
+         "gpu": gpu_area}
 #: What runs without --only: every area but "gpu", which needs a CUDA device (scripts/gpu_check.sh).
 DEFAULT_AREAS = tuple(a for a in AREAS if a != "gpu")
 

@@ -3,6 +3,7 @@
 import sys
 
 from benchmarks.suite import Figure, run_measured, table, write_benchmarks
+from bioscan5m_hf import schema
 
 
 def test_run_measured_reports_time_and_memory():
@@ -60,7 +61,7 @@ def test_gpu_area_measures_every_way_and_tabulates_it(tmp_path, monkeypatch):
     for dali in (True, False):
         calls.clear()
         monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda name, *a: (object() if dali else None) if name == "nvidia.dali"
+                            lambda name, *a, dali=dali: (object() if dali else None) if name == "nvidia.dali"
                             else real_find_spec(name, *a))
         figures = bench.gpu_area(bench.Settings(tmp_path, gpu_records=200, gpu_workers=(2,)))
         decoders = ("device", "dali") if dali else ("device",)
@@ -115,3 +116,44 @@ def test_dropin_area_measures_every_figure_on_a_small_release(tmp_path):
     for part in ("BIOSCAN5M('pretrain', DNA)", "BIOSCAN5M('all', DNA)", "StreamingBIOSCAN5M('pretrain', DNA)",
                  "time to the first batch", "8 forked DataLoader workers"):
         assert part in names, part
+
+
+def test_content_defined_chunks_resync_after_an_edit():
+    """The re-upload measure (Xet's chunking parameters): chunks within the bounds, and an insertion
+    or a deletion costs the chunks around it, not every chunk after it."""
+    import numpy as np
+
+    from benchmarks import chunks
+
+    data = np.random.default_rng(0).bytes(4 << 20)
+    ends = chunks.chunk_ends(data)
+    sizes = np.diff([0, *ends])
+    assert ends[-1] == len(data) and sizes[:-1].min() >= chunks.MIN_CHUNK and sizes.max() <= chunks.MAX_CHUNK
+    assert 40_000 < sizes.mean() < 90_000  # 64 KiB on average
+    before = chunks.chunks(data)
+    for edited in (data[:1_000_000] + b"inserted" * 50 + data[1_000_000:], data[:2_000_000] + data[2_010_000:]):
+        after = chunks.chunks(edited)
+        assert sum(s for h, s in after.items() if h not in before) <= 4 * chunks.MAX_CHUNK
+    assert sum(s for h, s in chunks.chunks(b"x" + data).items() if h not in before) < len(data) // 10
+
+
+def test_republish_area_edits_the_release_and_measures_each_repo(tmp_path):
+    """The republish area on a small sample: the edited releases hold what the edits say, and a
+    withdrawal or relabelling re-uses most of each repo (the fixed-count sharding it replaced rewrote
+    0.68 of the Parquet repo on the issue's sample)."""
+    import csv
+
+    from benchmarks import suite as bench
+
+    figures = bench.republish_area(bench.Settings(tmp_path, remote_records=1200))
+    rows = {}
+    for name in ("republish-release", "republish-withdraw-release", "republish-relabel-release"):
+        with open(tmp_path / name / schema.METADATA_CSV, newline="", encoding="utf-8") as f:
+            rows[name] = {r["processid"]: r for r in csv.DictReader(f)}
+    base, withdrawn, relabelled = rows.values()
+    pretrain = sorted(p for p, r in base.items() if r["split"] == "pretrain")
+    assert base.keys() - withdrawn.keys() == set(pretrain[::200])
+    assert {p for p in base if base[p]["family"] != relabelled[p]["family"]} == set(pretrain[::200])
+    assert len(figures) == 6 and {f.name.split(",")[0] for f in figures} == {schema.PARQUET_REPO, schema.WDS_REPO}
+    shares = [float(f.ratio) for f in figures]
+    assert all(0 < s < 0.5 for s in shares), [(f.name, f.ratio) for f in figures]

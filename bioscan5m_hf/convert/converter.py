@@ -168,14 +168,15 @@ def check_jpeg(data: bytes, processid: str, where: str) -> bytes:
 # Planning (main process)
 
 
-def split_rows(table: pa.Table, seed: int) -> dict[str, np.ndarray]:
-    """Rows of each split, in the split's seeded shuffled order."""
+def split_rows(table: pa.Table, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Rows of each split in the split's seeded shuffled order, with their order keys (ascending)."""
     codes = pc.index_in(table.column("split"), value_set=pa.array(schema.SPLITS)).to_numpy(zero_copy_only=False)
     out = {}
     for code, split in enumerate(schema.SPLITS):
         rows = np.flatnonzero(codes == code)
-        pids = take_rows(table.select(["processid"]), rows).column("processid").to_pylist()
-        out[split] = rows[sharding.shuffled_order(pids, seed)]
+        keys = sharding.order_keys(take_rows(table.select(["processid"]), rows).column("processid").to_pylist(), seed)
+        order = np.argsort(keys, kind="stable")
+        out[split] = rows[order], keys[order]
     return out
 
 
@@ -206,22 +207,24 @@ def plan_tasks(table: pa.Table, release: Path, repos: dict[str, Path], ipc: Path
     for package in options.packages:
         source = open_image_source(release, package, options.image_source)
         for split in options.splits:
-            rows, refs, sizes, missing = locate_images(table, package, split, ordered[split], source)
+            all_rows, all_keys = ordered[split]
+            rows, refs, sizes, missing = locate_images(table, package, split, all_rows, source)
             if missing:
                 if not options.allow_missing:
-                    raise ReleaseError(missing_message(package, source, missing, len(ordered[split])))
+                    raise ReleaseError(missing_message(package, source, missing, len(all_rows)))
                 skipped.setdefault(package, {})[split] = sorted(missing)
+            keys = all_keys[np.isin(all_rows, rows)] if missing else all_keys
             start = 0  # shards are consecutive runs of `rows`
-            for shard in sharding.plan_split(package, split, rows, sizes + meta_bytes, options.shard_bytes,
-                                         options.shard_records, options.min_shards):
+            for shard in sharding.plan_split(package, split, rows, keys, sizes + meta_bytes, options.shard_bytes,
+                                             options.shard_records, options.min_shards):
                 tasks.append(ShardTask(shard, options.formats, {f: str(repos[f]) for f in options.formats},
                                        str(ipc), refs[start:start + len(shard)], source.archives))
                 start += len(shard)
     if "parquet" in options.formats:
         for split in schema.SPLITS:  # the metadata config always holds every split
-            rows = ordered[split]
-            for shard in sharding.plan_split(schema.METADATA_CONFIG, split, rows, np.full(len(rows), meta_bytes),
-                                         options.shard_bytes, options.shard_records, options.min_shards):
+            rows, keys = ordered[split]
+            for shard in sharding.plan_split(schema.METADATA_CONFIG, split, rows, keys, np.full(len(rows), meta_bytes),
+                                             options.shard_bytes, options.shard_records, options.min_shards):
                 tasks.append(ShardTask(shard, ("parquet",), {"parquet": str(repos["parquet"])}, str(ipc)))
     return tasks, skipped
 

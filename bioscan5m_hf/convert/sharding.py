@@ -1,14 +1,18 @@
 """Which record goes into which shard: pure functions, no I/O.
 
 A split's records are put in a fixed pseudo-random order (a keyed hash of ``processid``, so the order
-depends neither on the CSV's row order nor on the machine), then cut into shards of balanced record
-counts, as many as the shard size limits ask for. Any shard is thus a random sample of its split.
+depends neither on the CSV's row order nor on the machine). A shard is a range of that hash: the
+split's key space is halved until each half holds at least ``MIN_SHARD_RECORDS`` records per shard
+for ``min_shards`` shards, and any range over the size limits is halved again. So a shard's records
+depend on the records alone, never on how many there are: withdrawing or adding a record changes
+only the shard its key falls in, and a re-published release re-uses every other shard byte for byte
+(cheap on the Hub's content-addressed storage; BENCHMARKS.md, ``republish``). Any shard is a random
+sample of its split.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,15 +37,22 @@ def order_keys(processids: Sequence[str], seed: int) -> np.ndarray:
     )
 
 
-def shuffled_order(processids: Sequence[str], seed: int) -> np.ndarray:
-    """Positions of ``processids`` in their seeded shuffled order (ties, if ever, by position)."""
-    return np.argsort(order_keys(processids, seed), kind="stable")
+def base_depth(num_records: int, min_shards: int = 1) -> int:
+    """Halvings of the key space that give ``min_shards`` shards where ``MIN_SHARD_RECORDS`` records
+    each allow (a power of two, not above that count).
+
+    >>> base_depth(14_757, 16), base_depth(300, 16), base_depth(50, 16)
+    (4, 2, 0)
+    """
+    return max(1, min(min_shards, num_records // MIN_SHARD_RECORDS)).bit_length() - 1
 
 
 def shard_count(num_records: int, num_bytes: int, shard_bytes: int = DEFAULT_SHARD_BYTES,
                 shard_records: int | None = None, min_shards: int = 1) -> int:
-    """How many shards a split needs so that none exceeds ``shard_bytes`` nor ``shard_records``, and
-    at least ``min_shards`` where that leaves ``MIN_SHARD_RECORDS`` records in each.
+    """The shards :func:`key_ranges` makes of ``num_records`` records of equal size spread evenly over
+    the key space (``convert --plan``'s estimate at full scale: real keys vary a little, so a few
+    ranges near a limit may be halved once more): the key space halved from :func:`base_depth` on
+    until a range is within ``shard_bytes`` and ``shard_records``.
 
     >>> shard_count(10, 1000, shard_bytes=300)
     4
@@ -56,28 +67,13 @@ def shard_count(num_records: int, num_bytes: int, shard_bytes: int = DEFAULT_SHA
         return 0
     if shard_bytes <= 0:
         raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
-    count = max(1, math.ceil(num_bytes / shard_bytes))
-    if shard_records is not None:
-        if shard_records <= 0:
-            raise ValueError(f"shard_records must be positive, got {shard_records}")
-        count = max(count, math.ceil(num_records / shard_records))
-    count = max(count, min(min_shards, num_records // MIN_SHARD_RECORDS))
+    if shard_records is not None and shard_records <= 0:
+        raise ValueError(f"shard_records must be positive, got {shard_records}")
+    count = 1 << base_depth(num_records, min_shards)
+    while count < num_records and (num_bytes > count * shard_bytes or (
+            shard_records is not None and num_records > count * shard_records)):
+        count *= 2
     return min(count, num_records)
-
-
-def shard_bounds(num_records: int, num_shards: int) -> list[tuple[int, int]]:
-    """Split ``range(num_records)`` into ``num_shards`` contiguous parts whose sizes differ by at most 1.
-
-    >>> shard_bounds(10, 3)
-    [(0, 4), (4, 7), (7, 10)]
-    """
-    if num_shards <= 0:
-        return []
-    # Larger parts first, as in ``numpy.array_split``.
-    base, extra = divmod(num_records, num_shards)
-    sizes = [base + (1 if i < extra else 0) for i in range(num_shards)]
-    edges = [0, *np.cumsum(sizes).tolist()]
-    return [(edges[i], edges[i + 1]) for i in range(num_shards)]
 
 
 @dataclass(frozen=True)
@@ -94,16 +90,59 @@ class Shard:
         return len(self.rows)
 
 
-def plan_split(config: str, split: str, rows: np.ndarray, record_bytes: np.ndarray,
+def key_ranges(keys: np.ndarray, record_bytes: np.ndarray, shard_bytes: int = DEFAULT_SHARD_BYTES,
+               shard_records: int | None = None, min_shards: int = 1) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of ``keys`` (sorted ascending, uint64) that make the shards: the key
+    ranges of :func:`base_depth`'s halvings, each halved again while it is over ``shard_bytes``
+    (the sum of its ``record_bytes``) or ``shard_records`` and holds more than one record. Empty
+    ranges make no shard. A range's records depend only on the keys inside it.
+
+    >>> keys = np.sort(np.random.default_rng(0).integers(0, 2**64, 1000, dtype=np.uint64))
+    >>> runs = key_ranges(keys, np.full(1000, 10), shard_bytes=3000)
+    >>> len(runs), runs[0][0], runs[-1][1], max(b - a for a, b in runs) <= 300
+    (4, 0, 1000, True)
+    """
+    if shard_bytes <= 0:
+        raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
+    if shard_records is not None and shard_records <= 0:
+        raise ValueError(f"shard_records must be positive, got {shard_records}")
+    n = len(keys)
+    if n == 0:
+        return []
+    cumulative = np.concatenate([[0], np.cumsum(record_bytes, dtype=np.int64)])
+    runs: list[tuple[int, int]] = []
+
+    def visit(lo: int, depth: int, start: int, end: int) -> None:
+        count = end - start
+        if count == 0:
+            return
+        too_big = cumulative[end] - cumulative[start] > shard_bytes or (
+            shard_records is not None and count > shard_records)
+        if not too_big or count == 1 or depth == 64:
+            runs.append((start, end))
+            return
+        half = 1 << (63 - depth)  # the upper half of this range starts at lo + half
+        middle = start + int(np.searchsorted(keys[start:end], np.uint64(lo + half)))
+        visit(lo, depth + 1, start, middle)
+        visit(lo + half, depth + 1, middle, end)
+
+    depth = base_depth(n, min_shards)
+    width = 1 << (64 - depth)
+    edges = np.searchsorted(keys, np.array([k * width for k in range(1, 1 << depth)], dtype=np.uint64))
+    bounds = [0, *edges.tolist(), n]
+    for k in range(1 << depth):
+        visit(k * width, depth, bounds[k], bounds[k + 1])
+    return runs
+
+
+def plan_split(config: str, split: str, rows: np.ndarray, keys: np.ndarray, record_bytes: np.ndarray,
                shard_bytes: int = DEFAULT_SHARD_BYTES, shard_records: int | None = None,
                min_shards: int = 1) -> list[Shard]:
-    """Cut a split's records (``rows``, already in shuffled order) into balanced shards.
-
-    ``record_bytes[i]`` is the estimated size of record ``rows[i]`` in the output.
-    """
-    total = int(np.sum(record_bytes))
-    bounds = shard_bounds(len(rows), shard_count(len(rows), total, shard_bytes, shard_records, min_shards))
-    return [Shard(config, split, i, rows[a:b], int(np.sum(record_bytes[a:b]))) for i, (a, b) in enumerate(bounds)]
+    """Cut a split's records (``rows``, in the order of their ``keys``: :func:`order_keys`, sorted)
+    into the shards of :func:`key_ranges`. ``record_bytes[i]`` is the estimated size of record
+    ``rows[i]`` in the output."""
+    runs = key_ranges(keys, record_bytes, shard_bytes, shard_records, min_shards)
+    return [Shard(config, split, i, rows[a:b], int(np.sum(record_bytes[a:b]))) for i, (a, b) in enumerate(runs)]
 
 
 #: Files a shard leaves in its folder, per format: the WebDataset tar has its DALI index beside it.
@@ -117,7 +156,7 @@ def full_scale_folders(package: str, package_bytes: int, shard_bytes: int = DEFA
 
     >>> folders = full_scale_folders("original_full", 200_000_000_000)
     >>> folders["pretrain"], folders["val"]
-    (677, 16)
+    (1024, 16)
     """
     from .. import schema
 

@@ -6,6 +6,7 @@ reader never sees a half-written shard.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .. import schema
@@ -22,13 +24,23 @@ from ..repo.dali import dali_index, dali_index_path
 from ..util import atomic_path, write_atomic
 from .release import take_rows
 
-#: Parquet row groups: image tables end a group at 100 rows (the viewer's page of rows) or at
-#: IMAGE_ROW_GROUP_BYTES of image bytes, whichever comes first, so 1 MB ``original_full`` images make
-#: groups of ~64 rows; the metadata table is cut by bytes. Either stays far below the bytes the viewer
-#: may read to serve one page (see :mod:`bioscan5m_hf.hub.rules`).
+#: Parquet row groups end after a record whose cut hash (:func:`cut_points`) says so: one record in
+#: IMAGE_ROW_GROUP_MEAN for image tables, one in METADATA_ROW_GROUP_MEAN for the metadata table. So
+#: a group's records depend on the records, not on their count, and an edit changes only the groups
+#: it touches (BENCHMARKS.md, ``republish``). Bounds cut a group where no record did: image tables
+#: at 100 rows (the viewer's page of rows) or IMAGE_ROW_GROUP_BYTES of image bytes (~64 rows of 1 MB
+#: ``original_full`` images), the metadata table at ROW_GROUP_BYTES, under the 100 MB of ``datasets``'
+#: writer (``datasets.config.MAX_ROW_GROUP_SIZE``) and far below what the viewer may read to serve one
+#: page (:mod:`bioscan5m_hf.hub.rules`).
 IMAGE_ROW_GROUP_ROWS = 100
+IMAGE_ROW_GROUP_MEAN = 32
 IMAGE_ROW_GROUP_BYTES = 64 << 20
-ROW_GROUP_BYTES = 32 << 20
+METADATA_ROW_GROUP_MEAN = 1 << 15
+ROW_GROUP_BYTES = 96 << 20
+#: Data pages cut by content (Arrow's content-defined chunking), with ``datasets``' own parameters
+#: (``datasets.config.DEFAULT_CDC_OPTIONS``, written since datasets 4.1): an edit changes the pages
+#: around it, not every page after it.
+CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
 PARQUET_COMPRESSION = "zstd"
 
 
@@ -81,39 +93,68 @@ def parquet_table(metadata: pa.Table, images: Sequence[bytes] | None) -> pa.Tabl
     return pa.Table.from_arrays(columns, schema=parquet_schema(with_image))
 
 
-def row_groups(table: pa.Table, with_image: bool) -> list[int]:
-    """Rows in each row group, in order (see :data:`IMAGE_ROW_GROUP_BYTES`).
+def cut_points(processids: Sequence[str], mean: int) -> np.ndarray:
+    """Whether a row group may end after each record: one record in ``mean`` on average, by a hash of
+    its ``processid`` alone (another hash than the shard order's, so the two are independent)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8, person=b"row-group").digest(),
+                                       "big") % mean == 0 for p in processids), dtype=bool, count=len(processids))
 
-    >>> t = parquet_table(pa.table({c: pa.nulls(5, schema.arrow_schema().field(c).type)
+
+def row_groups(table: pa.Table, with_image: bool) -> list[int]:
+    """Rows in each row group, in order: ended at the records :func:`cut_points` picks, or at the
+    bounds (see :data:`IMAGE_ROW_GROUP_MEAN`).
+
+    >>> t = parquet_table(pa.table({c: pa.array([f"P{i}" if c == "processid" else None for i in range(5)],
+    ...                                         schema.arrow_schema().field(c).type)
     ...                             for c in schema.COLUMN_NAMES}), [b"x" * (20 << 20)] * 5)
-    >>> row_groups(t, True)
+    >>> row_groups(t, True)  # 64 MB of images at most: no cut hash among these 5 records
     [3, 2]
     """
     n = table.num_rows
-    if not with_image:
-        per_row = max(1, table.nbytes // max(1, n))
-        rows = max(1, min(n, ROW_GROUP_BYTES // per_row))
-        return [min(rows, n - start) for start in range(0, n, rows)] or [0]
-    sizes = pc.binary_length(table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes")).to_numpy(
-        zero_copy_only=False)
+    cuts = cut_points(table.column("processid").to_pylist(), IMAGE_ROW_GROUP_MEAN if with_image else
+                      METADATA_ROW_GROUP_MEAN)
+    if with_image:
+        sizes = pc.binary_length(table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes")).to_numpy(
+            zero_copy_only=False)
+        max_rows, max_bytes = IMAGE_ROW_GROUP_ROWS, IMAGE_ROW_GROUP_BYTES
+    else:
+        sizes = np.full(n, max(1, table.nbytes // max(1, n)))
+        max_rows, max_bytes = n, ROW_GROUP_BYTES
     groups, rows, nbytes = [], 0, 0
-    for size in sizes:
-        if rows and (rows == IMAGE_ROW_GROUP_ROWS or nbytes + size > IMAGE_ROW_GROUP_BYTES):
+    for size, cut in zip(sizes.tolist(), cuts.tolist()):
+        if rows and (rows == max_rows or nbytes + size > max_bytes):
             groups.append(rows)
             rows, nbytes = 0, 0
         rows += 1
         nbytes += int(size)
+        if cut:
+            groups.append(rows)
+            rows, nbytes = 0, 0
     return groups + [rows] if rows or not groups else groups
 
 
 def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool) -> int:
-    """Write ``table`` with fixed settings: zstd, dictionaries for label-like columns, page index,
-    row groups as :func:`row_groups` cuts them. Returns :func:`arrow_bytes` of the file."""
-    dictionary = [c.name for c in schema.COLUMNS
-                  if pa.types.is_string(c.type) and c.name not in ("processid", "sampleid", "dna_barcode")]
+    """Write ``table`` with fixed settings: row groups as :func:`row_groups` cuts them, data pages
+    cut by content (:data:`CDC_OPTIONS`), page index, statistics of the columns filters use;
+    label-like columns as dictionaries, zstd; image bytes stored as they are (plain, uncompressed, as
+    ``datasets`` writes image columns: JPEG does not compress, and identical images are identical
+    bytes in every file and in the tars). Returns :func:`arrow_bytes` of the file."""
+    unique = ("processid", "sampleid", "dna_barcode")  # a value per record: no dictionary, no statistics
+    dictionary = [c.name for c in schema.COLUMNS if pa.types.is_string(c.type) and c.name not in unique]
+    # Statistics where a filter can use them (labels, numbers): min/max of barcodes and ids, per row
+    # group and per page, were most of each file's footer, rewritten whole by any edit.
+    statistics = [c.name for c in schema.COLUMNS if c.name not in unique]
+    compression = {c.name: PARQUET_COMPRESSION for c in schema.COLUMNS}
+    encoding = {}
+    if with_image:
+        for leaf in (f"{schema.IMAGE_COLUMN}.{f.name}" for f in schema.IMAGE_STRUCT):
+            compression[leaf] = "none" if leaf.endswith(".bytes") else PARQUET_COMPRESSION
+        encoding[f"{schema.IMAGE_COLUMN}.bytes"] = "PLAIN"
     with atomic_path(path) as tmp:
-        with pq.ParquetWriter(str(tmp), table.schema, compression=PARQUET_COMPRESSION, use_dictionary=dictionary,
-                              write_statistics=True, write_page_index=True, store_schema=True) as writer:
+        with pq.ParquetWriter(str(tmp), table.schema, compression=compression, use_dictionary=dictionary,
+                              column_encoding=encoding or None, write_statistics=statistics, write_page_index=True,
+                              store_schema=True, use_content_defined_chunking=CDC_OPTIONS) as writer:
+            writer.add_key_value_metadata({"content_defined_chunking": json.dumps(CDC_OPTIONS)})
             start = 0
             for rows in row_groups(table, with_image):
                 writer.write_table(table.slice(start, rows), row_group_size=max(1, rows))
@@ -123,10 +164,15 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool) ->
 
 def arrow_bytes(path: str | os.PathLike) -> int:
     """The Arrow bytes ``datasets`` records for a Parquet shard (its ``num_bytes`` in ``dataset_info``):
-    the sum of ``nbytes`` of the batches its Parquet builder reads, one row group's rows at a time."""
-    f = pq.ParquetFile(path)
-    batch = f.metadata.row_group(0).num_rows if f.metadata.num_row_groups else 1
-    return sum(b.nbytes for b in f.iter_batches(batch_size=max(1, batch)))
+    the sum of ``nbytes`` of the batches its Parquet builder reads: a fragment's batches of the first
+    row group's rows, as it scans them (each batch's buffers are counted, so the cut must be its)."""
+    with open(path, "rb") as f:
+        fragment = ds.ParquetFileFormat().make_fragment(f)
+        if not fragment.row_groups:
+            return 0
+        batches = fragment.to_batches(batch_size=max(1, fragment.row_groups[0].num_rows), batch_readahead=0,
+                                      fragment_readahead=0)
+        return sum(b.nbytes for b in batches)
 
 
 def tar_arrow_bytes(table: pa.Table, relpath: str) -> int:

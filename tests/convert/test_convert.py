@@ -90,11 +90,11 @@ def test_output_is_byte_identical_for_zips_folders_and_worker_counts(converted_z
     assert not (tmp_path / ".bioscan5m-work").exists()
 
 
-def test_shards_are_balanced_shuffled_and_listed_in_the_manifest(converted_zips, release):
+def test_shards_are_within_the_limit_shuffled_and_listed_in_the_manifest(converted_zips, release):
     manifest = converted_zips.manifests["webdataset"]
     pretrain = manifest["configs"]["cropped_256"]["pretrain"]
     counts = [s["num_records"] for s in pretrain["shards"]]
-    assert len(counts) > 1 and max(counts) - min(counts) <= 1 and max(counts) <= 40
+    assert len(counts) > 1 and min(counts) > 0 and max(counts) <= 40  # key ranges of at most shard_records
     assert sum(counts) == pretrain["num_records"]
     repo = converted_zips.repos["webdataset"]
     for shard in pretrain["shards"]:

@@ -1,6 +1,7 @@
 import json
 import tarfile
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -53,7 +54,19 @@ def test_parquet_image_struct_features_and_settings(tmp_path):
     table = writers.parquet_table(meta_table(records), images)
     writers.write_parquet(tmp_path / "x.parquet", table, with_image=True)
     f = pq.ParquetFile(tmp_path / "x.parquet")
-    assert f.metadata.num_row_groups == 3  # 100 rows per group for image data
+    sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+    cuts = writers.cut_points([r["processid"] for r in records], writers.IMAGE_ROW_GROUP_MEAN)
+    assert 1 < len(sizes) and max(sizes) <= writers.IMAGE_ROW_GROUP_ROWS  # the viewer's page of rows
+    assert sizes == writers.row_groups(table, True)
+    ends = np.cumsum(sizes) - 1  # each group ends at a record whose hash cuts, at 100 rows, or at the end
+    assert all(cuts[e] or size == 100 or e == len(records) - 1 for e, size in zip(ends.tolist(), sizes))
+    assert set(np.flatnonzero(cuts).tolist()) <= set(ends.tolist())  # and every such record ends one
+    # datasets' writer settings (datasets.config): content-defined pages, recorded as datasets does;
+    # image bytes stored plain and uncompressed, the metadata zstd.
+    assert json.loads(f.metadata.metadata[b"content_defined_chunking"]) == writers.CDC_OPTIONS
+    columns = {f.metadata.row_group(0).column(i).path_in_schema: f.metadata.row_group(0).column(i)
+               for i in range(f.metadata.num_columns)}
+    assert columns["image.bytes"].compression == "UNCOMPRESSED" and columns["processid"].compression == "ZSTD"
     assert f.schema_arrow.field("image").type == schema.IMAGE_STRUCT
     assert json.loads(f.schema_arrow.metadata[b"huggingface"])["info"]["features"]["image"] == {"_type": "Image"}
     assert f.metadata.row_group(0).column(0).has_offset_index  # page index written

@@ -8,6 +8,7 @@ import tarfile
 import warnings
 import zipfile
 
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -95,8 +96,11 @@ def test_corrupt_parquet_names_the_shard_and_row_group(out):
     manifest = json.loads((out / schema.PARQUET_REPO / schema.MANIFEST).read_text())
     rel = manifest["configs"]["cropped_256"]["pretrain"]["shards"][0]["path"]
     path = out / schema.PARQUET_REPO / rel
+    column = next(c for c in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(25))
+                  if c.path_in_schema == "dna_barcode")
     data = bytearray(path.read_bytes())
-    data[100:4000] = bytes(3900)  # zero the first pages
+    start = column.data_page_offset
+    data[start: start + column.total_compressed_size] = bytes(column.total_compressed_size)  # zero its pages
     path.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=rf"{rel}: row group 0"):
         list(StreamingBIOSCAN5M(out, split="pretrain"))
