@@ -13,6 +13,7 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -39,16 +40,41 @@ def numpy_view(array: pa.Array) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset: array.offset + len(array)]
 
 
+@dataclass(frozen=True)
+class SparseRows:
+    """A few rows of a Parquet shard read without their row groups: where each row's JPEG bytes are
+    in the file (``offsets``, ``sizes``: the record index's) and the rows' metadata, already read."""
+
+    offsets: np.ndarray
+    sizes: np.ndarray
+    metadata: pa.Table
+
+    def take(self, at: np.ndarray) -> SparseRows:
+        return SparseRows(self.offsets[at], self.sizes[at], self.metadata.take(arrow_indices(at)))
+
+
 def row_group_starts(f: pq.ParquetFile) -> np.ndarray:
     """First row of each row group, and the row count at the end."""
     return np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
 
 
 def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],
-                 groups_per_read: int = 1) -> Iterator[pa.Table]:
+                 groups_per_read: int = 1, sparse: SparseRows | None = None) -> Iterator[pa.Table]:
     """Rows ``offsets`` (ascending; None: all) of a Parquet shard with the given columns, as one table
     per ``groups_per_read`` row groups read (memory stays bounded by that). The one place Parquet
-    shards are read: damage raises :class:`ShardError` naming the shard and the row group(s)."""
+    shards are read: damage raises :class:`ShardError` naming the shard and the row group(s).
+
+    ``sparse``: the rows' metadata and where their JPEG bytes are (:class:`SparseRows`): only those
+    bytes are fetched (:func:`parquet_images`), as one table, not the row groups around them
+    (BENCHMARKS.md, ``filter``)."""
+    if sparse is not None and offsets is not None:
+        jpegs = parquet_images(shard, sparse.offsets, sparse.sizes)
+        paths = [f"{p}.{schema.IMAGE_EXTENSION}" for p in sparse.metadata.column("processid").to_pylist()]
+        struct = pa.StructArray.from_arrays([pa.array(jpegs, pa.binary()), pa.array(paths, pa.string())],
+                                            fields=list(schema.IMAGE_STRUCT))
+        table = sparse.metadata.append_column(schema.IMAGE_COLUMN, struct)
+        yield table.select(list(columns))
+        return
     try:
         # A local shard is read in this thread: Arrow's pre-buffering hands each read to its I/O
         # pool and waits (a few % of a worker thread's time; BENCHMARKS.md, history). Remote reads
@@ -84,11 +110,11 @@ def parquet_rows(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence
 
 
 def read_parquet(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],
-                 image: bool) -> Iterator[dict]:
+                 image: bool, sparse: SparseRows | None = None) -> Iterator[dict]:
     """Rows ``offsets`` (ascending; None: all) of a Parquet shard: the metadata ``columns`` and, if
-    ``image``, the JPEG bytes under ``"image"``."""
+    ``image``, the JPEG bytes under ``"image"`` (``sparse``: see :func:`parquet_rows`)."""
     wanted = list(columns) + ([schema.IMAGE_COLUMN] if image else [])
-    for table in parquet_rows(shard, offsets, wanted):
+    for table in parquet_rows(shard, offsets, wanted, sparse=sparse if image else None):
         cols = {name: table.column(name).to_pylist() for name in columns}
         images = table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes").to_pylist() if image else None
         for k in range(table.num_rows):
@@ -105,8 +131,8 @@ SPARSE_SHARE = 0.25
 
 def read_tar(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str], image: bool) -> Iterator[dict]:
     """Samples ``offsets`` (ascending; None: all) of a WebDataset tar shard, scanning it once, or, for
-    a few samples or metadata alone, reading just their members at the places the shard's DALI index
-    gives (:func:`read_tar_indexed`).
+    a few samples (remotely: any selection), or metadata alone, reading just their members at the
+    places the shard's DALI index gives (:func:`read_tar_indexed`).
 
     Every member must be a regular file named ``<processid>.jpg`` or ``<processid>.json``, a sample's
     members must be adjacent, and each sample must have both; anything else is an error naming the
@@ -116,8 +142,8 @@ def read_tar(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str
         return
     wanted_share = 1.0 if offsets is None else len(offsets) / max(1, shard.num_records)
     direct = not shard.store.verify and (shard.store.cache is None or not shard.store.remote)
-    if shard.index_rel is not None and direct and (wanted_share < SPARSE_SHARE or
-                                                   (not image and not shard.store.remote)):
+    if shard.index_rel is not None and direct and (wanted_share < SPARSE_SHARE or (shard.store.remote and
+                                                   wanted_share < 1) or (not image and not shard.store.remote)):
         yield from read_tar_indexed(shard, np.arange(shard.num_records) if offsets is None else offsets,
                                     columns, image)
         return
@@ -188,10 +214,53 @@ def dali_samples(shard: ShardInfo) -> list[list[tuple[str, int, int, str]]]:
 _INDEXES: dict[tuple[str, str], list] = {}
 
 
-#: Reading a remote tar through its index, neighbouring samples closer than this are fetched in one
-#: ranged request (up to COALESCE_MAX bytes): fewer requests, a few bytes more.
-COALESCE_GAP = 1 << 20
+#: Reading a remote tar through its index, neighbouring samples are fetched in one ranged request
+#: (up to COALESCE_MAX bytes) while the bytes between them stay within COALESCE_WASTE of the samples'
+#: own: fewer requests, and never more than that share of bytes no record needs (a filter keeping
+#: one record in ten reads about its records' bytes, not the whole tar; BENCHMARKS.md, ``filter``).
+COALESCE_WASTE = 0.25
 COALESCE_MAX = 8 << 20
+
+
+def coalesced(ranges: Sequence[tuple[int, ...]]) -> list[tuple[int, int]]:
+    """``[first, last]`` runs of ``ranges`` (ascending ``(start, end, ...)`` byte ranges) each fetched
+    with one request: neighbours join while the bytes between them stay within COALESCE_WASTE of
+    their own, up to COALESCE_MAX bytes a request.
+
+    >>> coalesced([(0, 100), (110, 200), (1000, 1100)])
+    [(0, 1), (2, 2)]
+    """
+    out, k = [], 0
+    while k < len(ranges):
+        first = last = k
+        payload, gaps = ranges[k][1] - ranges[k][0], 0
+        while last + 1 < len(ranges) and ranges[last + 1][1] - ranges[first][0] <= COALESCE_MAX:
+            gap = ranges[last + 1][0] - ranges[last][1]
+            size = ranges[last + 1][1] - ranges[last + 1][0]
+            if gaps + gap > COALESCE_WASTE * (payload + size):
+                break
+            payload, gaps, last = payload + size, gaps + gap, last + 1
+        out.append((first, last))
+        k = last + 1
+    return out
+
+
+def parquet_images(shard: ShardInfo, offsets: np.ndarray, sizes: np.ndarray) -> list[bytes]:
+    """The JPEG bytes the record index places at ``offsets`` of a Parquet shard (plain, uncompressed
+    values), fetched by ranges (:func:`coalesced`); each is checked against the 4-byte length stored
+    before it, so a stale index is an error naming the shard, never wrong bytes."""
+    ranges = [(int(o) - 4, int(o) + int(n)) for o, n in zip(offsets, sizes)]
+    out = []
+    for first, last in coalesced(ranges):
+        base = ranges[first][0]
+        data = shard.store.fetch(shard.rel, base, ranges[last][1])
+        for start, end in ranges[first: last + 1]:
+            piece = data[start - base: end - base]
+            if len(piece) != end - start or int.from_bytes(piece[:4], "little") != end - start - 4:
+                raise ShardError(f"{shard.path}: no image of {end - start - 4} bytes at byte {start + 4}, where the "
+                                 "record index says (index/ out of date: verify the repo)")
+            out.append(piece[4:])
+    return out
 
 
 def _sample_ranges(shard: ShardInfo, samples, offsets: list[int], image: bool) -> list[tuple[int, int, dict]]:
@@ -218,19 +287,12 @@ def read_tar_indexed(shard: ShardInfo, offsets: np.ndarray, columns: Sequence[st
     wrong index is an error naming the shard and the member."""
     ranges = _sample_ranges(shard, dali_samples(shard), offsets.tolist(), image)
     fd = None if shard.store.remote else os.open(shard.store.local_path(shard.rel), os.O_RDONLY)
-    try:
-        k = 0
-        while k < len(ranges):
-            first, last = k, k
-            if fd is None:  # coalesce neighbours into one request
-                while last + 1 < len(ranges) and ranges[last + 1][0] - ranges[last][1] < COALESCE_GAP and \
-                        ranges[last + 1][1] - ranges[first][0] <= COALESCE_MAX:
-                    last += 1
+    try:  # remotely, neighbours coalesced into one request; locally one read per sample
+        for first, last in coalesced(ranges) if fd is None else [(k, k) for k in range(len(ranges))]:
             base, stop = ranges[first][0], ranges[last][1]
             data = shard.store.fetch(shard.rel, base, stop) if fd is None else os.pread(fd, stop - base, base)
             for _, _, wanted in ranges[first: last + 1]:
                 yield _indexed_record(shard, data, base, wanted, columns, image)
-            k = last + 1
     finally:
         if fd is not None:
             os.close(fd)
@@ -300,9 +362,11 @@ def _tar_record(sample: dict, columns: Sequence[str], image: bool, shard: ShardI
 
 
 def read_records(shard: ShardInfo, offsets: np.ndarray | None, columns: Sequence[str],
-                 image: bool) -> Iterator[dict]:
-    reader = read_parquet if shard.fmt == "parquet" else read_tar
-    yield from reader(shard, offsets, columns, image)
+                 image: bool, sparse: SparseRows | None = None) -> Iterator[dict]:
+    if shard.fmt == "parquet":
+        yield from read_parquet(shard, offsets, columns, image, sparse)
+    else:
+        yield from read_tar(shard, offsets, columns, image)
 
 
 def read_table(shard: ShardInfo, columns: Sequence[str]) -> pa.Table:

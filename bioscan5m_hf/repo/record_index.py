@@ -3,8 +3,11 @@
 ``index/<config>.parquet`` in each repo has one row per row of the metadata CSV (the order of
 :data:`schema.CSV_ORDER`): ``shard`` (position in the config's shard list, splits in canonical
 order, ``-1`` where the config lacks the record), ``row`` (the record's position in its shard) and,
-in the WebDataset repo, ``offset`` and ``size`` of its JPEG member's bytes in the tar (the same
-numbers as the tar's DALI index). ``convert`` writes it, the manifest lists it with its sha256,
+for image configs, ``offset`` and ``size`` of its JPEG bytes in the shard file: in a tar, its
+member's (the same numbers as the tar's DALI index); in a Parquet shard, its value in the image
+column, whose bytes are stored plain and uncompressed (each value after its 4-byte length), so a
+reader fetches one image with one ranged read in either repo (``-1`` where a Parquet shard stores
+them otherwise, as repos converted before did). ``convert`` writes it, the manifest lists it with its sha256,
 ``verify`` rebuilds it from the shards and compares, and the map-style ``BIOSCAN5M`` reads one
 record's bytes with it: one read in a tar, one row group of a Parquet shard.
 """
@@ -57,7 +60,15 @@ def build_record_index(repo: Repo, config: str, csv_processids: pa.ChunkedArray 
     pids, shard_of, row_of, offsets, sizes = [], [], [], [], []
     for k, shard in enumerate(repo.shards(config, schema.SPLITS)):
         if repo.fmt == "parquet":
-            got = pa.concat_tables(parquet_rows(shard, None, ["processid"])).column("processid").to_pylist()
+            image = config != schema.METADATA_CONFIG
+            wanted = ["processid", *([schema.IMAGE_COLUMN] if image else [])]
+            table = pa.concat_tables(parquet_rows(shard, None, wanted))
+            got = table.column("processid").to_pylist()
+            if image:
+                images = table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes").to_pylist()
+                off = parquet_image_offsets(repo, shard.rel, images)
+                offsets.append(off)
+                sizes.append(np.where(off >= 0, [len(b) for b in images], -1))
         else:
             got, off, size = _tar_members(repo, shard.rel)
             offsets.append(off)
@@ -77,9 +88,36 @@ def build_record_index(repo: Repo, config: str, csv_processids: pa.ChunkedArray 
             offset_col[rows] = np.concatenate(offsets)
             size_col[rows] = np.concatenate(sizes)
     columns = {"shard": shard_col, "row": row_col}
-    if repo.fmt == "webdataset":
+    if config != schema.METADATA_CONFIG:
         columns.update(offset=offset_col, size=size_col)
     return pa.table(columns)
+
+
+def parquet_image_offsets(repo: Repo, rel: str, images: list[bytes]) -> np.ndarray:
+    """Where each image's bytes (in shard order) start in the Parquet file ``rel``: found after its
+    4-byte length in the image column's chunks, in order (-1 for all where a row group stores them
+    otherwise: compressed or dictionary-encoded)."""
+    data = repo.store.read_bytes(rel)
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    column = next((i for i in range(meta.num_columns)
+                   if meta.row_group(0).column(i).path_in_schema == f"{schema.IMAGE_COLUMN}.bytes"), None)
+    out = np.full(len(images), -1, dtype=np.int64)
+    if column is None:
+        return out
+    k = 0
+    for g in range(meta.num_row_groups):
+        chunk = meta.row_group(g).column(column)
+        if chunk.compression != "UNCOMPRESSED" or chunk.dictionary_page_offset is not None:
+            return np.full(len(images), -1, dtype=np.int64)
+        pos, end = chunk.data_page_offset, chunk.data_page_offset + chunk.total_compressed_size
+        for _ in range(meta.row_group(g).num_rows):
+            image = images[k]
+            found = data.find(len(image).to_bytes(4, "little") + image[:64], pos, end)
+            if found < 0 or data[found + 4: found + 4 + len(image)] != image:
+                return np.full(len(images), -1, dtype=np.int64)
+            out[k] = found + 4
+            pos, k = found + 4 + len(image), k + 1
+    return out
 
 
 def write_record_index(table: pa.Table, path) -> None:

@@ -29,8 +29,9 @@ import torch
 from .. import schema
 from ..errors import ShardError
 from ..options import Composition, Storage
+from ..repo import record_index
 from ..repo.manifest import Repo, ShardInfo, open_repos
-from ..repo.readers import arrow_indices, parquet_rows, read_column, read_records, read_table
+from ..repo.readers import SparseRows, arrow_indices, parquet_rows, read_column, read_records, read_table
 from ..util import check_choice
 from . import partition, sampling
 from .metadata import open_release, reduced_rows
@@ -58,6 +59,53 @@ def default_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def kept_rows(repos: dict[str, Repo], repo: Repo, config: str, splits: Sequence[str], keep, columns: Sequence[str],
+              storage: Storage) -> dict[str, tuple[np.ndarray, SparseRows | None]] | None:
+    """``{shard path: (row offsets, where their images are)}`` of the records of ``config`` in
+    ``repo`` (for ``splits``) whose metadata pass ``keep``, found without reading ``repo``'s shards:
+    the metadata from the Parquet repo's ``metadata`` config (its compressed columns) or else the
+    release table, matched to shard rows through the per-record indexes (CSV row -> shard, row, and
+    where the image's bytes are; with the kept rows' metadata, so it is read once). None where an
+    index is missing (repos converted before them): the caller then reads the shards' metadata."""
+    files = {f: r.manifest.get("files", {}) for f, r in repos.items()}
+    if record_index.index_relpath(config) not in files[repo.fmt]:
+        return None
+    folder = storage.local_folder() if repo.store.remote else None
+    parquet = repos.get("parquet")
+    if parquet is not None and config != schema.METADATA_CONFIG and schema.METADATA_CONFIG in parquet.configs \
+            and record_index.index_relpath(schema.METADATA_CONFIG) in files["parquet"]:
+        shards = parquet.shards(schema.METADATA_CONFIG, splits)
+        table = pa.concat_tables([read_table(s, columns) for s in shards]) if shards else None
+        where = record_index.read_record_index(parquet, schema.METADATA_CONFIG, folder)
+        numbers = {s.rel: k for k, s in enumerate(parquet.shards(schema.METADATA_CONFIG, schema.SPLITS))}
+        order = np.lexsort((where["row"], where["shard"]))  # CSV rows by (metadata shard, row)
+        sorted_shards = where["shard"][order]
+        csv_rows = []
+        for s in shards:  # the CSV row of each row of `table`
+            lo, hi = np.searchsorted(sorted_shards, [numbers[s.rel], numbers[s.rel] + 1])
+            csv_rows.append(order[lo:hi])
+        csv_row = np.concatenate(csv_rows) if csv_rows else np.zeros(0, dtype=np.int64)
+    elif schema.RELEASE_TABLE in files.get("parquet", {}) or schema.RELEASE_TABLE in files.get("webdataset", {}):
+        release = open_release(repos, splits, storage)
+        table, csv_row = release.table, release.csv_row
+    else:
+        return None
+    passed = np.flatnonzero(sampling.evaluate(keep, table)) if table is not None else np.zeros(0, dtype=np.int64)
+    kept = csv_row[passed]
+    index = record_index.read_record_index(repo, config, folder)
+    shard, row = index["shard"][kept], index["row"][kept]
+    offset, size = (index["offset"][kept], index["size"][kept]) if "offset" in index else (None, None)
+    names = [s.rel for s in repo.shards(config, schema.SPLITS)]
+    out = {}
+    for k in np.unique(shard[shard >= 0]).tolist():
+        mine = np.flatnonzero(shard == k)
+        mine = mine[np.argsort(row[mine], kind="stable")]
+        located = offset is not None and bool((offset[mine] >= 0).all())
+        out[names[k]] = (row[mine].astype(np.int64), SparseRows(
+            offset[mine], size[mine], table.take(arrow_indices(passed[mine]))) if located else None)
+    return out
 
 
 class RecordStream:
@@ -111,8 +159,10 @@ class RecordStream:
         self.labels = Labels(merged_vocabularies([repo.manifest["vocabularies"] for _, repo, _ in self.sources]))
         self.selection: list[np.ndarray] | None = self._reduce(storage) if reduce_repeated_barcodes else None
         self.filter = composition.filter
+        # Parquet shards read sparsely over the network: where each kept row's image bytes are
+        self.image_ranges: dict[str, tuple[np.ndarray, SparseRows]] = {}
         if self.filter is not None:
-            self.selection = self._filter(self.filter)
+            self.selection = self._filter(self.filter, storage)
         self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
                             else [s.num_records for s in self.shards])
         self.num_records = int(sum(self.shard_sizes))
@@ -162,10 +212,23 @@ class RecordStream:
         return [np.array([i for i, pid in enumerate(read_column(s, "processid")) if pid in keep[k]], dtype=np.int64)
                 for s, k in zip(self.shards, self.shard_source)]
 
-    def _filter(self, keep) -> list[np.ndarray]:
-        """Per shard, the row offsets (of those already selected) whose metadata pass ``keep``: read
-        from the metadata columns alone, so no image byte of a record left out is read."""
+    def _filter(self, keep, storage: Storage) -> list[np.ndarray]:
+        """Per shard, the row offsets (of those already selected) whose metadata pass ``keep``. The
+        metadata is read once, from the smallest table that has it (:func:`kept_rows`: the metadata
+        config, or the release table, mapped to shard rows by the record index), else from the
+        shards' own metadata columns, so no image byte of a record left out is read either way."""
         columns = sampling.filter_columns(keep)
+        by_index = [kept_rows(repos, repo, config, self.splits, keep, columns, storage)
+                    for repos, repo, config in self.sources]
+        if all(k is not None for k in by_index):
+            out = []
+            for shard, source in zip(self.shards, self.shard_source):
+                rows, located = by_index[source].get(shard.rel, (np.zeros(0, dtype=np.int64), None))
+                if located is not None and shard.fmt == "parquet" and shard.store.remote and self.image:
+                    self.image_ranges[shard.rel] = (rows, located)
+                k = len(out)
+                out.append(np.intersect1d(self.selection[k], rows) if self.selection is not None else rows)
+            return out
         out = []
         for k in range(len(self.shards)):
             rows = self.selection[k] if self.selection is not None else None
@@ -304,7 +367,8 @@ class RecordStream:
             got, where = 0, info.path
             unique, copies = np.unique(offsets, return_counts=True)  # a record drawn twice is read once
             try:
-                for record, n in zip(read_records(info, unique, self.columns, self.image), copies.tolist()):
+                for record, n in zip(read_records(info, unique, self.columns, self.image,
+                                                  self.images_of(info, unique)), copies.tolist()):
                     record["__shard__"] = where
                     for c in range(n):
                         yield positions[got], record if c == 0 else dict(record)
@@ -338,9 +402,20 @@ class RecordStream:
         for k, (a, b) in enumerate(runs):
             info, offsets = self.visit_rows(plan, a, np.arange(a, b))
             self._prefetch([self.shards[int(plan.shards[x])] for x, _ in runs[k + 1: k + 1 + self.readahead]])
-            for table in parquet_rows(info, offsets, columns, groups_per_read=groups_per_read or len(offsets)):
+            for table in parquet_rows(info, offsets, columns, groups_per_read=groups_per_read or len(offsets),
+                                      sparse=self.images_of(info, offsets) if self.image else None):
                 yield a, a + table.num_rows, table
                 a += table.num_rows
+
+    def images_of(self, shard: ShardInfo, offsets: np.ndarray) -> SparseRows | None:
+        """Where the images of rows ``offsets`` of a Parquet shard are in its file, and their
+        metadata, for a sparse remote read (:meth:`_filter` found them; None: read row groups)."""
+        known = self.image_ranges.get(shard.rel)
+        if known is None or not self.image or not len(offsets):
+            return None
+        rows, located = known
+        at = np.minimum(np.searchsorted(rows, offsets), len(rows) - 1)
+        return located.take(at) if bool((rows[at] == offsets).all()) else None
 
     def _prefetch(self, shards: list[ShardInfo]) -> None:
         """Fetch shards into the cache in the background (remote repos with a cache only)."""

@@ -4,6 +4,7 @@ import json
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from bioscan5m_hf import StreamingBIOSCAN5M, schema
@@ -207,3 +208,54 @@ def test_a_429_is_waited_out_as_its_headers_say(out, server, headers):
     assert Counter(r[1] for r in ds) and not server.faults[key]
     times = [t for t, k in server.log if k == key]
     assert len(times) >= 2 and times[1] - times[0] >= 1.9  # waited 2 s, not the 0.05 s backoff
+
+
+@pytest.mark.parametrize("root", [schema.WDS_REPO, schema.PARQUET_REPO, ""])
+def test_a_filtered_epoch_over_http_reads_its_records_not_the_shards(out, server, root, tmp_path, monkeypatch):
+    """A filter keeping one order: its metadata comes from the metadata tables and indexes, and the
+    record index locates each kept record's bytes (a tar's members, a Parquet shard's image value),
+    so the image shards are read for about the kept records' own bytes, not whole."""
+    import pyarrow.compute as pc
+
+    from bioscan5m_hf import Composition
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty default cache: the metadata is fetched here
+    local = StreamingBIOSCAN5M(out, "pretrain", modality=("processid",), target_type="order",
+                               target_format="text", output_format="tuple")
+    orders = Counter(order for _, order in local)
+    order = min((o for o in orders if o), key=lambda o: abs(orders[o] / sum(orders.values()) - 0.15))
+    kept = {pid for pid, o in local if o == order}
+    own = {"tar": 0, "parquet": 0}  # members with their headers in a tar; the JPEG bytes in Parquet
+    for idx in (out / schema.WDS_REPO / "cropped_256" / "pretrain").glob("*.idx"):
+        for line in idx.read_text().splitlines()[1:]:
+            f = line.split(" ")
+            if f[3].split(".")[0] in kept:
+                own["tar"] += sum(512 + int(f[i + 2]) for i in range(0, len(f), 4))
+                own["parquet"] += sum(int(f[i + 2]) for i in range(0, len(f), 4) if f[i] == "jpg")
+    url = f"{server.url}/{root}".rstrip("/")
+    server.reset_counts()
+    ds = StreamingBIOSCAN5M(url, "pretrain", modality=("image", "processid"), target_type=[], output_format="dict",
+                            composition=Composition(filter=pc.field("order") == order))
+    got = {r["processid"]: r["image"] for r in ds}
+    assert got.keys() == kept and len(kept) < 0.3 * sum(orders.values())
+    images = {r["processid"]: r["image"] for r in StreamingBIOSCAN5M(out, "pretrain", modality=("image", "processid"),
+                                                                     target_type=[], output_format="dict")}
+    assert all(got[p].tobytes() == images[p].tobytes() for p in kept)  # the same pixels as a full read
+    kind = "tar" if root == schema.WDS_REPO else "parquet"
+    shards = sum(b for path, b in server.bytes.items() if path.endswith(f".{kind}") and "/cropped_256/" in path)
+    assert own[kind] <= shards + 4 * len(kept) <= 1.3 * own[kind] + 4 * len(kept), (shards, own)
+
+
+def test_a_stale_record_index_is_named_not_read_as_an_image(out):
+    from bioscan5m_hf.repo.manifest import open_repos
+    from bioscan5m_hf.repo.readers import parquet_images
+    from bioscan5m_hf.repo.record_index import read_record_index
+
+    repo = open_repos(out)["parquet"]
+    index = read_record_index(repo, "cropped_256")
+    first = next(s for s in repo.shards("cropped_256", schema.SPLITS))
+    at = np.flatnonzero((index["shard"] == 0) & (index["row"] == 0))[0]
+    good = parquet_images(first, index["offset"][[at]], index["size"][[at]])
+    assert good[0][:2] == b"\xff\xd8"  # a JPEG's start
+    with pytest.raises(ShardError, match=rf"{first.rel}: no image of \d+ bytes at byte"):
+        parquet_images(first, index["offset"][[at]] + 7, index["size"][[at]])
