@@ -564,62 +564,78 @@ def peers_area(st: Settings) -> list[Figure]:
     return figures
 
 
-def _read_bytes() -> int:
-    """Bytes this process has read through read(2)-like calls so far (page-cache hits included)."""
-    with open("/proc/self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+def _filter_epoch(root: str, keep, server) -> tuple[int, int, int]:
+    """(samples, bytes of image-config shards, other bytes) one image + DNA epoch of pretrain reads
+    from the loopback ``server``, with a fresh cache folder (nothing read before counts)."""
+    import tempfile
 
-
-def _filter_epoch(root: Path, keep) -> tuple[int, float, float]:
-    """(samples, seconds, bytes read) of one image + DNA epoch of pretrain, in this process only."""
     from bioscan5m_hf import Composition, StreamingBIOSCAN5M, make_loader
+    from bioscan5m_hf.repo import readers
 
-    loader = make_loader(StreamingBIOSCAN5M(root, "pretrain", shuffle=True, composition=Composition(filter=keep)),
-                         batch_size=64, num_workers=0, image_size=224)
-    start, before, n = time.perf_counter(), _read_bytes(), 0
-    for batch in loader:
-        n += len(batch["processid"])
-    return n, time.perf_counter() - start, _read_bytes() - before
+    home = os.environ.get("HOME")
+    with tempfile.TemporaryDirectory() as fresh:
+        os.environ["HOME"] = fresh  # the default cache folder of indexes and metadata: empty
+        readers._INDEXES.clear()
+        server.reset_counts()
+        try:
+            loader = make_loader(StreamingBIOSCAN5M(root, "pretrain", shuffle=True,
+                                                    composition=Composition(filter=keep)),
+                                 batch_size=64, num_workers=0, image_size=64)
+            n = sum(len(batch["processid"]) for batch in loader)
+        finally:
+            if home is not None:
+                os.environ["HOME"] = home
+    shards = sum(b for path, b in server.bytes.items() if "/cropped_256/" in path and
+                 path.endswith((".tar", ".parquet")))
+    return n, shards, sum(server.bytes.values()) - shards
 
 
 def filter_area(st: Settings) -> list[Figure]:
-    """A metadata filter keeping about 10% of pretrain (a few orders) vs no filter, on both repos:
-    bytes read and epoch time. Tars skip the members of records left out; Parquet reads whole row
-    groups (100 images) that hold at least one record kept."""
+    """A metadata filter keeping one order (the one nearest 16% of pretrain, spread over every shard)
+    over HTTP (the loopback server counts every byte it sends), for the WebDataset repo, the Parquet
+    repo and the OUT folder as root: the image shards' bytes read against the kept records' own
+    bytes (their JPEG and JSON members), the metadata and indexes read beside them, and the epoch
+    without the filter."""
     import pyarrow.compute as pc
 
     from bioscan5m_hf.stream.streaming import StreamingBIOSCAN5M
+    from tests.servers.fileserver import RepoServer
 
     rel = _sample(st.workdir / "remote-release", st.remote_records, "--layout", "zips")
     out = st.workdir / "remote-out"
     if not (out / schema.WDS_REPO / schema.MANIFEST).exists():
         _convert(rel, out, "--shard-records", "500")
-    orders = {}
-    for _, order in StreamingBIOSCAN5M(out, "pretrain", modality=("processid",), target_type="order",
-                                       target_format="text", output_format="tuple"):
-        orders[order] = orders.get(order, 0) + 1
-    total, picked, kept = sum(orders.values()), [], 0
-    for order, n in sorted(orders.items(), key=lambda kv: (kv[1], str(kv[0]))):  # small orders up to ~10%
-        if isinstance(order, str) and kept + n <= 0.1 * total:
-            picked.append(order)
-            kept += n
-    keep = pc.field("order").isin(picked)
+    orders: dict[str, list[str]] = {}
+    for pid, order in StreamingBIOSCAN5M(out, "pretrain", modality=("processid",), target_type="order",
+                                         target_format="text", output_format="tuple"):
+        orders.setdefault(order, []).append(pid)
+    total = sum(map(len, orders.values()))
+    order = min((o for o in orders if isinstance(o, str)), key=lambda o: abs(len(orders[o]) / total - 0.16))
+    keep = pc.field("order") == order
+    kept_pids = set(orders[order])
+    # The kept records' own bytes, from the tars' DALI indexes: in a tar their JPEG and JSON members
+    # with their headers, in a Parquet shard their JPEG bytes (the metadata is read beside)
+    own = {"tar": 0, "parquet": 0}
+    for idx in (out / schema.WDS_REPO / "cropped_256" / "pretrain").glob("*.idx"):
+        for line in idx.read_text().splitlines()[1:]:
+            f = line.split(" ")
+            if f[3].split(".")[0] in kept_pids:
+                own["tar"] += sum(512 + int(f[i + 2]) for i in range(0, len(f), 4))
+                own["parquet"] += sum(int(f[i + 2]) for i in range(0, len(f), 4) if f[i] == "jpg")
     figures = []
-    for repo in (schema.WDS_REPO, schema.PARQUET_REPO):
-        rows = {"all": [], "kept": []}
-        for _ in range(st.repeats):
-            rows["all"].append(_filter_epoch(out / repo, None))
-            rows["kept"].append(_filter_epoch(out / repo, keep))
-        (n_all, t_all, b_all), (n_kept, t_kept, b_kept) = (
-            tuple(statistics.median(x[i] for x in rows[k]) for i in range(3)) for k in ("all", "kept"))
-        share = n_kept / n_all
-        target = f"~{share:.2f}" if repo == schema.WDS_REPO else "-"
-        met = (b_kept / b_all <= 1.5 * share + 0.02) if repo == schema.WDS_REPO else None
-        figures.append(Figure(f"{repo}: bytes read, filter keeping {share:.1%} of pretrain ({int(n_kept)} records)",
-                              f"{b_kept / 1e6:,.1f} MB", f"no filter {b_all / 1e6:,.1f} MB", f"{b_kept / b_all:.2f}",
-                              target, met))
-        figures.append(Figure(f"{repo}: epoch seconds, same filter", f"{t_kept:.2f} s", f"no filter {t_all:.2f} s",
-                              f"{t_kept / t_all:.2f}", "-", None))
+    with RepoServer(out) as server:
+        for name, root in ((schema.WDS_REPO, f"{server.url}/{schema.WDS_REPO}"),
+                           (schema.PARQUET_REPO, f"{server.url}/{schema.PARQUET_REPO}"), ("OUT folder", server.url)):
+            n_all, all_shards, all_other = _filter_epoch(root, None, server)
+            n_kept, shards, other = _filter_epoch(root, keep, server)
+            mine = own["tar" if name == schema.WDS_REPO else "parquet"]
+            ratio = shards / mine
+            figures.append(Figure(
+                f"{name} over HTTP: image shard bytes read by an epoch filtered to order == {order!r} "
+                f"({n_kept} of {n_all} records, {n_kept / n_all:.0%}; metadata and indexes read beside: "
+                f"{other / 1e6:.2f} MB; unfiltered epoch {all_shards / 1e6:.1f} MB of shards)",
+                f"{shards / 1e6:.2f} MB", f"kept records' own bytes {mine / 1e6:.2f} MB", f"{ratio:.2f}x",
+                "<= 1.3x", ratio <= 1.3))
     return figures
 
 
@@ -904,6 +920,90 @@ def dropin_area(st: Settings) -> list[Figure]:
     return figures
 
 
+#: The Hub's published rate limits (https://huggingface.co/docs/hub/rate-limits, 5-minute windows):
+#: requests to "resolvers" (every URL with /resolve/, i.e. each ranged read of a file) per window.
+HUB_RESOLVER_LIMITS = {"anonymous": 3_000, "free user": 5_000}
+#: The rate a fast training job consumes images at, for the projection (one rank, cropped_256).
+PROJECTED_IMAGES_PER_SECOND = 10_000
+
+
+def _requests_epoch(kind: str, root: str, server) -> tuple[int, int, int]:
+    """(records, requests, bytes) one epoch of pretrain (images) makes ``server`` serve."""
+    import tempfile
+
+    from bioscan5m_hf import StreamingBIOSCAN5M, make_loader
+    from bioscan5m_hf.repo import readers
+
+    home = os.environ.get("HOME")
+    with tempfile.TemporaryDirectory() as fresh:
+        os.environ["HOME"] = fresh
+        readers._INDEXES.clear()
+        server.reset_counts()
+        try:
+            if kind == "make_loader":
+                n = sum(len(b["processid"]) for b in make_loader(StreamingBIOSCAN5M(root, "pretrain", shuffle=True),
+                                                                 batch_size=64, num_workers=2, image_size=64))
+            elif kind == "StreamingBIOSCAN5M":
+                n = sum(1 for _ in StreamingBIOSCAN5M(root, "pretrain", modality=("image", "dna"),
+                                                       output_format="dict"))
+            else:  # datasets streaming of the repo's files by URL
+                import datasets
+
+                builder, ext = ("parquet", "parquet") if root.endswith(schema.PARQUET_REPO) else ("webdataset", "tar")
+                manifest = json.loads((server.folder / root.rsplit("/", 1)[1] / schema.MANIFEST).read_text())
+                files = [f"{root}/{s['path']}" for s in manifest["configs"]["cropped_256"]["pretrain"]["shards"]]
+                ds = datasets.load_dataset(builder, data_files={"train": files}, split="train", streaming=True)
+                n = sum(1 for _ in ds)
+        finally:
+            if home is not None:
+                os.environ["HOME"] = home
+    return n, sum(server.requests.values()), sum(server.bytes.values())
+
+
+def requests_area(st: Settings) -> list[Figure]:
+    """HTTP requests and bytes of one pretrain epoch (cropped_256 images) over a loopback server, for
+    make_loader, the streaming dataset and datasets' streaming of both repos; then the requests per
+    5-minute window of one rank reading the full release at a fast job's pace, against the Hub's
+    resolver limit. At full size a shard is hundreds of MB, read in ranged requests of
+    ``storage.CHUNK_BYTES`` by this package (the sample's shards are smaller than one request, so its
+    bytes per request are the shard's) and of the measured size by datasets (its HTTP block size),
+    plus the requests each shard costs besides (its footer, index; measured here)."""
+    from bioscan5m_hf.convert.sharding import full_scale_folders
+    from bioscan5m_hf.repo.storage import CHUNK_BYTES
+    from tests.servers.fileserver import RepoServer
+
+    rel = _sample(st.workdir / "remote-release", st.remote_records, "--layout", "zips")
+    out = st.workdir / "remote-out"
+    if not (out / schema.WDS_REPO / schema.MANIFEST).exists():
+        _convert(rel, out, "--shard-records", "500")
+    limit = HUB_RESOLVER_LIMITS["free user"]
+    figures = []
+    with RepoServer(out) as server:
+        for repo in (schema.PARQUET_REPO, schema.WDS_REPO):
+            shards = json.loads((out / repo / schema.MANIFEST).read_text())["configs"]["cropped_256"]["pretrain"]
+            for kind in ("make_loader", "StreamingBIOSCAN5M", "datasets"):
+                n, requests, nbytes = _requests_epoch(kind, f"{server.url}/{repo}", server)
+                per_record = nbytes / n
+                count = len(shards["shards"])
+                if kind == "datasets":
+                    request_bytes, besides = nbytes / requests, 0.0
+                else:
+                    reads = sum(-(-s["num_bytes"] // CHUNK_BYTES) for s in shards["shards"])
+                    request_bytes, besides = CHUNK_BYTES, max(0, requests - reads) / count
+                full_shards = full_scale_folders("cropped_256", int(per_record * schema.TOTAL_RECORDS))["pretrain"]
+                rate = PROJECTED_IMAGES_PER_SECOND * per_record  # bytes/s
+                seconds_per_shard = schema.SPLIT_RECORDS["pretrain"] / full_shards / PROJECTED_IMAGES_PER_SECOND
+                window = (rate / request_bytes + besides / seconds_per_shard) * 300
+                figures.append(Figure(
+                    f"{repo}, {kind}: a pretrain epoch over HTTP here: {requests:,} requests for {n:,} records, "
+                    f"{nbytes / 1e6:,.1f} MB ({per_record / 1e3:.1f} kB a record, {requests / count:.1f} requests a "
+                    f"shard); full size at {PROJECTED_IMAGES_PER_SECOND:,} images/s on one rank: requests of "
+                    f"{request_bytes / 2**20:.1f} MiB, {full_shards:,} shards", f"{window:,.0f} / 5 min",
+                    f"Hub resolver limit {limit:,} / 5 min (free user; anonymous "
+                    f"{HUB_RESOLVER_LIMITS['anonymous']:,})", f"{window / limit:.2f}", "<= 1", window <= limit))
+    return figures
+
+
 def edited_release(base: Path, out: Path, edit: str, share: int = 200) -> Path:
     """``base`` with one pretrain record in ``share`` withdrawn (``edit="withdraw"``) or given another
     family (``"relabel"``), the records picked by sorted processid; images are shared (linked)."""
@@ -966,6 +1066,7 @@ def republish_area(st: Settings) -> list[Figure]:
 AREAS = {"loader": loader_area, "convert": convert_area, "metadata": metadata_area,
          "first-batch": first_batch_area, "memory": memory_area, "remote": remote_area, "mapstyle": mapstyle_area,
          "filter": filter_area, "peers": peers_area, "dropin": dropin_area, "republish": republish_area,
+         "requests": requests_area,
          "gpu": gpu_area}
 #: What runs without --only: every area but "gpu", which needs a CUDA device (scripts/gpu_check.sh).
 DEFAULT_AREAS = tuple(a for a in AREAS if a != "gpu")
