@@ -157,3 +157,16 @@ def test_republish_area_edits_the_release_and_measures_each_repo(tmp_path):
     assert len(figures) == 6 and {f.name.split(",")[0] for f in figures} == {schema.PARQUET_REPO, schema.WDS_REPO}
     shares = [float(f.ratio) for f in figures]
     assert all(0 < s < 0.5 for s in shares), [(f.name, f.ratio) for f in figures]
+
+
+def test_requests_area_counts_and_projects_each_way(tmp_path):
+    """The request budget on a small sample: every way counted (make_loader, the streaming dataset,
+    datasets' streaming, both repos), and this package's own ways within the Hub's resolver limit at
+    full size (its requests of storage.CHUNK_BYTES)."""
+    from benchmarks import suite as bench
+
+    figures = bench.requests_area(bench.Settings(tmp_path, remote_records=600))
+    assert len(figures) == 6
+    ours = [f for f in figures if "datasets:" not in f.name]
+    assert len(ours) == 4 and all(f.met for f in ours), [(f.name, f.value) for f in ours]
+    assert all(" requests for " in f.name and f.value.endswith("/ 5 min") for f in figures)

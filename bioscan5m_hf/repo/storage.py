@@ -40,8 +40,11 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import RemoteError, ShardError, UnreachableError
 from ..util import atomic_path
 
-#: Bytes per ranged request when reading a shard sequentially.
-CHUNK_BYTES = 4 << 20
+#: Bytes per ranged request when reading a shard sequentially: large enough that one rank reading
+#: at a fast job's pace stays well within the Hub's request limits (each ranged read of a file is a
+#: "resolver" request; README, "Request budget"; BENCHMARKS.md, ``requests``), two of them in memory
+#: per open shard (the one read and the one fetched ahead).
+CHUNK_BYTES = 16 << 20
 URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 
 
