@@ -99,9 +99,9 @@ def test_dna_only_never_reads_image_bytes(converted_zips, monkeypatch):
     calls = []
     real = shards_module.read_records
 
-    def spy(shard, offsets, columns, image):
+    def spy(shard, offsets, columns, image, sparse=None):
         calls.append((shard.path, image))
-        return real(shard, offsets, columns, image)
+        return real(shard, offsets, columns, image, sparse)
 
     monkeypatch.setattr("bioscan5m_hf.stream.records.read_records", spy)
     for root in (converted_zips.repos["parquet"].parent, converted_zips.repos["webdataset"]):

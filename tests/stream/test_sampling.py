@@ -45,9 +45,9 @@ def test_image_bytes_of_records_left_out_are_never_read(converted_zips, monkeypa
     calls = []
     real = readers.read_records
 
-    def spy(shard, offsets, columns, image):
+    def spy(shard, offsets, columns, image, sparse=None):
         calls.append((shard.path, None if offsets is None else len(offsets), image))
-        return real(shard, offsets, columns, image)
+        return real(shard, offsets, columns, image, sparse)
 
     monkeypatch.setattr("bioscan5m_hf.stream.records.read_records", spy)
     first, _ = pids(root)
