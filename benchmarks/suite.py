@@ -590,6 +590,19 @@ def _filter_epoch(root: str, keep, server) -> tuple[int, int, int]:
     return n, shards, sum(server.bytes.values()) - shards
 
 
+def own_bytes(out: Path, split: str, processids: set[str]) -> dict[str, int]:
+    """The records' own bytes, from the tars' DALI indexes: in a tar their JPEG and JSON members with
+    their headers, in a Parquet shard their JPEG bytes (their metadata is read beside)."""
+    own = {"tar": 0, "parquet": 0}
+    for idx in (out / schema.WDS_REPO / "cropped_256" / split).glob("*.idx"):
+        for line in idx.read_text().splitlines()[1:]:
+            f = line.split(" ")
+            if f[3].split(".")[0] in processids:
+                own["tar"] += sum(512 + int(f[i + 2]) for i in range(0, len(f), 4))
+                own["parquet"] += sum(int(f[i + 2]) for i in range(0, len(f), 4) if f[i] == "jpg")
+    return own
+
+
 def filter_area(st: Settings) -> list[Figure]:
     """A metadata filter keeping one order (the one nearest 16% of pretrain, spread over every shard)
     over HTTP (the loopback server counts every byte it sends), for the WebDataset repo, the Parquet
@@ -613,15 +626,7 @@ def filter_area(st: Settings) -> list[Figure]:
     order = min((o for o in orders if isinstance(o, str)), key=lambda o: abs(len(orders[o]) / total - 0.16))
     keep = pc.field("order") == order
     kept_pids = set(orders[order])
-    # The kept records' own bytes, from the tars' DALI indexes: in a tar their JPEG and JSON members
-    # with their headers, in a Parquet shard their JPEG bytes (the metadata is read beside)
-    own = {"tar": 0, "parquet": 0}
-    for idx in (out / schema.WDS_REPO / "cropped_256" / "pretrain").glob("*.idx"):
-        for line in idx.read_text().splitlines()[1:]:
-            f = line.split(" ")
-            if f[3].split(".")[0] in kept_pids:
-                own["tar"] += sum(512 + int(f[i + 2]) for i in range(0, len(f), 4))
-                own["parquet"] += sum(int(f[i + 2]) for i in range(0, len(f), 4) if f[i] == "jpg")
+    own = own_bytes(out, "pretrain", kept_pids)
     figures = []
     with RepoServer(out) as server:
         for name, root in ((schema.WDS_REPO, f"{server.url}/{schema.WDS_REPO}"),

@@ -24,17 +24,22 @@ from ..repo.dali import dali_index, dali_index_path
 from ..util import atomic_path, write_atomic
 from .release import take_rows
 
-#: Parquet row groups end after a record whose cut hash (:func:`cut_points`) says so: one record in
-#: IMAGE_ROW_GROUP_MEAN for image tables, one in METADATA_ROW_GROUP_MEAN for the metadata table. So
-#: a group's records depend on the records, not on their count, and an edit changes only the groups
-#: it touches (BENCHMARKS.md, ``republish``). Bounds cut a group where no record did: image tables
-#: at 100 rows (the viewer's page of rows) or IMAGE_ROW_GROUP_BYTES of image bytes (~64 rows of 1 MB
-#: ``original_full`` images), the metadata table at ROW_GROUP_BYTES, under the 100 MB of ``datasets``'
-#: writer (``datasets.config.MAX_ROW_GROUP_SIZE``) and far below what the viewer may read to serve one
-#: page (:mod:`bioscan5m_hf.hub.rules`).
-IMAGE_ROW_GROUP_ROWS = 100
-IMAGE_ROW_GROUP_MEAN = 32
+#: Parquet row groups end after a record whose cut hash (:func:`cut_points`) says so, once they hold
+#: their minimum: one record in IMAGE_ROW_GROUP_MEAN past IMAGE_ROW_GROUP_MIN for image tables (about
+#: 128 rows), one in METADATA_ROW_GROUP_MEAN past METADATA_ROW_GROUP_MIN for the metadata table. So a
+#: group's records depend on the records, not on their count, and an edit changes only the groups it
+#: touches (BENCHMARKS.md, ``republish``); the minimum keeps groups as large as readers that batch by
+#: row group want (``datasets`` streams a file in batches of its first group's rows: 22-row groups
+#: made the card's route 0.68 of make_loader, BENCHMARKS.md, ``loader``). Bounds cut a group where no
+#: record did: image tables at IMAGE_ROW_GROUP_ROWS or IMAGE_ROW_GROUP_BYTES of image bytes (~64 rows
+#: of 1 MB ``original_full`` images), the metadata table at ROW_GROUP_BYTES, under the 100 MB of
+#: ``datasets``' writer (``datasets.config.MAX_ROW_GROUP_SIZE``) and far below what the viewer may
+#: read to serve one page of rows (:mod:`bioscan5m_hf.hub.rules`).
+IMAGE_ROW_GROUP_MIN = 64
+IMAGE_ROW_GROUP_MEAN = 64
+IMAGE_ROW_GROUP_ROWS = 256
 IMAGE_ROW_GROUP_BYTES = 64 << 20
+METADATA_ROW_GROUP_MIN = 1 << 13
 METADATA_ROW_GROUP_MEAN = 1 << 15
 ROW_GROUP_BYTES = 96 << 20
 #: Data pages cut by content (Arrow's content-defined chunking), with ``datasets``' own parameters
@@ -101,13 +106,13 @@ def cut_points(processids: Sequence[str], mean: int) -> np.ndarray:
 
 
 def row_groups(table: pa.Table, with_image: bool) -> list[int]:
-    """Rows in each row group, in order: ended at the records :func:`cut_points` picks, or at the
-    bounds (see :data:`IMAGE_ROW_GROUP_MEAN`).
+    """Rows in each row group, in order: ended at the records :func:`cut_points` picks past the
+    minimum, or at the bounds (see :data:`IMAGE_ROW_GROUP_MEAN`).
 
     >>> t = parquet_table(pa.table({c: pa.array([f"P{i}" if c == "processid" else None for i in range(5)],
     ...                                         schema.arrow_schema().field(c).type)
     ...                             for c in schema.COLUMN_NAMES}), [b"x" * (20 << 20)] * 5)
-    >>> row_groups(t, True)  # 64 MB of images at most: no cut hash among these 5 records
+    >>> row_groups(t, True)  # 64 MB of images at most
     [3, 2]
     """
     n = table.num_rows
@@ -116,10 +121,10 @@ def row_groups(table: pa.Table, with_image: bool) -> list[int]:
     if with_image:
         sizes = pc.binary_length(table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes")).to_numpy(
             zero_copy_only=False)
-        max_rows, max_bytes = IMAGE_ROW_GROUP_ROWS, IMAGE_ROW_GROUP_BYTES
+        min_rows, max_rows, max_bytes = IMAGE_ROW_GROUP_MIN, IMAGE_ROW_GROUP_ROWS, IMAGE_ROW_GROUP_BYTES
     else:
         sizes = np.full(n, max(1, table.nbytes // max(1, n)))
-        max_rows, max_bytes = n, ROW_GROUP_BYTES
+        min_rows, max_rows, max_bytes = METADATA_ROW_GROUP_MIN, n, ROW_GROUP_BYTES
     groups, rows, nbytes = [], 0, 0
     for size, cut in zip(sizes.tolist(), cuts.tolist()):
         if rows and (rows == max_rows or nbytes + size > max_bytes):
@@ -127,7 +132,7 @@ def row_groups(table: pa.Table, with_image: bool) -> list[int]:
             rows, nbytes = 0, 0
         rows += 1
         nbytes += int(size)
-        if cut:
+        if cut and rows >= min_rows:
             groups.append(rows)
             rows, nbytes = 0, 0
     return groups + [rows] if rows or not groups else groups

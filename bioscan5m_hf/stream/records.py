@@ -70,11 +70,11 @@ def kept_rows(repos: dict[str, Repo], repo: Repo, config: str, splits: Sequence[
     where the image's bytes are; with the kept rows' metadata, so it is read once). None where an
     index is missing (repos converted before them): the caller then reads the shards' metadata."""
     files = {f: r.manifest.get("files", {}) for f, r in repos.items()}
-    if record_index.index_relpath(config) not in files[repo.fmt]:
-        return None
+    if config == schema.METADATA_CONFIG or record_index.index_relpath(config) not in files[repo.fmt]:
+        return None  # the stream's own shards are then metadata alone: read as they are
     folder = storage.local_folder() if repo.store.remote else None
     parquet = repos.get("parquet")
-    if parquet is not None and config != schema.METADATA_CONFIG and schema.METADATA_CONFIG in parquet.configs \
+    if parquet is not None and schema.METADATA_CONFIG in parquet.configs \
             and record_index.index_relpath(schema.METADATA_CONFIG) in files["parquet"]:
         shards = parquet.shards(schema.METADATA_CONFIG, splits)
         table = pa.concat_tables([read_table(s, columns) for s in shards]) if shards else None
@@ -160,7 +160,7 @@ class RecordStream:
         self.selection: list[np.ndarray] | None = self._reduce(storage) if reduce_repeated_barcodes else None
         self.filter = composition.filter
         # Parquet shards read sparsely over the network: where each kept row's image bytes are
-        self.image_ranges: dict[str, tuple[np.ndarray, SparseRows]] = {}
+        self.sparse_rows: dict[str, tuple[np.ndarray, SparseRows]] = {}
         if self.filter is not None:
             self.selection = self._filter(self.filter, storage)
         self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
@@ -225,7 +225,7 @@ class RecordStream:
             for shard, source in zip(self.shards, self.shard_source):
                 rows, located = by_index[source].get(shard.rel, (np.zeros(0, dtype=np.int64), None))
                 if located is not None and shard.fmt == "parquet" and shard.store.remote and self.image:
-                    self.image_ranges[shard.rel] = (rows, located)
+                    self.sparse_rows[shard.rel] = (rows, located)
                 k = len(out)
                 out.append(np.intersect1d(self.selection[k], rows) if self.selection is not None else rows)
             return out
@@ -410,7 +410,7 @@ class RecordStream:
     def images_of(self, shard: ShardInfo, offsets: np.ndarray) -> SparseRows | None:
         """Where the images of rows ``offsets`` of a Parquet shard are in its file, and their
         metadata, for a sparse remote read (:meth:`_filter` found them; None: read row groups)."""
-        known = self.image_ranges.get(shard.rel)
+        known = self.sparse_rows.get(shard.rel)
         if known is None or not self.image or not len(offsets):
             return None
         rows, located = known

@@ -49,18 +49,21 @@ def test_failed_write_leaves_no_file(tmp_path):
 
 
 def test_parquet_image_struct_features_and_settings(tmp_path):
-    records = [RECORD | {"processid": f"ABCD{1000 + i}-20"} for i in range(250)]
-    images = [bytes([i % 256]) * 50 for i in range(250)]
+    records = [RECORD | {"processid": f"ABCD{1000 + i}-20"} for i in range(600)]
+    images = [bytes([i % 256]) * 50 for i in range(600)]
     table = writers.parquet_table(meta_table(records), images)
     writers.write_parquet(tmp_path / "x.parquet", table, with_image=True)
     f = pq.ParquetFile(tmp_path / "x.parquet")
     sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
     cuts = writers.cut_points([r["processid"] for r in records], writers.IMAGE_ROW_GROUP_MEAN)
-    assert 1 < len(sizes) and max(sizes) <= writers.IMAGE_ROW_GROUP_ROWS  # the viewer's page of rows
+    assert 1 < len(sizes) and max(sizes) <= writers.IMAGE_ROW_GROUP_ROWS
     assert sizes == writers.row_groups(table, True)
-    ends = np.cumsum(sizes) - 1  # each group ends at a record whose hash cuts, at 100 rows, or at the end
-    assert all(cuts[e] or size == 100 or e == len(records) - 1 for e, size in zip(ends.tolist(), sizes))
-    assert set(np.flatnonzero(cuts).tolist()) <= set(ends.tolist())  # and every such record ends one
+    ends = np.cumsum(sizes) - 1  # a group ends at a record whose hash cuts past the minimum, or at the end
+    assert all(cuts[e] and size >= writers.IMAGE_ROW_GROUP_MIN or e == len(records) - 1
+               for e, size in zip(ends.tolist(), sizes))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    # and no record whose hash cuts, past the minimum, inside a group
+    assert all(not cuts[a + writers.IMAGE_ROW_GROUP_MIN - 1: e].any() for a, e in zip(starts, ends))
     # datasets' writer settings (datasets.config): content-defined pages, recorded as datasets does;
     # image bytes stored plain and uncompressed, the metadata zstd.
     assert json.loads(f.metadata.metadata[b"content_defined_chunking"]) == writers.CDC_OPTIONS

@@ -217,6 +217,7 @@ def test_a_filtered_epoch_over_http_reads_its_records_not_the_shards(out, server
     so the image shards are read for about the kept records' own bytes, not whole."""
     import pyarrow.compute as pc
 
+    from benchmarks.suite import own_bytes
     from bioscan5m_hf import Composition
 
     monkeypatch.setenv("HOME", str(tmp_path))  # an empty default cache: the metadata is fetched here
@@ -225,13 +226,7 @@ def test_a_filtered_epoch_over_http_reads_its_records_not_the_shards(out, server
     orders = Counter(order for _, order in local)
     order = min((o for o in orders if o), key=lambda o: abs(orders[o] / sum(orders.values()) - 0.15))
     kept = {pid for pid, o in local if o == order}
-    own = {"tar": 0, "parquet": 0}  # members with their headers in a tar; the JPEG bytes in Parquet
-    for idx in (out / schema.WDS_REPO / "cropped_256" / "pretrain").glob("*.idx"):
-        for line in idx.read_text().splitlines()[1:]:
-            f = line.split(" ")
-            if f[3].split(".")[0] in kept:
-                own["tar"] += sum(512 + int(f[i + 2]) for i in range(0, len(f), 4))
-                own["parquet"] += sum(int(f[i + 2]) for i in range(0, len(f), 4) if f[i] == "jpg")
+    own = own_bytes(out, "pretrain", kept)  # members with their headers in a tar; the JPEG bytes in Parquet
     url = f"{server.url}/{root}".rstrip("/")
     server.reset_counts()
     ds = StreamingBIOSCAN5M(url, "pretrain", modality=("image", "processid"), target_type=[], output_format="dict",

@@ -10,6 +10,18 @@ import sys
 
 import torch
 
+#: Pixel differences of a GPU-path decoder against decode="workers" (another IDCT and resampler,
+#: and for the centre crop a crop-then-resize grid up to half a source pixel off), as (mean, p99):
+#: measured on the sample release (synthetic images with hard edges), see BENCHMARKS.md.
+BOUNDS = {"centre": (6.0, 96), "augment": (1.0, 16)}
+
+
+def check(comparison: dict, crop: str) -> None:
+    """The decoder's batches are the workers' but for pixel rounding within :data:`BOUNDS`."""
+    c = comparison[crop]
+    assert c["batches"] > 1 and c["same_order_keys_labels"] and c["shapes_equal"] and c["channels_last"]
+    assert c["mean_abs_diff"] <= BOUNDS[crop][0] and c["p99_abs_diff"] <= BOUNDS[crop][1], c
+
 
 def epoch(loader) -> list[dict]:
     return [{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in loader]
