@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .. import schema
@@ -171,13 +172,14 @@ def arrow_bytes(path: str | os.PathLike) -> int:
     """The Arrow bytes ``datasets`` records for a Parquet shard (its ``num_bytes`` in ``dataset_info``):
     the sum of ``nbytes`` of the batches its Parquet builder reads: a fragment's batches of the first
     row group's rows, as it scans them (each batch's buffers are counted, so the cut must be its)."""
-    with open(path, "rb") as f:
-        fragment = ds.ParquetFileFormat().make_fragment(f)
-        if not fragment.row_groups:
-            return 0
-        batches = fragment.to_batches(batch_size=max(1, fragment.row_groups[0].num_rows), batch_readahead=0,
-                                      fragment_readahead=0)
-        return sum(b.nbytes for b in batches)
+    # In this thread, from the path: a scan on Arrow's pools through a Python file object could leave
+    # a thread behind at exit ("terminate called without an active exception" in a convert task).
+    fragment = ds.ParquetFileFormat().make_fragment(os.fspath(path), filesystem=pafs.LocalFileSystem())
+    if not fragment.row_groups:
+        return 0
+    batches = fragment.to_batches(batch_size=max(1, fragment.row_groups[0].num_rows), batch_readahead=0,
+                                  fragment_readahead=0, use_threads=False)
+    return sum(b.nbytes for b in batches)
 
 
 def tar_arrow_bytes(table: pa.Table, relpath: str) -> int:
