@@ -14,6 +14,7 @@ compared with the targets.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -564,27 +565,35 @@ def peers_area(st: Settings) -> list[Figure]:
     return figures
 
 
-def _filter_epoch(root: str, keep, server) -> tuple[int, int, int]:
-    """(samples, bytes of image-config shards, other bytes) one image + DNA epoch of pretrain reads
-    from the loopback ``server``, with a fresh cache folder (nothing read before counts)."""
+@contextlib.contextmanager
+def _counted_from_scratch(server):
+    """What follows is counted by ``server`` alone, with an empty default cache folder (the home
+    folder's: indexes and metadata are fetched again) and no DALI index kept in memory."""
     import tempfile
 
-    from bioscan5m_hf import Composition, StreamingBIOSCAN5M, make_loader
     from bioscan5m_hf.repo import readers
 
     home = os.environ.get("HOME")
     with tempfile.TemporaryDirectory() as fresh:
-        os.environ["HOME"] = fresh  # the default cache folder of indexes and metadata: empty
+        os.environ["HOME"] = fresh
         readers._INDEXES.clear()
         server.reset_counts()
         try:
-            loader = make_loader(StreamingBIOSCAN5M(root, "pretrain", shuffle=True,
-                                                    composition=Composition(filter=keep)),
-                                 batch_size=64, num_workers=0, image_size=64)
-            n = sum(len(batch["processid"]) for batch in loader)
+            yield
         finally:
             if home is not None:
                 os.environ["HOME"] = home
+
+
+def _filter_epoch(root: str, keep, server) -> tuple[int, int, int]:
+    """(samples, bytes of image-config shards, other bytes) one image + DNA epoch of pretrain reads
+    from the loopback ``server``, with a fresh cache folder (nothing read before counts)."""
+    from bioscan5m_hf import Composition, StreamingBIOSCAN5M, make_loader
+
+    with _counted_from_scratch(server):
+        loader = make_loader(StreamingBIOSCAN5M(root, "pretrain", shuffle=True, composition=Composition(filter=keep)),
+                             batch_size=64, num_workers=0, image_size=64)
+        n = sum(len(batch["processid"]) for batch in loader)
     shards = sum(b for path, b in server.bytes.items() if "/cropped_256/" in path and
                  path.endswith((".tar", ".parquet")))
     return n, shards, sum(server.bytes.values()) - shards
@@ -934,34 +943,22 @@ PROJECTED_IMAGES_PER_SECOND = 10_000
 
 def _requests_epoch(kind: str, root: str, server) -> tuple[int, int, int]:
     """(records, requests, bytes) one epoch of pretrain (images) makes ``server`` serve."""
-    import tempfile
-
     from bioscan5m_hf import StreamingBIOSCAN5M, make_loader
-    from bioscan5m_hf.repo import readers
 
-    home = os.environ.get("HOME")
-    with tempfile.TemporaryDirectory() as fresh:
-        os.environ["HOME"] = fresh
-        readers._INDEXES.clear()
-        server.reset_counts()
-        try:
-            if kind == "make_loader":
-                n = sum(len(b["processid"]) for b in make_loader(StreamingBIOSCAN5M(root, "pretrain", shuffle=True),
-                                                                 batch_size=64, num_workers=2, image_size=64))
-            elif kind == "StreamingBIOSCAN5M":
-                n = sum(1 for _ in StreamingBIOSCAN5M(root, "pretrain", modality=("image", "dna"),
-                                                       output_format="dict"))
-            else:  # datasets streaming of the repo's files by URL
-                import datasets
+    with _counted_from_scratch(server):
+        if kind == "make_loader":
+            n = sum(len(b["processid"]) for b in make_loader(StreamingBIOSCAN5M(root, "pretrain", shuffle=True),
+                                                             batch_size=64, num_workers=2, image_size=64))
+        elif kind == "StreamingBIOSCAN5M":
+            n = sum(1 for _ in StreamingBIOSCAN5M(root, "pretrain", modality=("image", "dna"), output_format="dict"))
+        else:  # datasets streaming of the repo's files by URL
+            import datasets
 
-                builder, ext = ("parquet", "parquet") if root.endswith(schema.PARQUET_REPO) else ("webdataset", "tar")
-                manifest = json.loads((server.folder / root.rsplit("/", 1)[1] / schema.MANIFEST).read_text())
-                files = [f"{root}/{s['path']}" for s in manifest["configs"]["cropped_256"]["pretrain"]["shards"]]
-                ds = datasets.load_dataset(builder, data_files={"train": files}, split="train", streaming=True)
-                n = sum(1 for _ in ds)
-        finally:
-            if home is not None:
-                os.environ["HOME"] = home
+            builder = "parquet" if root.endswith(schema.PARQUET_REPO) else "webdataset"
+            manifest = json.loads((server.folder / root.rsplit("/", 1)[1] / schema.MANIFEST).read_text())
+            files = [f"{root}/{s['path']}" for s in manifest["configs"]["cropped_256"]["pretrain"]["shards"]]
+            n = sum(1 for _ in datasets.load_dataset(builder, data_files={"train": files}, split="train",
+                                                     streaming=True))
     return n, sum(server.requests.values()), sum(server.bytes.values())
 
 

@@ -78,8 +78,8 @@ class WriterDefaults:
     #: pyarrow's ``use_content_defined_chunking`` and recorded in the file's key-value metadata
     #: ``content_defined_chunking``: data pages cut by content, so an edit changes only nearby pages.
     cdc_options: tuple = (("max_chunk_size", 1024 * 1024), ("min_chunk_size", 256 * 1024), ("norm_level", 0))
-    #: ``datasets.arrow_writer.ParquetWriter(write_page_index=True)``.
-    page_index: bool = True
+    # (A page index, ``datasets.arrow_writer.ParquetWriter(write_page_index=True)``, is the viewer's
+    # rule too: :func:`_check_parquet` checks it as such.)
     #: ``datasets.config.MAX_ROW_GROUP_SIZE`` ("100MB", uncompressed).
     row_group_bytes: int = 100_000_000
     #: ``datasets.config.MAX_SHARD_SIZE`` ("500MB" of Arrow data per file).

@@ -60,15 +60,11 @@ def build_record_index(repo: Repo, config: str, csv_processids: pa.ChunkedArray 
     pids, shard_of, row_of, offsets, sizes = [], [], [], [], []
     for k, shard in enumerate(repo.shards(config, schema.SPLITS)):
         if repo.fmt == "parquet":
-            image = config != schema.METADATA_CONFIG
-            wanted = ["processid", *([schema.IMAGE_COLUMN] if image else [])]
-            table = pa.concat_tables(parquet_rows(shard, None, wanted))
-            got = table.column("processid").to_pylist()
-            if image:
-                images = table.column(schema.IMAGE_COLUMN).combine_chunks().field("bytes").to_pylist()
-                off = parquet_image_offsets(repo, shard.rel, images)
+            got = pa.concat_tables(parquet_rows(shard, None, ["processid"])).column("processid").to_pylist()
+            if config != schema.METADATA_CONFIG:
+                off, size = parquet_image_offsets(repo, shard.rel)
                 offsets.append(off)
-                sizes.append(np.where(off >= 0, [len(b) for b in images], -1))
+                sizes.append(size)
         else:
             got, off, size = _tar_members(repo, shard.rel)
             offsets.append(off)
@@ -93,31 +89,36 @@ def build_record_index(repo: Repo, config: str, csv_processids: pa.ChunkedArray 
     return pa.table(columns)
 
 
-def parquet_image_offsets(repo: Repo, rel: str, images: list[bytes]) -> np.ndarray:
-    """Where each image's bytes (in shard order) start in the Parquet file ``rel``: found after its
-    4-byte length in the image column's chunks, in order (-1 for all where a row group stores them
-    otherwise: compressed or dictionary-encoded)."""
+def parquet_image_offsets(repo: Repo, rel: str) -> tuple[np.ndarray, np.ndarray]:
+    """Where each image's bytes (in shard order) start in the Parquet file ``rel``, and their sizes:
+    found after its 4-byte length in the image column's chunks, in order; the file is read once and
+    its images decoded from that copy (-1 for all where a row group stores them otherwise:
+    compressed or dictionary-encoded)."""
     data = repo.store.read_bytes(rel)
-    meta = pq.ParquetFile(io.BytesIO(data)).metadata
-    column = next((i for i in range(meta.num_columns)
-                   if meta.row_group(0).column(i).path_in_schema == f"{schema.IMAGE_COLUMN}.bytes"), None)
-    out = np.full(len(images), -1, dtype=np.int64)
-    if column is None:
-        return out
-    k = 0
+    try:
+        f = pq.ParquetFile(io.BytesIO(data))
+        images = f.read(columns=[schema.IMAGE_COLUMN]).column(schema.IMAGE_COLUMN).combine_chunks().field(
+            "bytes").to_pylist()
+    except (ValueError, pa.ArrowException) as e:
+        raise ShardError(f"{repo.root}/{rel}: not a readable Parquet shard ({e})") from None
+    meta = f.metadata
+    column = next(i for i in range(meta.num_columns)
+                  if meta.row_group(0).column(i).path_in_schema == f"{schema.IMAGE_COLUMN}.bytes")
+    none = np.full(len(images), -1, dtype=np.int64)
+    out, k = none.copy(), 0
     for g in range(meta.num_row_groups):
         chunk = meta.row_group(g).column(column)
         if chunk.compression != "UNCOMPRESSED" or chunk.dictionary_page_offset is not None:
-            return np.full(len(images), -1, dtype=np.int64)
+            return none, none
         pos, end = chunk.data_page_offset, chunk.data_page_offset + chunk.total_compressed_size
         for _ in range(meta.row_group(g).num_rows):
             image = images[k]
             found = data.find(len(image).to_bytes(4, "little") + image[:64], pos, end)
             if found < 0 or data[found + 4: found + 4 + len(image)] != image:
-                return np.full(len(images), -1, dtype=np.int64)
+                return none, none
             out[k] = found + 4
             pos, k = found + 4 + len(image), k + 1
-    return out
+    return out, np.array([len(b) for b in images], dtype=np.int64)
 
 
 def write_record_index(table: pa.Table, path) -> None:

@@ -99,9 +99,10 @@ def kept_rows(repos: dict[str, Repo], repo: Repo, config: str, splits: Sequence[
     offset, size = (index["offset"][kept], index["size"][kept]) if "offset" in index else (None, None)
     names = [s.rel for s in repo.shards(config, schema.SPLITS)]
     out = {}
-    for k in np.unique(shard[shard >= 0]).tolist():
-        mine = np.flatnonzero(shard == k)
-        mine = mine[np.argsort(row[mine], kind="stable")]
+    order = np.lexsort((row, shard))  # the kept records by shard, then row: one sort, not one scan a shard
+    order = order[shard[order] >= 0]
+    for mine in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1) if len(order) else []:
+        k = int(shard[mine[0]])
         located = offset is not None and bool((offset[mine] >= 0).all())
         out[names[k]] = (row[mine].astype(np.int64), SparseRows(
             offset[mine], size[mine], table.take(arrow_indices(passed[mine]))) if located else None)
@@ -403,7 +404,7 @@ class RecordStream:
             info, offsets = self.visit_rows(plan, a, np.arange(a, b))
             self._prefetch([self.shards[int(plan.shards[x])] for x, _ in runs[k + 1: k + 1 + self.readahead]])
             for table in parquet_rows(info, offsets, columns, groups_per_read=groups_per_read or len(offsets),
-                                      sparse=self.images_of(info, offsets) if self.image else None):
+                                      sparse=self.images_of(info, offsets)):
                 yield a, a + table.num_rows, table
                 a += table.num_rows
 
