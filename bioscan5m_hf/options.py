@@ -52,8 +52,10 @@ class Storage:
     readahead: int = 1
 
     def local_folder(self) -> Path:
-        """Where files fetched from a remote root are kept: ``cache_dir``, or ``~/.cache/bioscan5m-hf``."""
-        return Path(self.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "bioscan5m-hf"))
+        """Where files fetched from a remote root and the metadata's mapped copy are kept:
+        ``cache_dir``, or ``bioscan5m-hf`` in ``$XDG_CACHE_HOME`` (``~/.cache``)."""
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(self.cache_dir or os.path.join(cache, "bioscan5m-hf"))
 
     def __post_init__(self):
         if self.cache_limit is not None and self.cache_limit <= 0:

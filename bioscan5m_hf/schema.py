@@ -245,11 +245,11 @@ MANIFEST = "manifest.json"
 #: ``processid`` of every record in the official CSV's row order (the official loader's row order,
 #: which ``reduce_repeated_barcodes`` depends on); shards hold records in a shuffled order.
 CSV_ORDER = "csv-order.parquet"
-#: Every record's metadata for the map-style ``BIOSCAN5M``: uncompressed Arrow IPC, so it is
-#: memory-mapped rather than read (forked workers and the ranks of a node share its pages), the
-#: rows of each split together in CSV order (a split opens without re-sorting; a remote one fetches
-#: only its record batches), a ``csv_row`` column, and the layout in the schema's metadata.
-RELEASE_TABLE = "index/metadata.arrow"
+#: Every record's metadata in one compressed Parquet file, the map-style ``BIOSCAN5M``'s source (it
+#: maps an uncompressed copy kept in its cache folder) and the filters': the rows of each split
+#: together, in CSV order within it, a ``csv_row`` column, the split's row groups in the schema's
+#: metadata (a remote split reads only its own).
+RELEASE_TABLE = "index/release.parquet"
 CARD = "README.md"
 FORMATS: tuple[str, ...] = ("parquet", "webdataset")
 FORMAT_REPOS: dict[str, str] = {"parquet": PARQUET_REPO, "webdataset": WDS_REPO}

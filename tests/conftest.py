@@ -11,8 +11,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bioscan5m-hf-cache-"))
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-# Files fetched from remote roots go to ~/.cache/bioscan5m-hf unless a test says where: not the real one.
+# Files fetched from remote roots and the metadata's mapped copy go to ~/.cache/bioscan5m-hf unless a
+# test says where: not the real one.
 os.environ["HOME"] = tempfile.mkdtemp(prefix="bioscan5m-hf-home-")
+os.environ.pop("XDG_CACHE_HOME", None)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -139,8 +139,10 @@ def row_groups(table: pa.Table, with_image: bool) -> list[int]:
     return groups + [rows] if rows or not groups else groups
 
 
-def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool) -> int:
-    """Write ``table`` with fixed settings: row groups as :func:`row_groups` cuts them, data pages
+def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool, groups: Sequence[int] | None = None
+                  ) -> int:
+    """Write ``table`` with fixed settings: row groups as :func:`row_groups` cuts them (or of
+    ``groups`` rows), data pages
     cut by content (:data:`CDC_OPTIONS`), page index, statistics of the columns filters use;
     label-like columns as dictionaries, zstd; image bytes stored as they are (plain, uncompressed, as
     ``datasets`` writes image columns: JPEG does not compress, and identical images are identical
@@ -149,7 +151,7 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool) ->
     dictionary = [c.name for c in schema.COLUMNS if pa.types.is_string(c.type) and c.name not in unique]
     # Statistics where a filter can use them (labels, numbers): min/max of barcodes and ids, per row
     # group and per page, were most of each file's footer, rewritten whole by any edit.
-    statistics = [c.name for c in schema.COLUMNS if c.name not in unique]
+    statistics = [c for c in table.column_names if c not in unique and c != schema.IMAGE_COLUMN]
     compression = {c.name: PARQUET_COMPRESSION for c in schema.COLUMNS}
     encoding = {}
     if with_image:
@@ -162,7 +164,7 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, with_image: bool) ->
                               store_schema=True, use_content_defined_chunking=CDC_OPTIONS) as writer:
             writer.add_key_value_metadata({"content_defined_chunking": json.dumps(CDC_OPTIONS)})
             start = 0
-            for rows in row_groups(table, with_image):
+            for rows in groups if groups is not None else row_groups(table, with_image):
                 writer.write_table(table.slice(start, rows), row_group_size=max(1, rows))
                 start += rows
         return arrow_bytes(tmp)
@@ -200,31 +202,34 @@ def write_csv_order(path: str | os.PathLike, processids: pa.ChunkedArray) -> Non
                        write_page_index=True)
 
 
-#: Rows per record batch of :data:`schema.RELEASE_TABLE` (each batch's strings stay under 2 GB).
-RELEASE_BATCH_ROWS = 1 << 17
+#: Rows taken at a time when grouping the release by split (each block's strings stay under 2 GB).
+TAKE_ROWS = 1 << 17
 
 
 def write_release_table(path: str | os.PathLike, table: pa.Table) -> None:
-    """Every record's metadata as :data:`schema.RELEASE_TABLE` says: ``table`` (in CSV order) cut
-    into record batches per split, each split's rows in CSV order, with their ``csv_row``; the schema
-    metadata ``splits`` maps each split to ``[first batch, batches, rows]``. Written a batch at a time."""
+    """Every record's metadata as :data:`schema.RELEASE_TABLE` says: ``table`` (in CSV order) with
+    each record's ``csv_row``, the splits' rows together (in :data:`schema.SPLITS` order, CSV order
+    within each), written as the metadata config is (:func:`write_parquet`: compressed, row groups
+    cut by the records, pages by content) with no row group across two splits; the schema metadata
+    ``splits`` maps each split to ``[first row group, row groups, rows]``."""
     split = table.column("split").to_numpy(zero_copy_only=False)
-    rows = {s: np.flatnonzero(split == s) for s in schema.SPLITS}
-    layout, first = {}, 0
-    for s, mine in rows.items():
-        count = -(-len(mine) // RELEASE_BATCH_ROWS)
-        layout[s] = [first, count, len(mine)]
-        first += count
     columns = [c for c in schema.COLUMN_NAMES if c in table.column_names]
+    parts, groups, layout = [], [], {}
+    for s in schema.SPLITS:
+        mine = np.flatnonzero(split == s)
+        # Taken a block at a time: one take of a split's barcodes would pass 32-bit string offsets.
+        blocks = [take_rows(table.select(columns), mine[a: a + TAKE_ROWS]) for a in range(0, len(mine), TAKE_ROWS)]
+        part = (pa.concat_tables(blocks) if blocks else table.select(columns).slice(0, 0)).append_column(
+            "csv_row", pa.chunked_array([pa.array(mine[a: a + TAKE_ROWS], pa.int64())
+                                         for a in range(0, len(mine), TAKE_ROWS)], pa.int64()))
+        cuts = row_groups(part, with_image=False) if len(mine) else []
+        layout[s] = [len(groups), len(cuts), len(mine)]
+        parts.append(part)
+        groups += cuts
     fields = [table.schema.field(c) for c in columns] + [pa.field("csv_row", pa.int64(), nullable=False)]
-    out_schema = pa.schema(fields, metadata={"splits": json.dumps(layout)})
-    with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), out_schema) as writer:
-        for mine in rows.values():
-            for a in range(0, len(mine), RELEASE_BATCH_ROWS):
-                part = mine[a: a + RELEASE_BATCH_ROWS]
-                values = take_rows(table.select(columns), part)
-                arrays = [values.column(c).combine_chunks() for c in columns] + [pa.array(part, pa.int64())]
-                writer.write_batch(pa.record_batch(arrays, schema=out_schema))
+    out = pa.concat_tables([p.cast(pa.schema(fields)) for p in parts]).replace_schema_metadata(
+        {"splits": json.dumps(layout)})
+    write_parquet(path, out, with_image=False, groups=groups)
 
 
 # --------------------------------------------------------------------------------------------------

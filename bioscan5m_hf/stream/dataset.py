@@ -34,7 +34,7 @@ from ..repo.readers import row_group_starts
 from ..repo.record_index import INDEX_DIR, index_relpath, read_record_index
 from ..repo.storage import copy_verified, redact
 from ..util import write_atomic
-from .metadata import OFFICIAL_COLUMNS, metadata_frame, metadata_repo, open_release, reduced_rows, release_repo
+from .metadata import OFFICIAL_COLUMNS, metadata_frame, open_release, reduced_rows, release_repo
 from .outputs import Labels, OfficialAPI
 from .streaming import StreamingBIOSCAN5M
 
@@ -273,8 +273,7 @@ def download_needed(repos: dict[str, Repo], splits, package: str | None, cache_d
     base = Storage(cache_dir=cache_dir).local_folder()
     first = next(iter(repos.values()))
     target = base / redact(str(first.store.root)).split("://", 1)[-1].replace("/", "_").replace(":", "_")
-    release = release_repo(repos)  # the metadata of every record in one file, else the metadata config
-    meta_repo, meta_config = metadata_repo(repos) if release is None else (None, None)
+    release = release_repo(repos)  # every record's metadata, in one file
     images = image_repo(repos, package) if package else None
     for repo in repos.values():
         folder = target / repo.name if len(repos) > 1 else target
@@ -288,10 +287,8 @@ def download_needed(repos: dict[str, Repo], splits, package: str | None, cache_d
             info = files[schema.RELEASE_TABLE]
             copy_verified(repo.store, schema.RELEASE_TABLE, info["num_bytes"], info["sha256"],
                           folder / schema.RELEASE_TABLE)
-        for config in repo.configs:
-            every_split = repo is meta_repo and config == meta_config  # the metadata of every record
-            if every_split or (repo is images and config == package):
-                for shard in repo.shards(config, schema.SPLITS if every_split else splits):
-                    if not (folder / shard.rel).is_file():
-                        copy_verified(repo.store, shard.rel, shard.num_bytes, shard.sha256, folder / shard.rel)
+        if repo is images:
+            for shard in repo.shards(package, splits):
+                if not (folder / shard.rel).is_file():
+                    copy_verified(repo.store, shard.rel, shard.num_bytes, shard.sha256, folder / shard.rel)
     return target

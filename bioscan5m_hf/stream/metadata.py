@@ -1,11 +1,11 @@
 """The release's metadata as the official loader sees it: every record in CSV order, the records a
 split keeps (``reduce_repeated_barcodes``), and the official ``metadata`` DataFrame.
 
-Read from a converted repo without touching image bytes. :func:`open_release` memory-maps the
-splits' rows of :data:`schema.RELEASE_TABLE` (a remote root fetches those record batches once into
-its cache); repos converted before that file existed fall back to :func:`release_table`, which reads
-the Parquet repo's ``metadata`` config (or the tars' JSON members) and puts it back in CSV order
-with ``csv-order.parquet``.
+Read from a converted repo without touching image bytes. Each repo holds every record's metadata
+once, compressed (:data:`schema.RELEASE_TABLE`); :func:`open_release` copies the row groups of the
+splits it needs into uncompressed Arrow files of the cache folder, once, and memory-maps them from
+there, as ``datasets`` keeps its Arrow cache: the repo stays small under edits (BENCHMARKS.md,
+``republish``) and every later construction maps (``dropin``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .. import schema
 from ..options import Storage
 from ..repo.manifest import Repo
-from ..repo.readers import parquet_rows, read_records
-from ..repo.storage import redact
 from ..util import atomic_path
 
 #: The official loader's metadata columns (its ``USECOLS``), in CSV order, and their pandas dtypes.
@@ -36,22 +35,14 @@ OFFICIAL_DTYPES = {"processid": str, "phylum": "category", "class": "category", 
                    "dna_bin": "category", "dna_barcode": str, "country": "category", "province_state": "category",
                    "coord-lat": float, "coord-lon": float, "image_measurement_value": float, "area_fraction": float,
                    "scale_factor": float, "split": str, "chunk": str}
-
-
-def metadata_repo(repos: dict[str, Repo]) -> tuple[Repo, str]:
-    """Where to read every record's metadata: the Parquet metadata config, else any full config."""
-    parquet = repos.get("parquet")
-    if parquet is not None and schema.METADATA_CONFIG in parquet.configs:
-        return parquet, schema.METADATA_CONFIG
-    repo = next(iter(repos.values()))
-    return repo, next(iter(repo.configs))
+#: Bumped when the local copy's layout changes, so an older copy is not mapped as if it were this one.
+LOCAL_LAYOUT = 1
 
 
 @dataclass
 class ReleaseRows:
-    """Some splits' records: ``table`` holds their metadata (memory-mapped where the repo has
-    :data:`schema.RELEASE_TABLE`), the rows of each split together, in CSV order within it;
-    ``csv_row`` the CSV row of each table row."""
+    """Some splits' records: ``table`` holds their metadata (memory-mapped), the rows of each split
+    together; ``csv_row`` the CSV row of each table row."""
 
     table: pa.Table
     csv_row: np.ndarray
@@ -65,105 +56,58 @@ class ReleaseRows:
                          for c in columns})
 
 
-def release_repo(repos: dict[str, Repo]) -> Repo | None:
-    """The repo that holds :data:`schema.RELEASE_TABLE` (the Parquet one first), if any does."""
-    return next((r for r in (repos.get("parquet"), repos.get("webdataset"))
-                 if r is not None and schema.RELEASE_TABLE in r.manifest.get("files", {})), None)
+def release_repo(repos: dict[str, Repo]) -> Repo:
+    """The repo whose :data:`schema.RELEASE_TABLE` is read (the Parquet one first)."""
+    for repo in (repos.get("parquet"), repos.get("webdataset")):
+        if repo is not None and schema.RELEASE_TABLE in repo.manifest.get("files", {}):
+            return repo
+    roots = ", ".join(str(r.root) for r in repos.values())
+    raise FileNotFoundError(f"{roots}: no {schema.RELEASE_TABLE} (every record's metadata) in the manifest: "
+                            "converted by an earlier bioscan5m-hf; run `bioscan5m-hf convert` again")
 
 
 def open_release(repos: dict[str, Repo], splits: Sequence[str], storage: Storage | None = None) -> ReleaseRows:
-    """The records of ``splits``, read as little as possible: :data:`schema.RELEASE_TABLE` memory-mapped
-    (nothing is read until used, and processes share the pages), only those splits' record batches;
-    from a remote root, those batches fetched once into ``storage.cache_dir`` (default
-    ``~/.cache/bioscan5m-hf``) and mapped from there."""
-    splits = [s for s in schema.SPLITS if s in set(splits)]
+    """The records of ``splits``: each split's rows of :data:`schema.RELEASE_TABLE`, copied once
+    into an uncompressed Arrow file of ``storage``'s cache folder and memory-mapped from it (nothing
+    is read until used, and processes share the pages)."""
+    storage = storage or Storage()
     repo = release_repo(repos)
-    if repo is None:  # converted before RELEASE_TABLE existed: read everything, as the official loader does
-        table = release_table(repos, list(schema.COLUMN_NAMES))
-        rows = np.flatnonzero(pc.is_in(table.column("split"), value_set=pa.array(splits, pa.large_string()))
-                              .to_numpy(zero_copy_only=False))
-        # (release_table's strings have 64-bit offsets, so a plain take cannot overflow them)
-        return ReleaseRows(table.take(pa.array(rows)) if len(rows) < table.num_rows else table, rows)
-    path = (repo.store.local_path(schema.RELEASE_TABLE) if not repo.store.remote
-            else _cached_splits(repo, splits, storage or Storage()))
-    reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    layout = json.loads(reader.schema.metadata[b"splits"])
-    batches = [reader.get_batch(i) for s in splits for i in range(layout[s][0], layout[s][0] + layout[s][1])]
-    table = pa.Table.from_batches(batches, schema=reader.schema)
+    tables = [pa.ipc.open_file(pa.memory_map(str(local_split(repo, s, storage)), "r")).read_all()
+              for s in schema.SPLITS if s in set(splits)]
+    table = pa.concat_tables(tables) if tables else release_schema().empty_table()
     csv_row = table.column("csv_row")
-    csv_row = csv_row.chunk(0).to_numpy() if csv_row.num_chunks == 1 else csv_row.to_numpy()
+    csv_row = np.concatenate([c.to_numpy() for c in csv_row.chunks]) if csv_row.num_chunks else np.zeros(0, np.int64)
     return ReleaseRows(table.drop_columns(["csv_row"]), csv_row)
 
 
-def _cached_splits(repo: Repo, splits: Sequence[str], storage: Storage) -> Path:
-    """A local file of :data:`schema.RELEASE_TABLE`'s record batches of ``splits``, fetched from a remote
-    repo once (ranged reads of those batches and the file's footer) and kept in the cache folder."""
+def release_schema() -> pa.Schema:
+    """The columns of :data:`schema.RELEASE_TABLE`: every metadata column, then ``csv_row``."""
+    return pa.schema(list(schema.arrow_schema()) + [pa.field("csv_row", pa.int64(), nullable=False)])
+
+
+def local_split(repo: Repo, split: str, storage: Storage) -> Path:
+    """The cache's uncompressed copy of ``split``'s rows of ``repo``'s release table, written on
+    first use (a record batch per row group, so no batch's strings pass 2 GB). Named by the file's
+    digest: a converted-again repo gets a copy of its own."""
     info = repo.manifest["files"][schema.RELEASE_TABLE]
-    key = hashlib.sha256(f"{info['sha256']} {'+'.join(splits)}".encode()).hexdigest()[:24]
-    path = storage.local_folder() / f"metadata-{key}.arrow"
+    key = hashlib.sha256(f"{info['sha256']} {split} {LOCAL_LAYOUT}".encode()).hexdigest()[:24]
+    path = storage.local_folder() / "release" / f"{split}-{key}.arrow"
     if path.is_file():
         return path
-    with repo.store.open(schema.RELEASE_TABLE, info["num_bytes"]) as remote:
-        reader = pa.ipc.open_file(remote)
-        layout = json.loads(reader.schema.metadata[b"splits"])
-        mine, first = {}, 0
-        for s in splits:
-            mine[s] = [first, layout[s][1], layout[s][2]]
-            first += layout[s][1]
-        local_schema = reader.schema.with_metadata({b"splits": json.dumps(mine).encode(),
-                                                    b"source": redact(repo.store.url(schema.RELEASE_TABLE)).encode()})
-        with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), local_schema) as writer:
-            for s in splits:
-                for i in range(layout[s][0], layout[s][0] + layout[s][1]):
-                    writer.write_batch(reader.get_batch(i))
+    with repo.store.open(schema.RELEASE_TABLE, info["num_bytes"]) as source:
+        parquet = pq.ParquetFile(source)
+        first, count, _ = json.loads(parquet.schema_arrow.metadata[b"splits"])[split]
+        with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), release_schema()) as writer:
+            for group in range(first, first + count):
+                part = parquet.read_row_group(group).cast(release_schema())
+                for batch in part.to_batches():
+                    writer.write_batch(batch)
     return path
 
 
 def release_in_csv_order(repos: dict[str, Repo], columns: Sequence[str], storage: Storage | None = None) -> pa.Table:
     """``columns`` of every record of the release in the metadata CSV's row order."""
-    if release_repo(repos) is None:
-        return release_table(repos, columns)
     return open_release(repos, schema.SPLITS, storage).in_csv_order(columns)
-
-
-def release_table(repos: dict[str, Repo], columns: Sequence[str], max_nucleotides: int | None = None) -> pa.Table:
-    """``columns`` of every record of the release, in the metadata CSV's row order, strings with
-    64-bit offsets (the release's barcodes pass 2 GB), barcodes truncated to ``max_nucleotides``.
-
-    Memory: each shard's part is narrowed as it is read, and the reordering copies one column at a
-    time, chunk by chunk (:func:`csv_ordered`), so the peak is about the table and one chunk."""
-    repo, config = metadata_repo(repos)
-    wanted = list(dict.fromkeys(["processid", *columns]))
-    fields = pa.schema([schema.arrow_schema().field(c) for c in wanted])
-    large = pa.schema([f.with_type(pa.large_string()) if pa.types.is_string(f.type) else f for f in fields])
-    parts = []
-    for shard in repo.shards(config, schema.SPLITS):
-        if shard.fmt == "parquet":
-            tables = list(parquet_rows(shard, None, wanted))
-        else:
-            tables = [pa.Table.from_pylist(list(read_records(shard, None, wanted, image=False)), schema=fields)]
-        for part in tables:
-            part = part.cast(large)
-            if max_nucleotides is not None and "dna_barcode" in wanted:
-                barcode = pc.utf8_slice_codeunits(part.column("dna_barcode"), 0, max_nucleotides)
-                part = part.set_column(part.schema.get_field_index("dna_barcode"), "dna_barcode", barcode)
-            parts.append(part)
-    table = pa.concat_tables(parts) if parts else large.empty_table()
-    del parts
-    order = repo.read_table(schema.CSV_ORDER, ["processid"]).column("processid")
-    where = pc.index_in(order.cast(pa.large_string()), value_set=table.column("processid"))
-    if where.null_count or table.num_rows != len(order):
-        raise ValueError(f"{repo.root}: config {config!r} holds {table.num_rows} of the release's {len(order)} "
-                         "records; the metadata needs them all")
-    where = where.to_numpy(zero_copy_only=False).astype(np.int64)  # table row of each CSV row
-    csv_row = np.empty(len(where), dtype=np.int64)
-    csv_row[where] = np.arange(len(where))  # the CSV row of each table row
-    out = {}
-    for name in columns:
-        chunks, kind = table.column(name).chunks, table.schema.field(name).type
-        table = table.drop_columns([name])  # the chunks list holds the only references now
-        out[name] = csv_ordered(chunks, csv_row, kind)
-    return pa.table(out)
 
 
 def csv_ordered(chunks: list[pa.Array], csv_row: np.ndarray, kind: pa.DataType) -> pa.ChunkedArray:

@@ -20,6 +20,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,39 +62,36 @@ def default_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def kept_rows(repos: dict[str, Repo], repo: Repo, config: str, splits: Sequence[str], keep, columns: Sequence[str],
-              storage: Storage) -> dict[str, tuple[np.ndarray, SparseRows | None]] | None:
-    """``{shard path: (row offsets, where their images are)}`` of the records of ``config`` in
-    ``repo`` (for ``splits``) whose metadata pass ``keep``, found without reading ``repo``'s shards:
-    the metadata from the Parquet repo's ``metadata`` config (its compressed columns) or else the
-    release table, matched to shard rows through the per-record indexes (CSV row -> shard, row, and
-    where the image's bytes are; with the kept rows' metadata, so it is read once). None where an
-    index is missing (repos converted before them): the caller then reads the shards' metadata."""
+@dataclass(frozen=True)
+class Located:
+    """Some rows of one shard found through the per-record index: ``rows`` (ascending offsets in
+    the shard), where their JPEG bytes are in a Parquet file (``offsets``, ``sizes``; None where the
+    index does not place them) and their rows of the release table (``release_rows``, so their
+    metadata is read from its mapped copy, never copied up front)."""
+
+    rows: np.ndarray
+    offsets: np.ndarray | None
+    sizes: np.ndarray | None
+    release_rows: np.ndarray
+
+
+def kept_rows(repos: dict[str, Repo], repo: Repo, config: str, splits: Sequence[str], keep,
+              storage: Storage) -> dict[str, Located] | None:
+    """The records of ``config`` in ``repo`` (for ``splits``) whose metadata pass ``keep`` (None:
+    every record), by shard path, found without reading ``repo``'s shards: the splits' rows of the
+    release table (:func:`~.metadata.open_release`: read once into the cache), matched to shard
+    rows through the per-record index (CSV row -> shard, row, and where the image's bytes are).
+    None where the index or the release table is missing (repos converted before them): the caller
+    then reads the shards' metadata."""
     files = {f: r.manifest.get("files", {}) for f, r in repos.items()}
-    if config == schema.METADATA_CONFIG or record_index.index_relpath(config) not in files[repo.fmt]:
+    if config == schema.METADATA_CONFIG or record_index.index_relpath(config) not in files[repo.fmt] \
+            or not any(schema.RELEASE_TABLE in f for f in files.values()):
         return None  # the stream's own shards are then metadata alone: read as they are
     folder = storage.local_folder() if repo.store.remote else None
-    parquet = repos.get("parquet")
-    if parquet is not None and schema.METADATA_CONFIG in parquet.configs \
-            and record_index.index_relpath(schema.METADATA_CONFIG) in files["parquet"]:
-        shards = parquet.shards(schema.METADATA_CONFIG, splits)
-        table = pa.concat_tables([read_table(s, columns) for s in shards]) if shards else None
-        where = record_index.read_record_index(parquet, schema.METADATA_CONFIG, folder)
-        numbers = {s.rel: k for k, s in enumerate(parquet.shards(schema.METADATA_CONFIG, schema.SPLITS))}
-        order = np.lexsort((where["row"], where["shard"]))  # CSV rows by (metadata shard, row)
-        sorted_shards = where["shard"][order]
-        csv_rows = []
-        for s in shards:  # the CSV row of each row of `table`
-            lo, hi = np.searchsorted(sorted_shards, [numbers[s.rel], numbers[s.rel] + 1])
-            csv_rows.append(order[lo:hi])
-        csv_row = np.concatenate(csv_rows) if csv_rows else np.zeros(0, dtype=np.int64)
-    elif schema.RELEASE_TABLE in files.get("parquet", {}) or schema.RELEASE_TABLE in files.get("webdataset", {}):
-        release = open_release(repos, splits, storage)
-        table, csv_row = release.table, release.csv_row
-    else:
-        return None
-    passed = np.flatnonzero(sampling.evaluate(keep, table)) if table is not None else np.zeros(0, dtype=np.int64)
-    kept = csv_row[passed]
+    release = open_release(repos, splits, storage)
+    passed = (np.flatnonzero(sampling.evaluate(keep, release.table)) if keep is not None
+              else np.arange(release.table.num_rows))
+    kept = release.csv_row[passed]
     index = record_index.read_record_index(repo, config, folder)
     shard, row = index["shard"][kept], index["row"][kept]
     offset, size = (index["offset"][kept], index["size"][kept]) if "offset" in index else (None, None)
@@ -102,10 +100,9 @@ def kept_rows(repos: dict[str, Repo], repo: Repo, config: str, splits: Sequence[
     order = np.lexsort((row, shard))  # the kept records by shard, then row: one sort, not one scan a shard
     order = order[shard[order] >= 0]
     for mine in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1) if len(order) else []:
-        k = int(shard[mine[0]])
-        located = offset is not None and bool((offset[mine] >= 0).all())
-        out[names[k]] = (row[mine].astype(np.int64), SparseRows(
-            offset[mine], size[mine], table.take(arrow_indices(passed[mine]))) if located else None)
+        placed = offset is not None and bool((offset[mine] >= 0).all())
+        out[names[int(shard[mine[0]])]] = Located(row[mine].astype(np.int64), offset[mine] if placed else None,
+                                                  size[mine] if placed else None, passed[mine])
     return out
 
 
@@ -160,16 +157,19 @@ class RecordStream:
         self.labels = Labels(merged_vocabularies([repo.manifest["vocabularies"] for _, repo, _ in self.sources]))
         self.selection: list[np.ndarray] | None = self._reduce(storage) if reduce_repeated_barcodes else None
         self.filter = composition.filter
-        # Parquet shards read sparsely over the network: where each kept row's image bytes are
-        self.sparse_rows: dict[str, tuple[np.ndarray, SparseRows]] = {}
-        if self.filter is not None:
+        if composition.source_weights is not None and len(composition.source_weights) != len(roots):
+            raise ValueError(f"source_weights has {len(composition.source_weights)} weights for {len(roots)} roots")
+        self.sampling = sampling.Sampling.make(composition)
+        # A filter or a drawn epoch reads some records of each shard: where they are (and their
+        # metadata, in the release table), so remote Parquet shards are read only at those bytes.
+        self.storage = storage
+        self.located: dict[str, tuple[int, Located]] = {}
+        self._releases: dict[int, pa.Table] = {}  # each source's mapped release rows, opened per process
+        if self.filter is not None or self.sampling is not None:
             self.selection = self._filter(self.filter, storage)
         self.shard_sizes = ([len(s) for s in self.selection] if self.selection is not None
                             else [s.num_records for s in self.shards])
         self.num_records = int(sum(self.shard_sizes))
-        if composition.source_weights is not None and len(composition.source_weights) != len(roots):
-            raise ValueError(f"source_weights has {len(composition.source_weights)} weights for {len(roots)} roots")
-        self.sampling = sampling.Sampling.make(composition)
         self.weights = self.sampling.weights(self) if self.sampling is not None else None
         self.epoch_size = self.sampling.samples_per_epoch if self.sampling is not None else self.num_records
         self.buffer_size = (buffer_size if buffer_size is not None
@@ -213,37 +213,56 @@ class RecordStream:
         return [np.array([i for i, pid in enumerate(read_column(s, "processid")) if pid in keep[k]], dtype=np.int64)
                 for s, k in zip(self.shards, self.shard_source)]
 
-    def _filter(self, keep, storage: Storage) -> list[np.ndarray]:
-        """Per shard, the row offsets (of those already selected) whose metadata pass ``keep``. The
-        metadata is read once, from the smallest table that has it (:func:`kept_rows`: the metadata
-        config, or the release table, mapped to shard rows by the record index), else from the
-        shards' own metadata columns, so no image byte of a record left out is read either way."""
-        columns = sampling.filter_columns(keep)
-        by_index = [kept_rows(repos, repo, config, self.splits, keep, columns, storage)
-                    for repos, repo, config in self.sources]
+    def _filter(self, keep, storage: Storage) -> list[np.ndarray] | None:
+        """Per shard, the row offsets (of those already selected) whose metadata pass ``keep`` (None:
+        every one; only located). The metadata is read once, from the release table, mapped to shard
+        rows by the record index (:func:`kept_rows`), else from the shards' own metadata columns, so
+        no image byte of a record left out is read either way."""
+        by_index = [kept_rows(repos, repo, config, self.splits, keep, storage) for repos, repo, config in self.sources]
         if all(k is not None for k in by_index):
             out = []
-            for shard, source in zip(self.shards, self.shard_source):
-                rows, located = by_index[source].get(shard.rel, (np.zeros(0, dtype=np.int64), None))
-                if located is not None and shard.fmt == "parquet" and shard.store.remote and self.image:
-                    self.sparse_rows[shard.rel] = (rows, located)
-                k = len(out)
-                out.append(np.intersect1d(self.selection[k], rows) if self.selection is not None else rows)
-            return out
+            for k, (shard, source) in enumerate(zip(self.shards, self.shard_source)):
+                found = by_index[source].get(shard.rel, Located(*(np.zeros(0, dtype=np.int64),) * 4))
+                self.located[shard.rel] = (source, found)
+                out.append(np.intersect1d(self.selection[k], found.rows) if self.selection is not None else found.rows)
+            return out if keep is not None else self.selection
+        if keep is None:
+            return self.selection
         out = []
         for k in range(len(self.shards)):
             rows = self.selection[k] if self.selection is not None else None
             if rows is not None and len(rows) == 0:
                 out.append(rows)
                 continue
-            kept = np.flatnonzero(sampling.evaluate(keep, self.metadata_of(k, columns)))
+            kept = np.flatnonzero(sampling.evaluate(keep, self.metadata_of(k, sampling.filter_columns(keep))))
             out.append(rows[kept] if rows is not None else kept.astype(np.int64))
         return out
 
     def metadata_of(self, shard: int, columns: Sequence[str]) -> pa.Table:
-        """Metadata ``columns`` of the records of shard ``shard`` that the stream keeps, in order."""
+        """Metadata ``columns`` of the records of shard ``shard`` that the stream keeps, in order: from
+        the release table where the records were located, else read from the shard."""
+        rows = self.selection[shard] if self.selection is not None else None
+        release = self._located_rows(self.shards[shard], rows if rows is not None else
+                                     np.arange(self.shards[shard].num_records))
+        if release is not None:
+            return release[0].take(arrow_indices(release[1])).select(list(columns))
         table = read_table(self.shards[shard], list(columns))
-        return table.take(arrow_indices(self.selection[shard])) if self.selection is not None else table
+        return table.take(arrow_indices(rows)) if rows is not None else table
+
+    def _located_rows(self, shard: ShardInfo, offsets: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray] | None:
+        """(release table, its rows, positions in the shard's located rows) of rows ``offsets`` of
+        ``shard``, where all of them were located; else None."""
+        known = self.located.get(shard.rel)
+        if known is None or not len(offsets) or not len(known[1].rows):
+            return None
+        source, found = known
+        at = np.minimum(np.searchsorted(found.rows, offsets), len(found.rows) - 1)
+        if not bool((found.rows[at] == offsets).all()):
+            return None
+        if source not in self._releases:
+            repos = self.sources[source][0]
+            self._releases[source] = open_release(repos, self.splits, self.storage).table
+        return self._releases[source], found.release_rows[at], at
 
     def universe(self, epoch: int) -> np.ndarray | None:
         """The epoch's records as stream positions (None: every record once); see :mod:`.sampling`."""
@@ -255,6 +274,7 @@ class RecordStream:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_executor"] = state["_executor_pid"] = state["_live_cache"] = None
+        state["_releases"] = {}  # mapped: opened again where unpickled
         del state["_live_lock"]
         return state
 
@@ -409,14 +429,16 @@ class RecordStream:
                 a += table.num_rows
 
     def images_of(self, shard: ShardInfo, offsets: np.ndarray) -> SparseRows | None:
-        """Where the images of rows ``offsets`` of a Parquet shard are in its file, and their
-        metadata, for a sparse remote read (:meth:`_filter` found them; None: read row groups)."""
-        known = self.sparse_rows.get(shard.rel)
-        if known is None or not self.image or not len(offsets):
+        """Where the images of rows ``offsets`` of a remote Parquet shard are in its file, and their
+        metadata, for a sparse read (:meth:`_filter` located them; None: read row groups)."""
+        if not self.image or shard.fmt != "parquet" or not shard.store.remote:
             return None
-        rows, located = known
-        at = np.minimum(np.searchsorted(rows, offsets), len(rows) - 1)
-        return located.take(at) if bool((rows[at] == offsets).all()) else None
+        located = self._located_rows(shard, offsets)
+        found = self.located[shard.rel][1] if located is not None else None
+        if found is None or found.offsets is None:
+            return None
+        table, rows, at = located
+        return SparseRows(found.offsets[at], found.sizes[at], table.take(arrow_indices(rows)))
 
     def _prefetch(self, shards: list[ShardInfo]) -> None:
         """Fetch shards into the cache in the background (remote repos with a cache only)."""

@@ -254,3 +254,24 @@ def test_a_stale_record_index_is_named_not_read_as_an_image(out):
     assert good[0][:2] == b"\xff\xd8"  # a JPEG's start
     with pytest.raises(ShardError, match=rf"{first.rel}: no image of \d+ bytes at byte"):
         parquet_images(first, index["offset"][[at]] + 7, index["size"][[at]])
+
+
+@pytest.mark.parametrize("root", [schema.WDS_REPO, schema.PARQUET_REPO, ""])
+def test_a_class_balanced_epoch_over_http_reads_the_records_it_draws(out, server, root, tmp_path, monkeypatch):
+    """A drawn epoch (class-balanced, a tenth of the split) reads its labels from the release table and
+    then only the records it drew, where the record index places them: not every row group or tar."""
+    from benchmarks.suite import own_bytes
+    from bioscan5m_hf import Composition
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty default cache: the metadata is fetched here
+    total = manifest(out, schema.PARQUET_REPO)["configs"]["cropped_256"]["pretrain"]["num_records"]
+    url = f"{server.url}/{root}".rstrip("/")
+    server.reset_counts()
+    ds = StreamingBIOSCAN5M(url, "pretrain", modality=("image", "processid"), target_type="order", output_format="dict",
+                            composition=Composition(balance="order", samples_per_epoch=total // 10))
+    drawn = [r["processid"] for r in ds]
+    assert len(drawn) == total // 10
+    own = own_bytes(out, "pretrain", set(drawn))
+    kind = "tar" if root == schema.WDS_REPO else "parquet"
+    shards = sum(b for path, b in server.bytes.items() if path.endswith(f".{kind}") and "/cropped_256/" in path)
+    assert own[kind] <= shards + 4 * len(set(drawn)) <= 1.3 * own[kind] + 4 * len(set(drawn)), (shards, own)

@@ -164,20 +164,36 @@ def test_download_copies_only_what_the_split_and_modalities_need(served, tmp_pat
 # -- construction reads only what it returns (the metadata memory-mapped, only the split's batches) --
 
 
-def test_construction_maps_the_splits_metadata_and_copies_nothing(converted_zips, monkeypatch):
-    from bioscan5m_hf.stream import metadata
-
-    monkeypatch.setattr(metadata, "release_table", lambda *a, **k: pytest.fail("read the metadata config"))
+def test_construction_maps_the_splits_metadata_and_copies_nothing(converted_zips, tmp_path):
     repo = converted_zips.repos["parquet"]
+    storage = Storage(cache_dir=tmp_path / "cache")
+    BIOSCAN5M(repo, "train", modality=("dna",), storage=storage)  # the first one copies train's rows, once
+    copies = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.arrow")}
+    assert [p.name.split("-")[0] for p in copies] == ["train"]  # only the split's rows
     before = pa.total_allocated_bytes()
-    ds = BIOSCAN5M(repo, "train", modality=("dna",))
+    ds = BIOSCAN5M(repo, "train", modality=("dna",), storage=storage)
     assert pa.total_allocated_bytes() - before < 1 << 16  # Arrow allocated nothing: the columns are mapped
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.arrow")} == copies  # not written again
     assert ds.table.num_rows == len(ds) == converted_zips.manifests["parquet"]["configs"]["metadata"]["train"][
-        "num_records"]  # only train's record batches
+        "num_records"]
     assert all(ds.table.column("split").to_pylist()[i] == "train" for i in range(len(ds)))
     assert len(pickle.dumps(ds)) < 200_000  # pickled without its table, which is mapped again where unpickled
     again = pickle.loads(pickle.dumps(ds))
     assert [encode(again[i]) for i in range(len(ds))] == [encode(ds[i]) for i in range(len(ds))]
+
+
+def test_the_copy_follows_the_repo(out, tmp_path):
+    """A repo converted again (another release table) gets a copy of its own, never the old one's rows."""
+    repo = out / schema.PARQUET_REPO
+    storage = Storage(cache_dir=tmp_path / "cache")
+    want = [encode(r) for r in (lambda d: [d[i] for i in range(len(d))])(BIOSCAN5M(repo, "val", modality=("dna",),
+                                                                                   storage=storage))]
+    manifest = json.loads((repo / schema.MANIFEST).read_text())
+    manifest["files"][schema.RELEASE_TABLE]["sha256"] = "0" * 64  # as a new conversion would
+    (repo / schema.MANIFEST).write_text(json.dumps(manifest))
+    ds = BIOSCAN5M(repo, "val", modality=("dna",), storage=storage)
+    assert len(list((tmp_path / "cache").rglob("val-*.arrow"))) == 2
+    assert [encode(ds[i]) for i in range(len(ds))] == want
 
 
 def test_a_metasplit_is_in_csv_order_without_resorting_the_release(converted_zips):
@@ -199,9 +215,12 @@ def test_a_remote_root_fetches_only_its_splits_metadata_once(served, tmp_path):
     def metadata_bytes():
         return sum(n for p, n in server.bytes.items() if p.endswith(schema.RELEASE_TABLE))
 
+    release = pq.ParquetFile(out / schema.PARQUET_REPO / schema.RELEASE_TABLE)
+    first, count, _ = json.loads(release.schema_arrow.metadata[b"splits"])["val"]
+    val = sum(release.metadata.row_group(g).total_byte_size for g in range(first, first + count))
     ds = BIOSCAN5M(url, "val", modality=("dna",), storage=storage)
     fetched = metadata_bytes()
-    assert 0 < fetched < size / 4  # val's record batch and the file's footer, not the release
+    assert 0 < fetched <= min(size, (64 << 10) + val)  # the footer (pyarrow reads the last 64 KiB) and val's rows
     assert [encode(ds[i]) for i in range(len(ds))] == [
         encode(s) for s in (lambda d: [d[i] for i in range(len(d))])(BIOSCAN5M(out, "val", modality=("dna",)))]
     BIOSCAN5M(url, "val", modality=("dna",), storage=storage)
@@ -213,20 +232,15 @@ def test_a_remote_root_fetches_only_its_splits_metadata_once(served, tmp_path):
     assert asked > 0 and not index and sum(
         n for p, n in server.requests.items() if p.endswith("index/cropped_256.parquet")) == asked  # fetched once
     assert images[0][0].size == BIOSCAN5M(out, "val", modality=("image",))[0][0].size
-    assert not list(BIOSCAN5M(url, "val", modality=("dna",)).table.schema.metadata.get(b"source", b"").decode()
-                    .partition("?")[2])  # no credentials or query string recorded
 
 
-def test_a_repo_converted_before_the_metadata_file_still_opens(out):
+def test_a_repo_without_the_release_table_says_to_convert_again(out):
     repo = out / schema.PARQUET_REPO
-    want = BIOSCAN5M(repo, "seen", modality=("processid", "dna"), reduce_repeated_barcodes=True)
     manifest = json.loads((repo / schema.MANIFEST).read_text())
     del manifest["files"][schema.RELEASE_TABLE]
     (repo / schema.MANIFEST).write_text(json.dumps(manifest))
-    (repo / schema.RELEASE_TABLE).unlink()
-    old = BIOSCAN5M(repo, "seen", modality=("processid", "dna"), reduce_repeated_barcodes=True)
-    assert [encode(old[i]) for i in range(len(old))] == [encode(want[i]) for i in range(len(want))]
-    assert old.metadata.equals(want.metadata)
+    with pytest.raises(FileNotFoundError, match=rf"{repo}.*no {schema.RELEASE_TABLE}.*convert` again"):
+        BIOSCAN5M(repo, "val")
 
 
 def test_values_have_the_official_types(converted_zips):
