@@ -82,14 +82,17 @@ def store(files: Iterable[Path]) -> dict[bytes, int]:
     return held
 
 
-def new_share(old: Iterable[Path], new: Iterable[Path]) -> tuple[float, int, int]:
+def new_share(old: Iterable[Path], new: Iterable[Path]) -> tuple[float, int, int, dict[Path, int]]:
     """The share of ``new``'s bytes in chunks a store holding ``old`` lacks (each new chunk counted
-    once), with those bytes and ``new``'s total."""
+    once, for the first file of ``new`` that has it), with those bytes, ``new``'s total, and those
+    bytes by file."""
     held = store(old)
-    total, fresh = 0, {}
+    total, fresh, by_file = 0, {}, {}
     for path in new:
         data = Path(path).read_bytes()
         total += len(data)
-        fresh.update({h: size for h, size in chunks(data).items() if h not in held})
+        mine = {h: size for h, size in chunks(data).items() if h not in held and h not in fresh}
+        fresh.update(mine)
+        by_file[Path(path)] = sum(mine.values())
     added = sum(fresh.values())
-    return added / max(1, total), added, total
+    return added / max(1, total), added, total, by_file

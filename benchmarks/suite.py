@@ -869,10 +869,18 @@ print(json.dumps({"records": sum(loader)}))
 """
 
 
+def _read_through(path: Path, block: int = 16 << 20) -> None:
+    """Read a file once, a block at a time (into the page cache, not into this process)."""
+    with open(path, "rb") as f:
+        while f.read(block):
+            pass
+
+
 def dropin_area(st: Settings) -> list[Figure]:
     """The map-style drop-in on a release of the full row count, DNA only (no image: what each
     construction reads is the metadata): construction time and peak memory and ``ds[i]`` against
-    the official loader, for pretrain and for ``all``; the streaming dataset's first record;
+    the official loader, for pretrain and for ``all`` (the first construction on a machine, which
+    copies the metadata into the cache, apart); the streaming dataset's first record;
     make_loader's defaults; and the memory of 8 forked workers through a whole epoch of ``ds[i]``
     against one process (their pages shared)."""
     meta = _sample(st.workdir / f"metadata-{st.metadata_records}", st.metadata_records, "--no-images")
@@ -882,18 +890,25 @@ def dropin_area(st: Settings) -> list[Figure]:
     repo = str(out / schema.PARQUET_REPO)
     for p in (out / schema.PARQUET_REPO).rglob("*"):
         if p.is_file():
-            p.read_bytes()  # warm the page cache, as for the official loader's CSV below
-    (meta / schema.METADATA_CSV).read_bytes()
+            _read_through(p)  # warm the page cache, as for the official loader's CSV below
+    _read_through(meta / schema.METADATA_CSV)
+
+    cache = st.workdir / "dropin-cache"  # where BIOSCAN5M keeps its mapped copy of the metadata
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(cache))
 
     def measured(python, *args) -> dict:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
         r = run_measured([str(python), "-c", DROPIN_SCRIPT, *map(str, args)], env)
         return {**json.loads(r["output"].strip().splitlines()[-1]), "peak": r["peak"], "anon": r["anon"]}
 
     figures = []
+    shutil.rmtree(cache, ignore_errors=True)
     for split in ("pretrain", "all"):
-        # Construction alone (its memory is the process's own: mapped pages are the page cache's,
-        # shared by every process), then ds[i] in another process.
+        # The first construction copies the splits' rows of the release table into the cache (once;
+        # 'all' adds the splits pretrain's did not copy); then construction alone (its memory is the
+        # process's own: mapped pages are the page cache's, shared by every process), then ds[i].
+        first = measured(sys.executable, "ours", repo, split, 0)
+        for copy in cache.rglob("*.arrow"):  # in the page cache, as the official loader's CSV is
+            _read_through(copy)
         ours = {**measured(sys.executable, "ours", repo, split, 200_000), **measured(sys.executable, "ours", repo,
                                                                                    split, 0)}
         gib = ours["anon"] / 2**30
@@ -904,7 +919,14 @@ def dropin_area(st: Settings) -> list[Figure]:
             continue
         official = measured(st.official_python, "official", meta, split, 50_000)
         speed, memory = official["construct"] / ours["construct"], ours["anon"] / official["anon"]
+        whose = "the other splits'" if split == "all" else "the split's"
         figures += [
+            Figure(f"BIOSCAN5M({split!r}, DNA): the first construction on a machine (copies "
+                   f"{whose} rows of {schema.RELEASE_TABLE} into "
+                   f"the cache, peak {first['anon'] / 2**30:.2f} GiB)", f"{first['construct']:.1f} s",
+                   f"official {official['construct']:.1f} s (every construction)",
+                   f"{official['construct'] / first['construct']:.1f}x", ">= 1x",
+                   first["construct"] <= official["construct"]),
             Figure(f"BIOSCAN5M({split!r}, DNA), {ours['records']:,} records: construction time",
                    f"{ours['construct']:.1f} s", f"official {official['construct']:.1f} s", f"{speed:.0f}x",
                    ">= 20x", speed >= 20),
@@ -915,6 +937,8 @@ def dropin_area(st: Settings) -> list[Figure]:
                    f"{ours['rate'] / official['rate']:.1f}x", ">= 5x", ours["rate"] >= 5 * official["rate"])]
         if split == "pretrain":
             official_rate = official["rate"]
+    for p in (out / schema.PARQUET_REPO / schema.METADATA_CONFIG / "pretrain").glob("*.parquet"):
+        _read_through(p)  # again: the official loader's 14 GB may have pushed them out of the page cache
     streaming = measured(sys.executable, "streaming", repo, "pretrain", 0)
     figures.append(Figure("StreamingBIOSCAN5M('pretrain', DNA): construction and first record",
                           f"{streaming['construct']:.2f} s", "-", "-", "-", None))
@@ -925,8 +949,8 @@ def dropin_area(st: Settings) -> list[Figure]:
         figures.append(Figure("same: records/s over the epoch (start-up included)", f"{loader['rate']:,.0f}/s",
                               f"official ds[i] {official_rate:,.0f}/s", f"{loader['rate'] / official_rate:.1f}x",
                               ">= 20x", loader["rate"] >= 20 * official_rate))
-    shared = {n: run_measured([sys.executable, "-c", SHARED_SCRIPT, repo, "pretrain", str(n)],
-                              dict(os.environ, PYTHONPATH=str(REPO)))["peak"] for n in (0, 8)}
+    shared = {n: run_measured([sys.executable, "-c", SHARED_SCRIPT, repo, "pretrain", str(n)], env)["peak"]
+              for n in (0, 8)}
     figures.append(Figure("a whole epoch of ds[i] (pretrain, DNA) in 8 forked DataLoader workers: peak PSS of "
                           "all processes", f"{shared[8] / 2**30:.2f} GiB",
                           f"one process {shared[0] / 2**30:.2f} GiB", f"{shared[8] / shared[0]:.2f}x", "<= 1.5x",
@@ -1057,9 +1081,18 @@ def republish_area(st: Settings) -> list[Figure]:
     for label, (old, new) in edits.items():
         for repo in (schema.PARQUET_REPO, schema.WDS_REPO):
             files = {v: sorted(p for p in (outs[v] / repo).rglob("*") if p.is_file()) for v in (old, new)}
-            share, added, total = chunks.new_share(files[old], files[new])
+            share, added, total, by_file = chunks.new_share(files[old], files[new])
+            kinds: dict[str, int] = {}
+            for path, n in by_file.items():
+                rel = path.relative_to(outs[new] / repo).as_posix()
+                kind = ("image shards" if rel.startswith("cropped_256/") else "metadata config"
+                        if rel.startswith(f"{schema.METADATA_CONFIG}/") else "release table"
+                        if rel == schema.RELEASE_TABLE else "the rest")
+                kinds[kind] = kinds.get(kind, 0) + n
+            parts = ", ".join(f"{k} {n / 1e6:.2f}" for k, n in kinds.items() if n)
             figures.append(Figure(f"{repo}, {st.remote_records:,}-record sample: {label}, new bytes in 64 KiB "
-                                  f"content-defined chunks", f"{share:.3f} ({added / 1e6:.2f} of {total / 1e6:.1f} MB)",
+                                  f"content-defined chunks (MB: {parts})",
+                                  f"{share:.3f} ({added / 1e6:.2f} of {total / 1e6:.1f} MB)",
                                   "the version before", f"{share:.3f}", "<= 0.10", share <= 0.10))
     return figures
 
