@@ -504,6 +504,14 @@ def write_sample(out: str | os.PathLike, records: int = DEFAULT_RECORDS, seed: i
     prefixes = _prefixes(seed, records)
     prototypes = _barcode_prototypes(seed, len(plan.taxa))
 
+    root.mkdir(parents=True, exist_ok=True)
+    zips: list[Path] = []
+    n_images = 0
+    if images and packages:
+        zips, n_images = _write_images(root, plan, prefixes, tuple(packages), layout, image_size, grain, workers,
+                                       show_progress)
+    # The CSV last, in one rename: a release with its CSV is whole, so an interrupted run is written
+    # again rather than taken up with images missing.
     csv_path = root / schema.METADATA_CSV
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_name(csv_path.name + ".tmp")
@@ -521,11 +529,6 @@ def write_sample(out: str | os.PathLike, records: int = DEFAULT_RECORDS, seed: i
         bar.close()
     os.replace(tmp, csv_path)
 
-    zips: list[Path] = []
-    n_images = 0
-    if images and packages:
-        zips, n_images = _write_images(root, plan, prefixes, tuple(packages), layout, image_size, grain, workers,
-                                       show_progress)
     counts = {s: int((plan.split == k).sum()) for k, s in enumerate(schema.SPLITS)}
     return SampleInfo(root, records, counts, tuple(packages) if images else (), zips, n_images)
 

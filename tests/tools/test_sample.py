@@ -172,3 +172,27 @@ def test_rejects_bad_arguments(tmp_path):
 def test_processids_hash_to_their_chunk_folders(release):
     for path in (release / "bioscan5m/images/cropped_256/pretrain").rglob("*.jpg"):
         assert path.parent.name == hashlib.md5(path.stem.encode()).hexdigest()[:2]
+
+
+def test_an_interrupted_sample_leaves_no_csv(tmp_path, monkeypatch):
+    """The CSV is written last: a release with one has every image, so the benchmarks and the
+    tests, which reuse a release that has its CSV, never take up a half-written one."""
+    from bioscan5m_hf.tools import sample
+
+    render, calls = sample.render_jpeg, []
+
+    def render_then_stop(*args):
+        calls.append(1)
+        if len(calls) > 300:  # past the first batch of 256, whose images are written
+            raise RuntimeError("stopped")
+        return render(*args)
+
+    monkeypatch.setattr(sample, "render_jpeg", render_then_stop)
+    with pytest.raises(RuntimeError, match="stopped"):
+        write_sample(tmp_path, 400, 0, ("cropped_256",), image_size=32, layout=("folders",), show_progress=False)
+    assert any((tmp_path / "bioscan5m/images").rglob("*.jpg"))
+    assert not (tmp_path / schema.METADATA_CSV).exists()
+    monkeypatch.setattr(sample, "render_jpeg", render)
+    write_sample(tmp_path, 400, 0, ("cropped_256",), image_size=32, layout=("folders",), show_progress=False)
+    _, rows = read_rows(tmp_path)
+    assert len(rows) == 400 == sum(1 for _ in (tmp_path / "bioscan5m/images").rglob("*.jpg"))
