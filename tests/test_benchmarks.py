@@ -170,3 +170,14 @@ def test_requests_area_counts_and_projects_each_way(tmp_path):
     ours = [f for f in figures if "datasets:" not in f.name]
     assert len(ours) == 4 and all(f.met for f in ours), [(f.name, f.value) for f in ours]
     assert all(" requests for " in f.name and f.value.endswith("/ 5 min") for f in figures)
+
+
+def test_mapstyle_area_measures_every_figure_on_a_small_release(tmp_path):
+    """The map-style area's code path on a small release (its DataLoader, latencies locally and over
+    HTTP, the metadata's memory), without the official loader."""
+    from benchmarks import suite
+
+    figures = suite.mapstyle_area(suite.Settings(tmp_path, repeats=1, loader_records=600, metadata_records=3000))
+    names = " | ".join(f.name for f in figures)
+    assert "map-style DataLoader" in names and "ds[i] latency" in names
+    assert all(f.value and not f.value.startswith("0/s") for f in figures)
