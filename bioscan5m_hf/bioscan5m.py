@@ -68,7 +68,7 @@ def load_bioscan5m_metadata(metadata_path, max_nucleotides: int | None = 660, re
         from .repo.manifest import open_repos
         from .stream.metadata import release_in_csv_order
 
-        table = release_in_csv_order(open_repos(path), USECOLS)
+        table = release_in_csv_order(open_repos(path), USECOLS, max_nucleotides)
     return metadata_frame(table, split, max_nucleotides, reduce_repeated_barcodes)
 
 

@@ -34,7 +34,7 @@ from ..repo.readers import row_group_starts
 from ..repo.record_index import INDEX_DIR, index_relpath, read_record_index
 from ..repo.storage import copy_verified, redact
 from ..util import write_atomic
-from .metadata import OFFICIAL_COLUMNS, metadata_frame, open_release, reduced_rows, release_repo
+from .metadata import OFFICIAL_COLUMNS, metadata_frame, open_release, reduced_rows, release_in_csv_order, release_repo
 from .outputs import Labels, OfficialAPI
 from .streaming import StreamingBIOSCAN5M
 
@@ -112,8 +112,8 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         """The official ``metadata`` DataFrame (built on first use, from every record as the official
         loader builds it; reads no image bytes)."""
         if self._metadata is None:
-            release = self.release if self.whole_release else open_release(self.repos, schema.SPLITS, self.storage)
-            self._metadata = metadata_frame(release.in_csv_order(OFFICIAL_COLUMNS), self.split, self.max_nucleotides,
+            table = release_in_csv_order(self.repos, OFFICIAL_COLUMNS, self.max_nucleotides)
+            self._metadata = metadata_frame(table, self.split, self.max_nucleotides,
                                             self.reduce_repeated_barcodes)
         return self._metadata
 

@@ -47,14 +47,6 @@ class ReleaseRows:
     table: pa.Table
     csv_row: np.ndarray
 
-    def in_csv_order(self, columns: Sequence[str]) -> pa.Table:
-        """``columns`` of these records in CSV order: a copy, a column at a time (:func:`csv_ordered`)."""
-        order = np.argsort(self.csv_row, kind="stable")
-        place = np.empty(len(order), dtype=np.int64)
-        place[order] = np.arange(len(order))  # where each table row goes
-        return pa.table({c: csv_ordered(list(self.table.column(c).chunks), place, self.table.schema.field(c).type)
-                         for c in columns})
-
 
 def release_repo(repos: dict[str, Repo]) -> Repo:
     """The repo whose :data:`schema.RELEASE_TABLE` is read (the Parquet one first)."""
@@ -105,34 +97,49 @@ def local_split(repo: Repo, split: str, storage: Storage) -> Path:
     return path
 
 
-def release_in_csv_order(repos: dict[str, Repo], columns: Sequence[str], storage: Storage | None = None) -> pa.Table:
-    """``columns`` of every record of the release in the metadata CSV's row order."""
-    return open_release(repos, schema.SPLITS, storage).in_csv_order(columns)
+def release_in_csv_order(repos: dict[str, Repo], columns: Sequence[str], max_nucleotides: int | None = None
+                         ) -> pa.Table:
+    """``columns`` of every record of the release in the metadata CSV's row order, barcodes cut to
+    ``max_nucleotides`` as they are read.
 
-
-def csv_ordered(chunks: list[pa.Array], csv_row: np.ndarray, kind: pa.DataType) -> pa.ChunkedArray:
-    """The values of ``chunks`` (in table order; the list is emptied) put in CSV order, with about
-    one copy of the data alive at a time: each chunk is cut into pieces by destination block of
-    :data:`TAKE_BLOCK` CSV rows and released, then each block is assembled from its pieces. (A plain
-    ``take`` first concatenates every chunk: twice the column, and more than 32-bit string offsets
-    can hold for the release's barcodes.)"""
-    block_of = csv_row // TAKE_BLOCK
-    pieces: dict[int, list[tuple[np.ndarray, pa.Array]]] = {}
-    start = 0
-    while chunks:
-        chunk = chunks.pop(0)  # released once cut
-        rows = np.arange(start, start + len(chunk))
-        start += len(chunk)
-        for b in np.unique(block_of[rows]).tolist():
-            mine = rows[block_of[rows] == b]
-            pieces.setdefault(b, []).append((csv_row[mine], chunk.take(pa.array(mine - rows[0]))))
-        del chunk
-    blocks = []
-    for b in sorted(pieces):
-        rows = np.concatenate([r for r, _ in pieces[b]])
-        values = pa.concat_arrays([v for _, v in pieces.pop(b)])
-        blocks.append(values.take(pa.array(np.argsort(rows, kind="stable"))))
-    return pa.chunked_array(blocks, type=kind)
+    Read from :data:`schema.RELEASE_TABLE` a row group at a time, not from the mapped copies: every
+    page of those would count in the process's memory beside the copy made here (the official
+    ``metadata`` at full size was 1.5x the official loader's that way, BENCHMARKS.md ``mapstyle``).
+    Each row group's values are cut into pieces by destination block of :data:`TAKE_BLOCK` CSV rows
+    and released, then each block is assembled from its pieces: about one copy of the data is alive
+    at a time (a plain ``take`` first concatenates a column: twice the column, and more than 32-bit
+    string offsets can hold for the release's barcodes)."""
+    repo = release_repo(repos)
+    fields = [release_schema().field(c) for c in columns]
+    pieces: dict[str, dict[int, list[tuple[np.ndarray, pa.Array]]]] = {c: {} for c in columns}
+    with repo.store.open(schema.RELEASE_TABLE, repo.manifest["files"][schema.RELEASE_TABLE]["num_bytes"]) as source:
+        parquet = pq.ParquetFile(source)
+        for group in range(parquet.num_row_groups):
+            part = parquet.read_row_group(group, columns=[*columns, "csv_row"])
+            csv_row = part.column("csv_row").to_numpy()
+            block_of = csv_row // TAKE_BLOCK
+            by_block = np.argsort(block_of, kind="stable")
+            blocks, starts = np.unique(block_of[by_block], return_index=True)
+            ends = [*starts[1:].tolist(), len(by_block)]
+            for field in fields:
+                values = part.column(field.name).combine_chunks().cast(field.type)
+                if field.name == "dna_barcode" and max_nucleotides is not None:
+                    values = pc.utf8_slice_codeunits(values, 0, max_nucleotides)
+                for b, start, end in zip(blocks.tolist(), starts.tolist(), ends):
+                    rows = by_block[start:end]
+                    pieces[field.name].setdefault(b, []).append((csv_row[rows], values.take(pa.array(rows))))
+            del part
+    out = {}
+    for field in fields:
+        assembled = []
+        for b in sorted(pieces[field.name]):
+            parts = pieces[field.name].pop(b)
+            rows = np.concatenate([r for r, _ in parts])
+            values = pa.concat_arrays([v for _, v in parts])
+            del parts
+            assembled.append(values.take(pa.array(np.argsort(rows, kind="stable"))))
+        out[field.name] = pa.chunked_array(assembled, type=field.type)
+    return pa.table(out)
 
 
 #: CSV rows gathered per output chunk when putting the release in CSV order.
@@ -168,7 +175,8 @@ def metadata_frame(table: pa.Table, split: str, max_nucleotides: int | None, red
     import os
 
     df = table.select(list(OFFICIAL_COLUMNS)).to_pandas().astype(OFFICIAL_DTYPES)
-    if max_nucleotides is not None:
+    if max_nucleotides is not None and (df["dna_barcode"].str.len() > max_nucleotides).any():
+        # Only when needed: a cut column is a copy (3.4 GB at full size; release_in_csv_order cuts as it reads).
         df["dna_barcode"] = df["dna_barcode"].str[:max_nucleotides]
     if reduce_repeated_barcodes:
         shuffled = df.sample(frac=1, random_state=0)
