@@ -90,7 +90,7 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         # needs it (the official reduction draws over every record).
         self.whole_release = reduce_repeated_barcodes or set(self.splits) == set(schema.SPLITS)
         release = open_release(repos, schema.SPLITS if self.whole_release else self.splits, storage)
-        self.release, self.table, self.csv_row = release, release.table, release.csv_row
+        self.table, self.csv_row = release.table, release.csv_row
         if reduce_repeated_barcodes:
             keep = np.zeros(self.table.num_rows, dtype=bool)  # by CSV row: the table holds every record
             keep[reduced_rows(self.table.column("dna_barcode"), max_nucleotides, self.csv_row)] = True
@@ -144,13 +144,12 @@ class BIOSCAN5M(OfficialAPI, Dataset):
 
     def __getstate__(self):
         # Memory-mapped: opened again where unpickled (a spawned worker), never copied into the pickle.
-        return {**self.__dict__, "release": None, "table": None, "_chunks": None, "_metadata": None}
+        return {**self.__dict__, "table": None, "_chunks": None, "_metadata": None}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         splits = schema.SPLITS if self.whole_release else self.splits
-        self.release = open_release(self.repos, splits, self.storage)
-        self.table = self.release.table
+        self.table = open_release(self.repos, splits, self.storage).table
         self._chunks = self._record_chunks()
 
     def __repr__(self) -> str:
