@@ -94,7 +94,12 @@ def run(args: argparse.Namespace, echo=None) -> list[dict]:
     classes = len(train.vocabularies[train.dataset.target_type[0]])
     model = TinyNet(classes, 2 + 4 ** args.k, "image" in modality, "dna" in modality).to(device)
     if distributed:
-        model = nn.parallel.DistributedDataParallel(model)
+        # A group of its own: DDP's reducer keeps the group it is given alive past
+        # destroy_process_group, with its gloo threads, into interpreter exit, where a thread
+        # releasing a collective's Python tensor aborts the process ("terminate called without an
+        # active exception"). The metrics' all-reduce (Python tensors) goes over the default group,
+        # which destroy_process_group frees, joining its threads; DDP's own buckets are C++ tensors.
+        model = nn.parallel.DistributedDataParallel(model, process_group=dist.new_group())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
     keys = open(Path(args.log_keys) / f"rank{rank}.txt", "a") if args.log_keys else None
