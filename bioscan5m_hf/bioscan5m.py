@@ -64,12 +64,17 @@ def load_bioscan5m_metadata(metadata_path, max_nucleotides: int | None = 660, re
                                                      **kwargs).astype({c: object for c in USECOLS}),
                                      preserve_index=False)
         table = table.cast(pa.schema([schema.arrow_schema().field(c) for c in table.column_names]))
+        if max_nucleotides is not None:
+            import pyarrow.compute as pc
+
+            barcodes = pc.utf8_slice_codeunits(table.column("dna_barcode"), 0, max_nucleotides)
+            table = table.set_column(table.schema.get_field_index("dna_barcode"), "dna_barcode", barcodes)
     else:
         from .repo.manifest import open_repos
         from .stream.metadata import release_in_csv_order
 
         table = release_in_csv_order(open_repos(path), USECOLS, max_nucleotides)
-    return metadata_frame(table, split, max_nucleotides, reduce_repeated_barcodes)
+    return metadata_frame(table, split, reduce_repeated_barcodes)
 
 
 load_metadata = load_bioscan5m_metadata

@@ -113,8 +113,7 @@ class BIOSCAN5M(OfficialAPI, Dataset):
         loader builds it; reads no image bytes)."""
         if self._metadata is None:
             table = release_in_csv_order(self.repos, OFFICIAL_COLUMNS, self.max_nucleotides)
-            self._metadata = metadata_frame(table, self.split, self.max_nucleotides,
-                                            self.reduce_repeated_barcodes)
+            self._metadata = metadata_frame(table, self.split, self.reduce_repeated_barcodes)
         return self._metadata
 
     def __len__(self) -> int:

@@ -167,17 +167,15 @@ def reduced_rows(barcodes: pa.ChunkedArray, max_nucleotides: int | None,
     return np.sort(perm[first])
 
 
-def metadata_frame(table: pa.Table, split: str, max_nucleotides: int | None, reduce_repeated_barcodes: bool):
+def metadata_frame(table: pa.Table, split: str, reduce_repeated_barcodes: bool):
     """The official ``metadata`` DataFrame from the release's :data:`OFFICIAL_COLUMNS` in CSV order
-    (its index is the CSV row): the same dtypes (labels as categories over the whole release), the
-    same truncation, reduction and split filter, ``<rank>_index`` codes and ``image_path``. Strings
-    share the table's memory."""
+    (its index is the CSV row), barcodes already cut to ``max_nucleotides`` (by whoever read them: a
+    cut in pandas is one more copy of the column, 3.4 GB at full size): the same dtypes (labels as
+    categories over the whole release), the same reduction and split filter, ``<rank>_index`` codes
+    and ``image_path``. Strings share the table's memory."""
     import os
 
     df = table.select(list(OFFICIAL_COLUMNS)).to_pandas().astype(OFFICIAL_DTYPES)
-    if max_nucleotides is not None and (df["dna_barcode"].str.len() > max_nucleotides).any():
-        # Only when needed: a cut column is a copy (3.4 GB at full size; release_in_csv_order cuts as it reads).
-        df["dna_barcode"] = df["dna_barcode"].str[:max_nucleotides]
     if reduce_repeated_barcodes:
         shuffled = df.sample(frac=1, random_state=0)
         stripped = shuffled["dna_barcode"].str.rstrip("N")
